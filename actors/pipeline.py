@@ -1,0 +1,62 @@
+"""PipelineActor: a Ray actor that holds one loaded diffusers pipeline and renders windows.
+
+The pipeline is loaded once, in `__init__`. If Ray restarts the actor (`max_restarts`),
+`__init__` runs again and the pipeline is reloaded; the driver resubmits the window.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import ray
+
+from farm.render import WindowResult, WindowTask, make_renderer
+from farm.spec import ModelSpec
+
+
+class PipelineActor:
+    """Wrapped with `ray.remote` by `pipeline_actor_class()`; plain here so it stays readable."""
+
+    def __init__(self, model: ModelSpec, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        ctx = ray.get_runtime_context()
+        self.node = ctx.get_node_id()
+        self.actor = ctx.get_actor_id() or f"local-{os.getpid()}"
+        self.host = socket.gethostname()
+        self.renderer = make_renderer(model)
+
+    def info(self) -> dict:
+        return {
+            "actor": self.actor,
+            "node": self.node,
+            "host": self.host,
+            "pid": os.getpid(),
+            "device": self.renderer.device,
+            "threads": self.threads,
+            "load_seconds": round(getattr(self.renderer, "load_seconds", 0.0), 3),
+        }
+
+    def render(self, task: WindowTask) -> WindowResult:
+        t0 = time.perf_counter()
+        frames = self.renderer.render(task)
+        w = task.window
+        return WindowResult(
+            index=w.index,
+            start=w.start,
+            end=w.end,
+            frames=frames,
+            seconds=time.perf_counter() - t0,
+            node=self.node,
+            actor=self.actor,
+            device=self.renderer.device,
+        )
+
+
+def pipeline_actor_class():
+    return ray.remote(PipelineActor)

@@ -1,0 +1,177 @@
+"""Tiny random-weight models, built offline from the real diffusers/transformers classes.
+
+They exist so that the real loading path (`save_pretrained` → `from_pretrained`) runs on a
+CPU-only machine with no model hub: the demo, the tests and the benchmarks all use them.
+Every component is built after `torch.manual_seed(0)`, so two builds are bit-identical.
+
+The folders are written once into the farm cache, atomically (build in a temp folder,
+then `os.replace`), and are laid out exactly like a hub checkout:
+
+    <cache>/models/tiny-sd15-v1/        a StableDiffusionPipeline folder (model_index.json, unet/, vae/, …)
+    <cache>/models/tiny-motion-adapter-v1/   a MotionAdapter folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from farm.cache import cache_dir
+
+#: Bump when a tiny config changes, so stale cached builds are never reused.
+TINY_VERSION = "v1"
+TINY_BASE = f"tiny-sd15-{TINY_VERSION}"
+TINY_MOTION_ADAPTER = f"tiny-motion-adapter-{TINY_VERSION}"
+
+_CROSS_ATTENTION_DIM = 32
+_VOCAB_SIZE = 1000
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The GPT-2/CLIP byte → printable-character table (a published fact of the BPE format)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+def write_tiny_tokenizer_files(folder: Path) -> None:
+    """Write a byte-level CLIP vocab.json + merges.txt small enough for a 1000-token encoder."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
+    for s in symbols:
+        vocab.setdefault(s, len(vocab))
+    for s in symbols:
+        vocab.setdefault(s + "</w>", len(vocab))
+    # A handful of merges so that common letters pair up, as in a real BPE table.
+    merges = ["#version: 0.2"]
+    for pair in ["t h", "th e</w>", "a n", "i n", "e r", "o n", "r e", "e s"]:
+        a, b = pair.split(" ")
+        merged = a + b
+        if merged not in vocab:
+            vocab[merged] = len(vocab)
+        merges.append(pair)
+    assert len(vocab) < _VOCAB_SIZE
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
+
+
+def _build_base(folder: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_CROSS_ATTENTION_DIM,
+        norm_num_groups=2,
+    )
+    torch.manual_seed(0)
+    # Four blocks give the SD1.5 VAE's 8× downsampling, so latent shapes match real models.
+    vae = AutoencoderKL(
+        block_out_channels=[8, 8, 16, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=_CROSS_ATTENTION_DIM,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            pad_token_id=1,
+            vocab_size=_VOCAB_SIZE,
+        )
+    )
+    tok_dir = folder.parent / (folder.name + "-tokfiles")
+    write_tiny_tokenizer_files(tok_dir)
+    tokenizer = CLIPTokenizer(
+        vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    shutil.rmtree(tok_dir, ignore_errors=True)
+
+
+def _build_motion_adapter(folder: Path) -> None:
+    import torch
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(0)
+    adapter = MotionAdapter(
+        block_out_channels=(32, 64),
+        motion_layers_per_block=2,
+        motion_norm_num_groups=2,
+        motion_num_attention_heads=4,
+        motion_max_seq_length=64,
+    )
+    adapter.save_pretrained(folder, safe_serialization=True)
+
+
+_BUILDERS = {TINY_BASE: _build_base, TINY_MOTION_ADAPTER: _build_motion_adapter}
+
+
+def tiny_model_path(name: str, root: Path | None = None) -> Path:
+    """Return the folder of tiny model `name`, building it on first use.
+
+    Concurrent callers (several actors on one node) are safe: each builds into its own
+    temp folder and the first `os.replace` wins; the others discard their copy.
+    """
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(_BUILDERS)}")
+    models = (root or cache_dir()) / "models"
+    final = models / name
+    if (final / ".complete").exists():
+        return final
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models))
+    try:
+        _BUILDERS[name](tmp / "m")
+        (tmp / "m" / ".complete").write_text("ok\n")
+        try:
+            os.replace(tmp / "m", final)
+        except OSError:
+            if not (final / ".complete").exists():  # a half folder from a crash: replace it
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp / "m", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,174 @@
+"""The job spec: one YAML file that says everything about a render.
+
+Validation happens here and only here, before any Ray work starts. Every problem is
+reported as `field.path: rule`, so a user can fix the file without reading code.
+The models forbid unknown keys: a typo such as `window.lenght` is an error, never ignored.
+
+Relative paths (the output) are taken against the current working directory, as a
+command-line tool would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from farm.errors import SpecError
+
+PIPELINES = ("animatediff",)
+BLENDS = ("linear", "cosine", "hard")
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_local_ref(ref: str) -> bool:
+    """A model reference that names a folder rather than a hub id (`org/name`)."""
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir()
+
+
+class ModelSpec(_Strict):
+    """Which pipeline renders the windows, and from which weights.
+
+    `base` and `motion_adapter` are each `tiny` (a tiny random-weight model built offline),
+    a local folder in diffusers layout, or a hub id such as `emilianJR/epiCRealism`.
+    """
+
+    pipeline: Literal["animatediff"]
+    base: str = Field("tiny", min_length=1)
+    motion_adapter: str = Field("tiny", min_length=1)
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+
+    @field_validator("base", "motion_adapter")
+    @classmethod
+    def _folder_exists(cls, ref: str, info) -> str:
+        if ref != "tiny" and is_local_ref(ref):
+            folder = Path(ref).expanduser()
+            if not folder.is_dir():
+                raise ValueError(f"model.{info.field_name}: folder {ref!r} does not exist")
+            return str(folder.resolve())
+        return ref
+
+
+class WindowSpec(_Strict):
+    """How the video is cut into overlapping windows and how the overlaps are blended."""
+
+    length: int = Field(16, gt=0)
+    overlap: int = Field(4, ge=0)
+    blend: Literal["linear", "cosine", "hard"] = "linear"
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_length(cls, overlap: int, info) -> int:
+        length = info.data.get("length")
+        if length is not None and overlap >= length:
+            raise ValueError(f"window.overlap must be < window.length ({length}); got {overlap}")
+        return overlap
+
+
+class EncodeSpec(_Strict):
+    """H.264 settings of the output mp4."""
+
+    crf: int = Field(18, ge=0, le=51)
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+    ] = "medium"
+
+
+class JobSpec(_Strict):
+    """A whole render job. See README.md, "Job spec reference", for every field."""
+
+    model: ModelSpec
+    prompt: str = Field(min_length=1)
+    negative_prompt: str = ""
+    frames: int = Field(gt=0)
+    fps: float = Field(8, gt=0, le=240)
+    width: int = Field(512, gt=0)
+    height: int = Field(512, gt=0)
+    steps: int = Field(25, gt=0)
+    guidance: float = Field(7.5, ge=0)
+    seed: int = Field(0, ge=0, lt=2**63)
+    window: WindowSpec = WindowSpec()
+    encode: EncodeSpec = EncodeSpec()
+    output: str = Field(min_length=1)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int, info) -> int:
+        if v % 8:
+            raise ValueError(f"{info.field_name} must be a multiple of 8 (the VAE downsamples by 8); got {v}")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output_is_writable_mp4(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if path.suffix.lower() != ".mp4":
+            raise ValueError(f"output must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
+        parent = path.resolve().parent
+        if not parent.is_dir():
+            raise ValueError(f"output folder {str(parent)!r} does not exist; create it first")
+        if path.is_dir():
+            raise ValueError(f"output {v!r} is a folder, not a file")
+        return str(path.resolve())
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "JobSpec":
+        if self.window.length > self.frames:
+            raise ValueError(
+                f"window.length must be <= frames ({self.frames}); got {self.window.length}. "
+                f"To render the whole video as one window, set window.length: {self.frames}"
+            )
+        return self
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "value_error":
+            # Our own rules already name their field(s) in full.
+            problems.append(msg.removeprefix("Value error, "))
+            continue
+        if e["type"] == "missing":
+            problems.append(f"{loc}: field required")
+            continue
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown field (check the spelling; see the job spec reference)")
+            continue
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f"; got {got!r}"
+        problems.append(f"{loc}: {msg[0].lower() + msg[1:]}{shown}")
+    return problems
+
+
+def parse_spec(data: Any, source: str | None = None, output: str | None = None) -> JobSpec:
+    """Validate a spec given as a mapping. `output` (e.g. from `-o`) overrides the file's."""
+    if not isinstance(data, dict):
+        raise SpecError(["the spec must be a YAML mapping of fields (model:, prompt:, frames:, …)"], source)
+    if output is not None:
+        data = {**data, "output": output}
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err), source) from None
+
+
+def load_spec(path: str | Path, output: str | None = None) -> JobSpec:
+    """Read and validate a YAML job file. Raises SpecError naming every bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError([f"cannot read job file: {err.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+    return parse_spec(data, source=str(path), output=output)

@@ -1,0 +1,135 @@
+"""The `farm` command line: a thin click layer over the driver.
+
+Exit codes: 0 done; 1 the job failed (a window, the cluster or ffmpeg); 2 the spec or the
+command line is invalid (nothing was started and no file was written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from farm import __version__
+from farm.errors import FarmError, SpecError
+from farm.plan import plan_windows
+from farm.spec import load_spec
+
+EXIT_FAILED = 1
+EXIT_BAD_SPEC = 2
+
+
+def _fail(err: FarmError) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(EXIT_BAD_SPEC if isinstance(err, SpecError) else EXIT_FAILED)
+
+
+def _render_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout; no progress bars.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
+    f = click.option(
+        "--threads", type=click.IntRange(min=1), envvar="FARM_THREADS",
+        help="Torch threads per CPU actor. Default: the cluster's CPUs divided by the workers.",
+    )(f)
+    f = click.option(
+        "--workers", "-w", type=click.IntRange(min=1), envvar="FARM_WORKERS",
+        help="Pipeline actors. Default: one per GPU; on CPU-only clusters half the cores, at most 4.",
+    )(f)
+    f = click.option(
+        "--address", envvar="FARM_ADDRESS",
+        help="Ray cluster to join (e.g. ray://host:10001 or auto). Default: start a local Ray for this job.",
+    )(f)
+    f = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output mp4; overrides the spec's `output`.")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="farm")
+def main() -> None:
+    """Render long AI videos on a Ray cluster: overlapping windows, seam crossfades, one mp4."""
+
+
+@main.command()
+@click.argument("job", type=click.Path(exists=True, dir_okay=False))
+@_render_options
+def render(job, output, address, workers, threads, quiet, as_json):
+    """Render JOB (a YAML job spec) to an mp4 and a report next to it."""
+    try:
+        spec = load_spec(job, output=output)
+    except SpecError as err:
+        _fail(err)
+    _run(spec, address, workers, threads, quiet, as_json)
+
+
+@main.command()
+@_render_options
+def demo(output, address, workers, threads, quiet, as_json):
+    """Render the built-in demo job (tiny model, CPU-friendly, no network)."""
+    import yaml
+
+    from farm.spec import parse_spec
+
+    data = yaml.safe_load(resources.files("farm").joinpath("data/demo.yaml").read_text())
+    try:
+        spec = parse_spec(data, source="built-in demo", output=output)
+    except SpecError as err:
+        _fail(err)
+    _run(spec, address, workers, threads, quiet, as_json)
+
+
+def _run(spec, address, workers, threads, quiet, as_json) -> None:
+    from scheduler.driver import render as run_job
+    from scheduler.progress import NullProgress, RichProgress
+
+    show = not (quiet or as_json) and sys.stderr.isatty()
+    progress = RichProgress() if show else NullProgress()
+    try:
+        report = run_job(spec, address=address, workers=workers, threads=threads, progress=progress)
+    except FarmError as err:
+        progress.close()
+        _fail(err)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not quiet:
+        s = report["stages"]
+        click.echo(
+            f"rendered {len(report['windows'])} windows → {report['output_frames']} frames "
+            f"at {report['output_fps']:g} fps in {s['total']:.1f}s"
+        )
+        click.echo(f"video:  {report['output']}")
+        click.echo(f"report: {report['output']}.report.json")
+
+
+@main.command()
+@click.argument("job", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output mp4; overrides the spec's `output`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(job, output, as_json):
+    """Show JOB's windows and the denoising work, without starting Ray."""
+    try:
+        spec = load_spec(job, output=output)
+    except SpecError as err:
+        _fail(err)
+    p = plan_windows(spec)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{Path(job).name}: {len(p.windows)} windows, blend {spec.window.blend}")
+    for col in ("window", "frames", "length", "overlap prev", "overlap next"):
+        table.add_column(col, justify="right")
+    for w in p.windows:
+        table.add_row(str(w.index), f"{w.start}–{w.end - 1}", str(w.length), str(w.overlap_prev), str(w.overlap_next))
+    console = Console()
+    console.print(table)
+    d = p.to_dict()
+    console.print(
+        f"output frames: {p.frames}   rendered frames: {d['rendered_frames']} "
+        f"(+{d['overlap_frames']} in overlaps)   steps: {p.steps}   "
+        f"denoising work: {d['denoise_frame_steps']} frame-steps"
+    )
