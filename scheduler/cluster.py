@@ -10,6 +10,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from actors.pipeline import pipeline_actor_class
+from actors.rife import rife_actor_class
 from farm.errors import ClusterError
 from farm.spec import ModelSpec
 
@@ -28,7 +29,7 @@ class Session:
             ray.shutdown()
 
 
-def connect(address: str | None, workers: int | None = None) -> Session:
+def connect(address: str | None, cpus_wanted: int = 1) -> Session:
     """Join the cluster at `address`, or start a local one (dashboard off, loopback only)."""
     if ray.is_initialized():
         started = False
@@ -39,7 +40,7 @@ def connect(address: str | None, workers: int | None = None) -> Session:
             raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {err}") from err
         started = False
     else:
-        cpus = max(os.cpu_count() or 1, workers or 1)
+        cpus = max(os.cpu_count() or 1, cpus_wanted)
         ray.init(
             num_cpus=cpus,
             include_dashboard=False,
@@ -51,36 +52,63 @@ def connect(address: str | None, workers: int | None = None) -> Session:
     return Session(started, int(res.get("GPU", 0)), int(res.get("CPU", 0)))
 
 
-def pool_shape(session: Session, workers: int | None, threads: int | None) -> tuple[int, int]:
+def pool_shape(session: Session, workers: int | None, threads: int | None,
+               reserved_cpus: int = 0) -> tuple[int, int]:
     """(workers, torch threads per CPU actor). Default pool: one actor per GPU, or on a
-    CPU-only cluster half the cores capped at 4, each with an equal share of threads."""
+    CPU-only cluster half the cores left after `reserved_cpus` (the RIFE pool), at most 4,
+    each with an equal share of threads."""
+    cpus = max(1, session.cpus - (0 if session.gpus else reserved_cpus))
     if workers is None:
-        workers = session.gpus if session.gpus else max(1, min(4, session.cpus // 2))
+        workers = session.gpus if session.gpus else max(1, min(4, cpus // 2))
     if threads is None:
-        threads = 1 if session.gpus else max(1, session.cpus // workers)
+        threads = 1 if session.gpus else max(1, cpus // workers)
     return workers, threads
 
 
-def start_pipeline_actors(model: ModelSpec, session: Session, workers: int, threads: int) -> tuple[list, list[dict]]:
+#: On a GPU cluster with interpolation on, a pipeline actor takes this much of its GPU and
+#: leaves the rest for a RIFE actor, so one GPU can hold one of each.
+RIFE_GPU_SHARE = 0.25
+
+
+def start_pipeline_actors(model: ModelSpec, session: Session, workers: int, threads: int,
+                          share_gpu: bool = False) -> tuple[list, list[dict]]:
     """Start `workers` PipelineActors and wait until each has loaded its pipeline."""
-    cls = pipeline_actor_class()
     if session.gpus:
-        opts = {"num_gpus": 1, "num_cpus": 1}
+        opts = {"num_gpus": 1 - RIFE_GPU_SHARE if share_gpu else 1, "num_cpus": 1}
     else:
         opts = {"num_cpus": min(threads, max(1, session.cpus))}
-    actors = [cls.options(**opts).remote(model, threads) for _ in range(workers)]
+    actors = [pipeline_actor_class().options(**opts).remote(model, threads) for _ in range(workers)]
+    return actors, _wait_ready(actors, opts, "pipeline")
+
+
+def start_rife_actors(ip, weights: bytes | None, session: Session) -> tuple[list, list[dict]]:
+    """Start the RIFE pool: `ip.workers` actors, each holding a loaded interpolation model."""
+    opts = {"num_gpus": RIFE_GPU_SHARE, "num_cpus": 1} if session.gpus else {"num_cpus": 1}
+    weights_ref = ray.put(weights) if weights is not None else None  # shipped once, to any node
+    actors = [
+        rife_actor_class().options(**opts).remote(ip.backend, weights_ref, ip.model_dir, ip.gpuid, 1)
+        for _ in range(ip.workers)
+    ]
+    return actors, _wait_ready(actors, opts, "RIFE")
+
+
+def _wait_ready(actors: list, opts: dict, what: str) -> list[dict]:
     try:
         infos = ray.get([a.info.remote() for a in actors], timeout=ACTOR_START_TIMEOUT_S)
     except GetTimeoutError as err:
         stop_actors(actors)
         raise ClusterError(
-            f"{workers} pipeline actors asking for {opts} each could not all start within "
+            f"{len(actors)} {what} actors asking for {opts} each could not all start within "
             f"{ACTOR_START_TIMEOUT_S:.0f}s; the cluster has {ray.cluster_resources()}"
         ) from err
     except ray.exceptions.RayActorError as err:
         stop_actors(actors)
-        raise ClusterError(f"a pipeline actor died while loading its model: {err}") from err
-    return actors, infos
+        raise ClusterError(f"a {what} actor died while loading its model: {err}") from err
+    except ray.exceptions.RayTaskError as err:
+        stop_actors(actors)
+        cause = err.cause if getattr(err, "cause", None) is not None else err
+        raise ClusterError(f"a {what} actor failed to start: {cause}") from err
+    return infos
 
 
 def stop_actors(actors: list) -> None:

@@ -1,24 +1,29 @@
 """The farm driver: one job, top to bottom, in the order the data flows.
 
-    spec ─► plan ─► actors ─► dispatch ─► reconcile overlaps ─► encode ─► report
+    spec ─► plan ─► actors ─► dispatch ─► reconcile overlaps ─► interpolate ─► encode ─► report
 
-Rendering, blending and encoding overlap: each window is blended as soon as its
-neighbours are back, and finished frames stream to ffmpeg in order, so the driver
-holds only the windows around the front of the video, never the whole video.
+Rendering, blending, interpolation and encoding overlap: each window is blended as soon as
+its neighbours are back, finished frames go to the RIFE pool in chunks, and interpolated
+frames stream to ffmpeg in order. The driver holds only the windows and chunks around the
+front of the video, never the whole video.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from farm.blend import Reconciler
 from farm.encode import VideoWriter
+from farm.interpolate import retiming
 from farm.plan import plan_windows
 from farm.render import WindowTask
 from farm.report import report_path, versions, write_json_atomic
+from farm.rife import backends, weights
 from farm.spec import JobSpec
-from scheduler.cluster import connect, pool_shape, start_pipeline_actors, stop_actors
+from scheduler.cluster import connect, pool_shape, start_pipeline_actors, start_rife_actors, stop_actors
 from scheduler.dispatch import Dispatcher
+from scheduler.interp import InterpolationStage, PassThrough
 from scheduler.progress import NullProgress
 from scheduler.timing import Stopwatch
 
@@ -31,72 +36,89 @@ def render(
     address: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
+    rife_weights: str | None = None,
     progress: NullProgress | None = None,
 ) -> dict:
     """Render `spec` to `spec.output` and write its report. Returns the report."""
     progress = progress or NullProgress()
-    t_start = time.perf_counter()
+    clock = Stopwatch()
     stages: dict[str, float] = {}
+    ip = spec.interpolate
 
-    # 1. Validate the spec: it arrives validated; refuse anything else.
+    # 1. Validate: the spec arrives validated; check what lives outside it (weights, ncnn).
     if not isinstance(spec, JobSpec):
         raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
+    rife_bytes = _interpolation_inputs(spec, rife_weights)
 
     # 2. Plan the windows (pure).
-    progress.stage("planning")
-    t = time.perf_counter()
-    plan = plan_windows(spec)
-    tasks = [WindowTask.from_spec(spec, w) for w in plan.windows]
-    stages["plan"] = time.perf_counter() - t
+    with clock.lap("plan"):
+        plan = plan_windows(spec)
+        tasks = [WindowTask.from_spec(spec, w) for w in plan.windows]
 
-    # 3. Start the actors: join or start Ray, load one pipeline per actor.
+    # 3. Start the actors: join or start Ray, load one pipeline per actor, and the RIFE pool.
     progress.stage("starting actors")
-    t = time.perf_counter()
-    session = connect(address, workers)
-    actors = []
+    rife_cpus = ip.workers if ip else 0
+    clock.start("startup")
+    session = connect(address, cpus_wanted=(workers or 1) * (threads or 1) + rife_cpus)
+    actors, rife_actors = [], []
     try:
-        workers, threads = pool_shape(session, workers, threads)
-        actors, actor_infos = start_pipeline_actors(spec.model, session, workers, threads)
-        stages["startup"] = time.perf_counter() - t
+        workers, threads = pool_shape(session, workers, threads, reserved_cpus=rife_cpus)
+        actors, actor_infos = start_pipeline_actors(spec.model, session, workers, threads, share_gpu=bool(ip))
+        if ip:
+            rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
+            retime = retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor)
+            stage = InterpolationStage(rife_actors, retime, ip.chunk, ip.scene_threshold, ip.cuts,
+                                       backend=ip.backend)
+        else:
+            stage = PassThrough()
+        clock.stop("startup")
 
         # 4-6. Dispatch and collect; reconcile each overlap as soon as both sides are back;
-        #      stream the finished prefix to the encoder.
+        #      feed the finished prefix to interpolation and its output to the encoder.
         progress.stage("rendering")
         progress.windows_total(len(tasks))
-        progress.frames_total(spec.frames)
+        frames_total = retime.frames_out if ip else spec.frames
+        progress.frames_total(frames_total)
         reconciler = Reconciler(plan.windows, spec.window.blend)
         dispatcher = Dispatcher(actors, per_actor=PER_ACTOR_IN_FLIGHT)
         records: dict[int, dict] = {}
-        clock = Stopwatch()
-        with VideoWriter(spec.output, spec.width, spec.height, spec.fps, spec.encode.crf, spec.encode.preset) as out:
-            for result in dispatcher.run(tasks, limit=lambda: reconciler.first_unfinished_window):
-                records[result.index] = _window_record(result, clock.elapsed())
-                progress.window_done(result)
-                reconciler.add(result.index, result.frames)
-                for frame in clock.timed_iter("blend", reconciler.ready()):
+        t_render = clock.elapsed()
+        with VideoWriter(spec.output, spec.width, spec.height, spec.output_fps, spec.encode.crf,
+                         spec.encode.preset) as out:
+
+            def encode(frames) -> None:
+                for frame in frames:
                     with clock.lap("encode"):
                         out.write(frame)
                 progress.frames_written(out.frames_written)
-            stages["render"] = clock.elapsed()
 
-            # 7. Encode: closing the stream lets ffmpeg finish; the file moves onto its name.
-            progress.stage("encoding")
+            for result in dispatcher.run(tasks, limit=lambda: reconciler.first_unfinished_window):
+                records[result.index] = _window_record(result, clock.elapsed() - t_render)
+                progress.window_done(result)
+                reconciler.add(result.index, result.frames)
+                for frame in clock.timed_iter("blend", reconciler.ready()):
+                    stage.push(frame)
+                encode(stage.ready())
+            stages["render"] = clock.elapsed() - t_render
+
+            # 7. Interpolate the tail and encode: closing the stream moves the file into place.
+            progress.stage("finishing")
+            encode(stage.finish())
             clock.start("encode")
         clock.stop("encode")
         frames_out = out.frames_written
     finally:
-        stop_actors(actors)
+        stop_actors(actors + rife_actors)
         session.close()
-    stages["blend"] = clock.totals["blend"]
-    stages["encode"] = clock.totals["encode"]
-    stages["total"] = time.perf_counter() - t_start
+    stages.update(plan=clock.totals["plan"], startup=clock.totals["startup"],
+                  blend=clock.totals["blend"], encode=clock.totals["encode"], total=clock.elapsed())
 
     # 8. Write the report next to the video.
     report = {
         "output": spec.output,
         "frames": spec.frames,
         "output_frames": frames_out,
-        "output_fps": spec.fps,
+        "output_fps": spec.output_fps,
         "width": spec.width,
         "height": spec.height,
         "blend": spec.window.blend,
@@ -109,9 +131,26 @@ def render(
         "spec": spec.model_dump(mode="json"),
         "versions": versions(),
     }
+    if ip:
+        report["interpolate"] = stage.summary() | {
+            "actors": rife_infos,
+            "first_chunk_at": round(stage.first_submit_at - clock.t0 - t_render, 4),
+        }
     write_json_atomic(report_path(spec.output), report)
     progress.close()
     return report
+
+
+def _interpolation_inputs(spec: JobSpec, rife_weights: str | None) -> bytes | None:
+    """Find and check the interpolation model before Ray starts; the weights travel as bytes,
+    so nodes need no shared disk."""
+    ip = spec.interpolate
+    if ip is None:
+        return None
+    backends.preflight(ip.backend, ip.model_dir)
+    if ip.backend != "torch":
+        return None
+    return Path(weights.resolve(rife_weights or ip.weights)).read_bytes()
 
 
 def _window_record(result, finished_at: float) -> dict:

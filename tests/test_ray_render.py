@@ -65,3 +65,46 @@ def test_farm_render_end_to_end_with_two_workers(tmp_path):
     assert on_disk["windows"] == report["windows"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "video.mp4", "video.mp4.report.json"]
     assert not ray.is_initialized()  # the local cluster it started is gone
+
+
+def test_render_with_rife_interpolates_across_window_seams_while_rendering(tmp_path):
+    from farm.rife import weights
+
+    weights.pull()
+    data = base_spec(tmp_path, frames=52, encode={"crf": 0, "preset": "ultrafast"},
+                     interpolate={"factor": 2, "chunk": 4, "workers": 2, "scene_threshold": 0})
+    job = write_spec(tmp_path, data)
+    out = tmp_path / "video.mp4"
+    result = CliRunner().invoke(main, ["render", str(job), "-o", str(out), "--workers", "2", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    ip = report["interpolate"]
+
+    info = probe(out)
+    assert (info.frames, info.fps) == (104, 16.0)  # 52 frames at 8 fps → 104 at 16 fps: same 6.5 s
+    assert report["output_frames"] == 104 and report["output_fps"] == 16
+    assert (ip["frames_in"], ip["frames_out"], ip["cuts"]) == (52, 104, [])
+    assert len(ip["chunks_per_actor"]) == 2  # chunks ran on both RIFE actors
+    # Streaming: the first chunk went to RIFE before the last window was back.
+    assert ip["first_chunk_at"] < max(w["finished_at"] for w in report["windows"])
+
+    frames = read_frames(out).astype(np.int16)
+    step = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+    # Output frame 2i is input frame i; 2i+1 is the midpoint of (i, i+1). Window 0 ends at
+    # frame 15 and window 1 starts at 12, chunk seams fall at 12 and 16: the pairs across
+    # them were interpolated (a new frame, not a copy of either side) ...
+    for i in (11, 12, 15, 16):
+        assert step[2 * i] > 1.0 and step[2 * i + 1] > 1.0, (i, step[2 * i : 2 * i + 2])
+    # ... and no frame was emitted twice anywhere, except the held last frame.
+    assert np.all(step[:-1] > 1.0)
+    assert step[-1] < 1.0
+
+
+def test_ncnn_backend_problems_are_reported_before_ray_starts(tmp_path):
+    data = base_spec(tmp_path, interpolate={"factor": 2, "backend": "ncnn", "model_dir": str(tmp_path / "rife-v4.6")})
+    job = write_spec(tmp_path, data)
+    result = CliRunner().invoke(main, ["render", str(job)])
+    assert result.exit_code == 1
+    assert "interpolate.backend ncnn needs" in result.output or "interpolate.model_dir" in result.output
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out.mp4").exists()
