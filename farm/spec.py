@@ -23,6 +23,19 @@ BLENDS = ("linear", "cosine", "hard")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 
 
+def check_output(v: str) -> str:
+    """An output path must end in .mp4 and its folder must exist. Returns it absolute."""
+    path = Path(v).expanduser()
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"output must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"output folder {str(parent)!r} does not exist; create it first")
+    if path.is_dir():
+        raise ValueError(f"output {v!r} is a folder, not a file")
+    return str(path.resolve())
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -131,15 +144,7 @@ class JobSpec(_Strict):
     @field_validator("output")
     @classmethod
     def _output_is_writable_mp4(cls, v: str) -> str:
-        path = Path(v).expanduser()
-        if path.suffix.lower() != ".mp4":
-            raise ValueError(f"output must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
-        parent = path.resolve().parent
-        if not parent.is_dir():
-            raise ValueError(f"output folder {str(parent)!r} does not exist; create it first")
-        if path.is_dir():
-            raise ValueError(f"output {v!r} is a folder, not a file")
-        return str(path.resolve())
+        return check_output(v)
 
     @model_validator(mode="after")
     def _window_fits(self) -> "JobSpec":
@@ -196,6 +201,34 @@ def parse_spec(data: Any, source: str | None = None, output: str | None = None) 
         return JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_format_errors(err), source) from None
+
+
+class InterpolateJob(_Strict):
+    """`farm interpolate IN.mp4 -o OUT.mp4`: an existing video through the RIFE pool."""
+
+    input: str
+    output: str
+    interpolate: InterpolateSpec
+
+    @field_validator("input")
+    @classmethod
+    def _input_exists(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(f"input: no file at {v!r}")
+        return str(path.resolve())
+
+    @field_validator("output")
+    @classmethod
+    def _output_ok(cls, v: str) -> str:
+        return check_output(v)
+
+
+def parse_interpolate_job(data: dict) -> InterpolateJob:
+    try:
+        return InterpolateJob.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err)) from None
 
 
 def load_spec(path: str | Path, output: str | None = None) -> JobSpec:

@@ -144,6 +144,49 @@ def plan(job, output, as_json):
     )
 
 
+@main.command()
+@click.argument("video", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Output mp4.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Exact target frame rate, e.g. 60.")
+@click.option("--factor", type=click.Choice(["2", "4", "8"]), help="Multiply the frame rate by 2, 4 or 8.")
+@click.option("--workers", "-w", type=click.IntRange(min=1), default=2, show_default=True, help="RIFE actors.")
+@click.option("--scene-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="SSIM of 32×32 thumbnails below which a pair is a scene cut (0 = never).")
+@click.option("--address", envvar="FARM_ADDRESS", help="Ray cluster to join. Default: a local Ray for this command.")
+@click.option("--rife-weights", type=click.Path(exists=True, dir_okay=False), help="Your own flownet.pkl.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def interpolate(video, output, fps, factor, workers, scene_threshold, address, rife_weights, quiet, as_json):
+    """Interpolate any VIDEO to a higher frame rate with the RIFE actor pool."""
+    from farm.spec import parse_interpolate_job
+    from scheduler.driver import interpolate_file
+    from scheduler.progress import NullProgress, RichProgress
+
+    try:
+        job = parse_interpolate_job({
+            "input": video,
+            "output": output,
+            "interpolate": {"fps": fps, "factor": int(factor) if factor else None, "workers": workers,
+                            "scene_threshold": scene_threshold},
+        })
+    except SpecError as err:
+        _fail(err)
+    show = not (quiet or as_json) and sys.stderr.isatty()
+    progress = RichProgress() if show else NullProgress()
+    try:
+        report = interpolate_file(job, address=address, rife_weights=rife_weights, progress=progress)
+    except FarmError as err:
+        progress.close()
+        _fail(err)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not quiet:
+        ip = report["interpolate"]
+        click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames at {report['output_fps']:g} fps "
+                   f"({len(ip['cuts'])} scene cuts held) in {report['stages']['total']:.1f}s")
+        click.echo(f"video:  {report['output']}")
+
+
 @main.group()
 def models() -> None:
     """Fetch and inspect model weights the farm keeps in its cache (FARM_CACHE)."""

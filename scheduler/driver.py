@@ -13,14 +13,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from farm.blend import Reconciler
-from farm.encode import VideoWriter
+from farm.encode import VideoWriter, probe
 from farm.interpolate import retiming
 from farm.plan import plan_windows
 from farm.render import WindowTask
 from farm.report import report_path, versions, write_json_atomic
 from farm.rife import backends, weights
-from farm.spec import JobSpec
+from farm.spec import InterpolateJob, JobSpec
 from scheduler.cluster import connect, pool_shape, start_pipeline_actors, start_rife_actors, stop_actors
 from scheduler.dispatch import Dispatcher
 from scheduler.interp import InterpolationStage, PassThrough
@@ -48,7 +50,7 @@ def render(
     # 1. Validate: the spec arrives validated; check what lives outside it (weights, ncnn).
     if not isinstance(spec, JobSpec):
         raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
-    rife_bytes = _interpolation_inputs(spec, rife_weights)
+    rife_bytes = _interpolation_inputs(ip, rife_weights)
 
     # 2. Plan the windows (pure).
     with clock.lap("plan"):
@@ -141,10 +143,70 @@ def render(
     return report
 
 
-def _interpolation_inputs(spec: JobSpec, rife_weights: str | None) -> bytes | None:
+def interpolate_file(
+    job: InterpolateJob,
+    *,
+    address: str | None = None,
+    rife_weights: str | None = None,
+    progress: NullProgress | None = None,
+) -> dict:
+    """`farm interpolate`: stream an existing video through the RIFE pool into a new mp4."""
+    import imageio_ffmpeg
+
+    progress = progress or NullProgress()
+    clock = Stopwatch()
+    ip = job.interpolate
+
+    # 1. Validate: the job arrives validated; the input must decode; find the weights.
+    source = probe(job.input)
+    rife_bytes = _interpolation_inputs(ip, rife_weights)
+    retime = retiming(source.frames, source.fps, fps=ip.fps, factor=ip.factor)
+
+    # 2. Start the RIFE pool.
+    progress.stage("starting actors")
+    session = connect(address, cpus_wanted=ip.workers)
+    rife_actors = []
+    try:
+        rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
+        stage = InterpolationStage(rife_actors, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
+
+        # 3. Read, interpolate and encode, streaming.
+        progress.stage("interpolating")
+        progress.frames_total(retime.frames_out)
+        reader = imageio_ffmpeg.read_frames(job.input, pix_fmt="rgb24")
+        next(reader)  # metadata
+        with VideoWriter(job.output, source.width, source.height, retime.fps_out) as out:
+            for buf in reader:
+                stage.push(np.frombuffer(buf, np.uint8).reshape(source.height, source.width, 3))
+                for frame in stage.ready():
+                    out.write(frame)
+                progress.frames_written(out.frames_written)
+            for frame in stage.finish():
+                out.write(frame)
+            progress.frames_written(out.frames_written)
+    finally:
+        stop_actors(rife_actors)
+        session.close()
+
+    # 4. Report.
+    report = {
+        "input": job.input,
+        "output": job.output,
+        "frames": source.frames,
+        "output_frames": out.frames_written,
+        "output_fps": retime.fps_out,
+        "stages": {"total": round(clock.elapsed(), 4)},
+        "interpolate": stage.summary() | {"actors": rife_infos},
+        "versions": versions(),
+    }
+    write_json_atomic(report_path(job.output), report)
+    progress.close()
+    return report
+
+
+def _interpolation_inputs(ip, rife_weights: str | None) -> bytes | None:
     """Find and check the interpolation model before Ray starts; the weights travel as bytes,
     so nodes need no shared disk."""
-    ip = spec.interpolate
     if ip is None:
         return None
     backends.preflight(ip.backend, ip.model_dir)

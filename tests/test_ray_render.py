@@ -108,3 +108,31 @@ def test_ncnn_backend_problems_are_reported_before_ray_starts(tmp_path):
     assert "interpolate.backend ncnn needs" in result.output or "interpolate.model_dir" in result.output
     assert not ray.is_initialized()
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_farm_interpolate_any_video_to_exact_fps(tmp_path):
+    from farm.encode import VideoWriter
+    from farm.rife import weights
+    from tests.clips import hard_cut
+
+    weights.pull()
+    clip = hard_cut(8, size=64)  # 16 frames, one cut at frame 8
+    src = tmp_path / "in.mp4"
+    with VideoWriter(src, 64, 64, fps=8, crf=10) as w:
+        for f in clip:
+            w.write(f)
+    out = tmp_path / "out.mp4"
+    result = CliRunner().invoke(main, ["interpolate", str(src), "-o", str(out), "--fps", "60", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    info = probe(out)
+    assert (info.frames, info.fps) == (120, 60.0)  # 16 frames at 8 fps = 2 s = 120 frames at 60 fps
+    assert report["interpolate"]["cuts"] == [8]
+    assert (tmp_path / "out.mp4.report.json").exists()
+
+
+def test_farm_interpolate_needs_fps_or_factor(tmp_path):
+    src = tmp_path / "in.mp4"
+    src.write_bytes(b"x")
+    result = CliRunner().invoke(main, ["interpolate", str(src), "-o", str(tmp_path / "o.mp4")])
+    assert result.exit_code == 2 and "exactly one of interpolate.fps or interpolate.factor" in result.output
