@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from farm.metrics import ssim, thumbnail
+from farm.metrics import psnr, ssim, thumbnail
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,21 @@ def interpolate_chunk(backend, frames: np.ndarray, chunk: Chunk, level: int, thr
         else:
             out.append(backend.to_uint8(at(pair, offset)))
     return ChunkOutput(out, sorted(chunk.first + i + 1 for i in cut_pairs), calls)
+
+
+def dropped_frame_psnr(backend, clip: np.ndarray, step: int, threshold: float = 0.2) -> tuple[float, float]:
+    """Ground-truth check: keep every `step`-th frame of `clip`, interpolate the others back.
+    Returns the mean PSNR over the dropped frames of the interpolation and of a plain
+    linear blend of the kept neighbours."""
+    clip = clip[: (len(clip) - 1) // step * step + 1]
+    kept = clip[::step]
+    r = retiming(len(kept), 8, factor=step)
+    (chunk,) = plan_chunks(r, chunk=len(kept))
+    out = interpolate_chunk(backend, kept, chunk, r.level, threshold).frames
+    ours, blend = [], []
+    for j in range(len(clip)):
+        if j % step:
+            a, b, t = kept[j // step], kept[j // step + 1], (j % step) / step
+            ours.append(psnr(out[j], clip[j]))
+            blend.append(psnr(np.rint((1 - t) * a + t * b), clip[j]))
+    return float(np.mean(ours)), float(np.mean(blend))

@@ -84,32 +84,44 @@ def demo(output, address, workers, threads, quiet, as_json, rife_weights):
     _run(spec, address, workers, threads, quiet, as_json, rife_weights)
 
 
-def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None) -> None:
-    from scheduler.driver import render as run_job
+def _execute(work, quiet: bool, as_json: bool) -> dict | None:
+    """Run `work(progress)` with progress bars on a terminal; print JSON if asked.
+    Returns the report when the caller should print its human summary."""
     from scheduler.progress import NullProgress, RichProgress
 
     show = not (quiet or as_json) and sys.stderr.isatty()
     progress = RichProgress() if show else NullProgress()
     try:
-        report = run_job(spec, address=address, workers=workers, threads=threads,
-                         rife_weights=rife_weights, progress=progress)
+        report = work(progress)
     except FarmError as err:
         progress.close()
         _fail(err)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-    elif not quiet:
-        s = report["stages"]
-        click.echo(
-            f"rendered {len(report['windows'])} windows → {report['output_frames']} frames "
-            f"at {report['output_fps']:g} fps in {s['total']:.1f}s"
-        )
-        if "interpolate" in report:
-            ip = report["interpolate"]
-            click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames "
-                       f"({ip['backend']}, {len(ip['cuts'])} scene cuts held)")
-        click.echo(f"video:  {report['output']}")
-        click.echo(f"report: {report['output']}.report.json")
+        return None
+    return None if quiet else report
+
+
+def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None) -> None:
+    from scheduler.driver import render as run_job
+
+    report = _execute(
+        lambda progress: run_job(spec, address=address, workers=workers, threads=threads,
+                                 rife_weights=rife_weights, progress=progress),
+        quiet, as_json,
+    )
+    if report is None:
+        return
+    click.echo(
+        f"rendered {len(report['windows'])} windows → {report['output_frames']} frames "
+        f"at {report['output_fps']:g} fps in {report['stages']['total']:.1f}s"
+    )
+    if "interpolate" in report:
+        ip = report["interpolate"]
+        click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames "
+                   f"({ip['backend']}, {len(ip['cuts'])} scene cuts held)")
+    click.echo(f"video:  {report['output']}")
+    click.echo(f"report: {report['output']}.report.json")
 
 
 @main.command()
@@ -160,7 +172,6 @@ def interpolate(video, output, fps, factor, workers, scene_threshold, address, r
     """Interpolate any VIDEO to a higher frame rate with the RIFE actor pool."""
     from farm.spec import parse_interpolate_job
     from scheduler.driver import interpolate_file
-    from scheduler.progress import NullProgress, RichProgress
 
     try:
         job = parse_interpolate_job({
@@ -171,16 +182,11 @@ def interpolate(video, output, fps, factor, workers, scene_threshold, address, r
         })
     except SpecError as err:
         _fail(err)
-    show = not (quiet or as_json) and sys.stderr.isatty()
-    progress = RichProgress() if show else NullProgress()
-    try:
-        report = interpolate_file(job, address=address, rife_weights=rife_weights, progress=progress)
-    except FarmError as err:
-        progress.close()
-        _fail(err)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    elif not quiet:
+    report = _execute(
+        lambda progress: interpolate_file(job, address=address, rife_weights=rife_weights, progress=progress),
+        quiet, as_json,
+    )
+    if report is not None:
         ip = report["interpolate"]
         click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames at {report['output_fps']:g} fps "
                    f"({len(ip['cuts'])} scene cuts held) in {report['stages']['total']:.1f}s")

@@ -10,7 +10,6 @@ front of the video, never the whole video.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np

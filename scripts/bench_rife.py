@@ -47,29 +47,11 @@ def pool_fps(clip: np.ndarray, actors: int, weights: bytes) -> float:
         stop_actors(pool)
 
 
-def quality(rife, clip: np.ndarray, step: int) -> tuple[float, float]:
-    from farm.interpolate import interpolate_chunk, plan_chunks, retiming
-    from farm.metrics import psnr
-
-    usable = (len(clip) - 1) // step * step + 1
-    clip = clip[:usable]
-    kept = clip[::step]
-    r = retiming(len(kept), 8, factor=step)
-    (chunk,) = plan_chunks(r, chunk=len(kept))
-    out = interpolate_chunk(rife, kept, chunk, r.level, threshold=0.2).frames
-    ours, blend = [], []
-    for j in range(len(clip)):
-        if j % step:
-            a, b, t = kept[j // step], kept[j // step + 1], (j % step) / step
-            ours.append(psnr(out[j], clip[j]))
-            blend.append(psnr(np.rint((1 - t) * a + t * b), clip[j]))
-    return float(np.mean(ours)), float(np.mean(blend))
-
-
 def main() -> None:
     import ray
     import torch
 
+    from farm.interpolate import dropped_frame_psnr
     from farm.rife import weights
     from farm.rife.backends import TorchRife
     from tests.clips import pan_zoom
@@ -84,7 +66,7 @@ def main() -> None:
     rife = TorchRife(str(path), device="cpu")
     clip = pan_zoom(49, size=256)
     for step in (2, 4):
-        ours, blend = quality(rife, clip, step)
+        ours, blend = dropped_frame_psnr(rife, clip, step)
         print(f"quality {step}x, 48-frame astronaut pan/zoom 256x256: RIFE {ours:.2f} dB, "
               f"linear blend {blend:.2f} dB, margin {ours - blend:+.2f} dB")
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.interpolate import interpolate_chunk, plan_chunks, retiming
+from farm.interpolate import dropped_frame_psnr, interpolate_chunk, plan_chunks, retiming
 from farm.metrics import psnr
 from farm.rife import weights
 from farm.rife.backends import (
@@ -66,32 +66,15 @@ def test_ifnet_loads_the_checkpoint_strictly(rife_path):
 
 # -- quality ---------------------------------------------------------------------------------
 
-def _psnrs(rife, clip, step):
-    """Keep every `step`-th frame, interpolate the rest back; mean PSNR of RIFE and of a
-    plain linear blend of the kept neighbours, over the dropped frames."""
-    kept = clip[::step]
-    r = retiming(len(kept), 8, factor=step)
-    (chunk,) = plan_chunks(r, chunk=len(kept))
-    out = interpolate_chunk(rife, kept, chunk, r.level, threshold=0.2).frames
-    ours, blend = [], []
-    for j in range(len(clip)):
-        if j % step == 0:
-            continue
-        a, b, t = kept[j // step], kept[j // step + 1], (j % step) / step
-        ours.append(psnr(out[j], clip[j]))
-        blend.append(psnr(np.rint((1 - t) * a + t * b), clip[j]))
-    return float(np.mean(ours)), float(np.mean(blend))
-
-
 def test_rife_beats_a_linear_blend_by_3db_at_2x(rife):
     clip = pan_zoom(17, size=96)
-    ours, blend = _psnrs(rife, clip, 2)
+    ours, blend = dropped_frame_psnr(rife, clip, 2)
     assert ours >= blend + 3.0, (ours, blend)
 
 
 def test_rife_beats_a_linear_blend_at_4x(rife):
     clip = pan_zoom(17, size=96)
-    ours, blend = _psnrs(rife, clip, 4)
+    ours, blend = dropped_frame_psnr(rife, clip, 4)
     assert ours >= blend + 3.0, (ours, blend)
 
 
