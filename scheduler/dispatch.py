@@ -48,8 +48,10 @@ class Dispatcher:
         pending: dict[ray.ObjectRef, tuple[WindowTask, _Slot]] = {}
         while queue or pending:
             self._fill(queue, pending, limit())
-            if not pending:  # everything left is beyond the lookahead; nothing will free it
-                raise RuntimeError("dispatch stalled: lookahead leaves no window to submit")
+            if not pending:
+                # The caller still needs a window beyond the lookahead (more windows cover a
+                # frame than the lookahead allows, e.g. overlap > length/2): the bound gives way.
+                self._fill(queue, pending, queue[0].window.index)
             done, _ = ray.wait(list(pending), num_returns=1)
             task, slot = pending.pop(done[0])
             slot.in_flight -= 1

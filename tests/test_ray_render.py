@@ -136,3 +136,14 @@ def test_farm_interpolate_needs_fps_or_factor(tmp_path):
     src.write_bytes(b"x")
     result = CliRunner().invoke(main, ["interpolate", str(src), "-o", str(tmp_path / "o.mp4")])
     assert result.exit_code == 2 and "exactly one of interpolate.fps or interpolate.factor" in result.output
+
+
+def test_deep_overlaps_render_every_frame(tmp_path):
+    # overlap 15 of 16: every frame is covered by up to 16 windows, more than the
+    # dispatcher's lookahead; the job must still finish with every frame.
+    data = base_spec(tmp_path, frames=30, steps=1, window={"length": 16, "overlap": 15, "blend": "cosine"})
+    job = write_spec(tmp_path, data)
+    result = CliRunner().invoke(main, ["render", str(job), "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["windows"]) == 15
+    assert probe(tmp_path / "out.mp4").frames == 30
