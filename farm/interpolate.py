@@ -22,7 +22,7 @@ no frame ever mixes two shots.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,7 +96,6 @@ class ChunkOutput:
     midpoints: int = 0  # model calls made
     seconds: float = 0.0
     actor: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def interpolate_chunk(backend, frames: np.ndarray, chunk: Chunk, level: int, threshold: float, declared_cuts=()) -> ChunkOutput:

@@ -53,10 +53,9 @@ class InterpolationStage:
         self._buffer: list[np.ndarray] = []
         self._next_submit = 0
         self._next_emit = 0
-        self._pending: dict[ray.ObjectRef, int] = {}
+        self._pending: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref → (chunk, actor slot)
         self._done: dict[int, object] = {}
         self._load = [0] * len(self.actors)
-        self._owner: dict[int, int] = {}
         self.cuts: list[int] = []
         self.frames_in = 0
         self.frames_out = 0
@@ -80,8 +79,7 @@ class InterpolationStage:
         a = min(range(len(self.actors)), key=lambda i: self._load[i])
         declared = tuple(f for f in self.declared if chunk.first < f <= chunk.last)
         ref = self.actors[a].interpolate.remote(frames, chunk, self.retime.level, self.threshold, declared)
-        self._pending[ref] = chunk.index
-        self._owner[chunk.index] = a
+        self._pending[ref] = (chunk.index, a)
         self._load[a] += 1
         if self.first_submit_at is None:
             self.first_submit_at = time.perf_counter()
@@ -94,8 +92,8 @@ class InterpolationStage:
             return
         done, _ = ray.wait(list(self._pending), num_returns=1, timeout=None if block else 0)
         for ref in done:
-            index = self._pending.pop(ref)
-            self._load[self._owner.pop(index)] -= 1
+            index, a = self._pending.pop(ref)
+            self._load[a] -= 1
             try:
                 self._done[index] = ray.get(ref)
             except ray.exceptions.RayError as err:

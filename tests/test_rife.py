@@ -197,7 +197,8 @@ def test_ncnn_preflight_here_names_the_first_missing_piece(tmp_path):
         assert "does not exist" in msg
 
 
-def test_weights_copy_elsewhere_loads(rife_path, tmp_path):
+def test_own_weights_file_is_used_as_given_and_loads(rife_path, tmp_path):
     mine = tmp_path / "my-flownet.pkl"
     shutil.copy(rife_path, mine)
     assert weights.resolve(str(mine)) == mine
+    assert TorchRife(mine.read_bytes(), device="cpu").net.training is False  # loads from bytes too

