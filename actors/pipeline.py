@@ -12,6 +12,7 @@ import time
 
 import ray
 
+from farm.faults import FaultContext
 from farm.render import WindowResult, WindowTask, make_renderer
 from farm.spec import ModelSpec
 
@@ -29,7 +30,9 @@ class PipelineActor:
         self.node = ctx.get_node_id()
         self.actor = ctx.get_actor_id() or f"local-{os.getpid()}"
         self.host = socket.gethostname()
-        self.renderer = make_renderer(model)
+        context = FaultContext(restarted=ctx.was_current_actor_reconstructed,
+                               node_resources=_node_resources(self.node) if model.faults else {})
+        self.renderer = make_renderer(model, context=context)
 
     def info(self) -> dict:
         return {
@@ -43,6 +46,7 @@ class PipelineActor:
         }
 
     def render(self, task: WindowTask) -> WindowResult:
+        started = time.time()
         t0 = time.perf_counter()
         frames = self.renderer.render(task)
         w = task.window
@@ -52,10 +56,18 @@ class PipelineActor:
             end=w.end,
             frames=frames,
             seconds=time.perf_counter() - t0,
+            started=started,
             node=self.node,
             actor=self.actor,
             device=self.renderer.device,
         )
+
+
+def _node_resources(node_id: str) -> dict:
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            return dict(node.get("Resources", {}))
+    return {}
 
 
 def pipeline_actor_class():

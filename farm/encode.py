@@ -8,6 +8,7 @@ half file under the final name.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -28,7 +29,8 @@ class VideoWriter:
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self.frames_written = 0
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.mp4", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.{os.getpid()}.", suffix=".part.mp4",
+                                   dir=self.path.parent)
         os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
@@ -68,6 +70,7 @@ class VideoWriter:
             self.abort()
             raise EncodeError(f"ffmpeg failed to finish {self.path}: {err}") from err
         os.replace(self._tmp, self.path)
+        _remove_orphan_parts(self.path)
         return self.path
 
     def abort(self) -> None:
@@ -85,6 +88,25 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def _remove_orphan_parts(path: Path) -> None:
+    """Delete temp files that earlier writers of `path` left when their process was killed
+    (the writer's pid is in the name; a live writer's file is never touched)."""
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.part.mp4"):
+        pid = part.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
     FarmError                 base of everything the farm raises on purpose
       SpecError               the job spec is invalid; the message names each bad field
       WindowError             a window could not be rendered
-        WindowRetryable       the actor or its node was lost; the window may run elsewhere
-        WindowFatal           the pipeline itself raised; running it again will not help
+        WindowFatal           the window failed every attempt; the job fails
       EncodeError             ffmpeg failed or the output could not be written
       ClusterError            Ray could not be started or reached, or no actor could be placed
+      SeamCheckFailed         the video was made, but a seam jumps more than `--check-seams` allows
 
 Ray's own exceptions are translated into these at the edge of the dispatcher, so the
 CLI and library users never need to import Ray to handle a failed job.
@@ -37,12 +37,9 @@ class WindowError(FarmError):
         super().__init__(f"window {index}: {message}")
 
 
-class WindowRetryable(WindowError):
-    """The actor or node holding the window was lost; the window can run again elsewhere."""
-
-
 class WindowFatal(WindowError):
-    """The pipeline raised while rendering the window; retrying unchanged will not help."""
+    """The window failed 1 + retries attempts, so the job failed. Windows that did finish
+    are in the window store and will not be rendered again."""
 
 
 class EncodeError(FarmError):
@@ -51,3 +48,12 @@ class EncodeError(FarmError):
 
 class ClusterError(FarmError):
     """Ray could not be started or reached, or the actors could not be placed."""
+
+
+class SeamCheckFailed(FarmError):
+    """The job finished, but its worst seam's jump ratio is above the `--check-seams` limit."""
+
+    def __init__(self, frame: int, ratio: float, limit: float):
+        self.frame, self.ratio, self.limit = frame, ratio, limit
+        super().__init__(f"seam check failed: the seam at frame {frame} jumps {ratio:.3f}× the motion "
+                         f"inside its windows (limit {limit:g})")

@@ -37,3 +37,120 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 
 def thumbnail(frame: np.ndarray, size: int = 32) -> np.ndarray:
     """A size×size RGB thumbnail (box filter), the input of scene-cut detection."""
     return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
+
+
+# --- Flicker and seams -------------------------------------------------------------------
+#
+# The flicker curve is VBench's temporal-flickering measure: for every pair of consecutive
+# frames, the mean absolute difference over all pixels and channels (0–255). Its score is
+# `(255 - mean(curve)) / 255`: 1.0 for a still clip, 0.0 for one alternating black/white.
+# Diff `i` is the change from frame `i` to frame `i + 1`.
+
+
+def frame_diffs(frames) -> np.ndarray:
+    """The flicker curve of a clip (N, H, W[, C]): N-1 mean absolute differences, 0–255."""
+    x = np.asarray(frames).astype(np.int16)
+    if len(x) < 2:
+        return np.zeros(0, dtype=np.float64)
+    return np.abs(np.diff(x, axis=0)).reshape(len(x) - 1, -1).mean(axis=1, dtype=np.float64)
+
+
+def flicker_score(curve) -> float | None:
+    """VBench's temporal-flickering score `(255 - mean(curve)) / 255`; None for < 2 frames."""
+    curve = np.asarray(curve, dtype=np.float64)
+    return float((255.0 - curve.mean()) / 255.0) if curve.size else None
+
+
+class FlickerMeter:
+    """The flicker curve, measured while frames stream past.
+
+    `add(frame)` keeps only the previous frame and appends one float per pair of frames,
+    so a long video costs one frame of memory plus one float per frame.
+    """
+
+    def __init__(self):
+        self._prev: np.ndarray | None = None
+        self._curve: list[float] = []
+
+    def add(self, frame) -> None:
+        cur = np.asarray(frame).astype(np.int16)  # a copy: later edits to `frame` do not leak in
+        if self._prev is not None:
+            if cur.shape != self._prev.shape:
+                raise ValueError(f"frame shape {cur.shape} differs from the previous {self._prev.shape}")
+            self._curve.append(float(np.abs(cur - self._prev).mean(dtype=np.float64)))
+        self._prev = cur
+
+    @property
+    def frames(self) -> int:
+        return len(self._curve) + (self._prev is not None)
+
+    @property
+    def curve(self) -> list[float]:
+        return list(self._curve)
+
+    @property
+    def score(self) -> float | None:
+        return flicker_score(self._curve)
+
+
+def seam_ratios(diffs, windows, floor: float = 0.5) -> list[dict]:
+    """How much more the picture changes across each window seam than inside the windows.
+
+    `diffs` is the flicker curve of the blended video (diff `i`: frame `i` → `i + 1`) and
+    `windows` the plan's windows (`farm.plan.Window`, in order). For the seam between
+    windows k and k+1, the *handover* is every frame pair touching their shared frames:
+    diffs `next.start - 1` … `prev.end - 1`, i.e. from the last frame only the earlier
+    window covers to the first frame only the later one covers (overlap + 1 diffs; for
+    overlap 0, the single diff across the cut). Its `jump` is the largest of those diffs:
+    the strict choice, so one visible step inside a crossfade is not averaged away.
+
+    The `interior` is the median diff over the frame pairs of both windows that no seam
+    hands over (all their pairs if overlaps leave none). `jump_ratio = jump / interior`,
+    both raised to at least `floor` grey levels first, so a still clip scores 1.0 and a
+    jump after stillness stays finite. About 1.0 means the seam cannot be seen.
+
+    Each seam is `{window, frame, handover, jump, at, interior, jump_ratio}`: `window` is
+    k, `frame` the first frame of window k+1, `handover` the [first, last] frames spanned,
+    and `at` the frame the largest change lands on.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    windows = list(windows)
+    if windows and len(d) != windows[-1].end - 1:
+        raise ValueError(f"{len(d)} diffs do not fit windows ending at frame {windows[-1].end}")
+    spans = [(nxt.start - 1, prev.end - 1) for prev, nxt in zip(windows, windows[1:])]
+    handed = np.zeros(len(d), dtype=bool)
+    for lo, hi in spans:
+        handed[lo : hi + 1] = True
+    seams = []
+    for (lo, hi), prev, nxt in zip(spans, windows, windows[1:]):
+        jump_i = lo + int(np.argmax(d[lo : hi + 1]))
+        around = np.arange(prev.start, nxt.end - 1)  # pairs with both frames in the two windows
+        inner = around[~handed[around]]
+        interior = float(np.median(d[inner if inner.size else around]))
+        ratio = max(float(d[jump_i]), floor) / max(interior, floor)
+        seams.append({
+            "window": prev.index,
+            "frame": nxt.start,
+            "handover": [lo, hi + 1],
+            "jump": round(float(d[jump_i]), 4),
+            "at": jump_i + 1,
+            "interior": round(interior, 4),
+            "jump_ratio": round(ratio, 4),
+        })
+    return seams
+
+
+def seam_summary(seams: list[dict]) -> dict:
+    """`seam_ratio_max` and `seam_ratio_median` over the seams; None for a single window."""
+    r = [s["jump_ratio"] for s in seams]
+    return {
+        "seam_ratio_max": max(r) if r else None,
+        "seam_ratio_median": float(np.median(r)) if r else None,
+    }
+
+
+def flicker_report(curve, windows) -> dict:
+    """The report's flicker fields: `flicker {score, curve}`, `seams` and their summary."""
+    seams = seam_ratios(curve, windows)
+    flicker = {"score": flicker_score(curve), "curve": [round(float(c), 4) for c in curve]}
+    return {"flicker": flicker, "seams": seams} | seam_summary(seams)

@@ -58,6 +58,7 @@ class WindowResult:
     end: int
     frames: np.ndarray  # (F, H, W, 3) uint8
     seconds: float
+    started: float  # wall clock (time.time()) when the actor began the window
     node: str
     actor: str
     device: str
@@ -102,6 +103,17 @@ class AnimateDiffRenderer:
 RENDERERS = {"animatediff": AnimateDiffRenderer}
 
 
-def make_renderer(model: ModelSpec, device: str | None = None):
-    """Build the renderer for `model.pipeline`."""
-    return RENDERERS[model.pipeline](model, device)
+def make_renderer(model: ModelSpec, device: str | None = None, context=None):
+    """Build the renderer for `model.pipeline`; `model.faults` wraps it in fault injection
+    or replaces it by the fixed-cost simulation (farm/faults.py). `context` is a
+    `farm.faults.FaultContext` from the actor."""
+    from farm.faults import FaultContext, FaultyRenderer, SimulatedRenderer
+
+    faults = model.faults
+    if faults is not None and faults.simulate_seconds is not None:
+        renderer = SimulatedRenderer(faults.simulate_seconds)
+    else:
+        renderer = RENDERERS[model.pipeline](model, device)
+    if faults is not None:
+        renderer = FaultyRenderer(renderer, faults, context or FaultContext())
+    return renderer

@@ -27,12 +27,16 @@ def versions() -> dict:
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:
     """Write JSON to a temp file in the same folder, then `os.replace` it onto `path`."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write text to a temp file in the same folder, then `os.replace` it onto `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

@@ -45,6 +45,18 @@ def is_local_ref(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir()
 
 
+class FaultSpec(_Strict):
+    """Fault injection, for testing the farm's own failure handling; never needed for real
+    jobs. The faults wrap the real pipeline (see farm/faults.py); none changes the frames of
+    a window that succeeds, so they are not part of the window key."""
+
+    fail_windows: list[int] = []  # these windows raise on every attempt (a poison window)
+    crash_on_call: int | None = Field(None, ge=1)  # each actor's process exits on its k-th window, first life only
+    fail_on_resource: str | None = None  # actors on nodes with this custom resource raise on every window
+    delay: float = Field(0.0, ge=0)  # seconds of sleep before each window
+    simulate_seconds: float | None = Field(None, ge=0)  # replace the pipeline by a fixed-cost SIMULATION
+
+
 class ModelSpec(_Strict):
     """Which pipeline renders the windows, and from which weights.
 
@@ -56,6 +68,13 @@ class ModelSpec(_Strict):
     base: str = Field("tiny", min_length=1)
     motion_adapter: str = Field("tiny", min_length=1)
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    faults: FaultSpec | None = None
+
+    def dtype_on(self, device: str) -> str:
+        """The dtype this model runs in on `device`: `auto` is fp16 on CUDA, fp32 on CPU."""
+        if self.dtype == "auto":
+            return "fp16" if device.startswith("cuda") else "fp32"
+        return self.dtype
 
     @field_validator("base", "motion_adapter")
     @classmethod
@@ -132,6 +151,7 @@ class JobSpec(_Strict):
     window: WindowSpec = WindowSpec()
     encode: EncodeSpec = EncodeSpec()
     interpolate: InterpolateSpec | None = None
+    retries: int = Field(3, ge=0, le=100)
     output: str = Field(min_length=1)
 
     @field_validator("width", "height")
@@ -160,6 +180,18 @@ class JobSpec(_Strict):
             bad = [f for f in ip.cuts if not 0 < f < self.frames]
             if bad:
                 raise ValueError(f"interpolate.cuts must be frames in 1..{self.frames - 1}; got {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _faults_name_real_windows(self) -> "JobSpec":
+        faults = self.model.faults
+        if faults is not None and faults.fail_windows:
+            from farm.plan import split  # plan imports spec: import here, after both exist
+
+            n = len(split(self.frames, self.window.length, self.window.overlap))
+            bad = [i for i in faults.fail_windows if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"model.faults.fail_windows must be window indices in 0..{n - 1}; got {bad}")
         return self
 
     @property

@@ -27,7 +27,35 @@ def _fail(err: FarmError) -> None:
     sys.exit(EXIT_BAD_SPEC if isinstance(err, SpecError) else EXIT_FAILED)
 
 
+def _parse_resources(ctx, param, values) -> dict:
+    out = {}
+    for v in values:
+        name, sep, amount = v.partition("=")
+        try:
+            out[name] = float(amount) if sep else 1.0
+        except ValueError:
+            raise click.BadParameter(f"expected NAME=AMOUNT, e.g. accelerator_a10g=1; got {v!r}") from None
+        if not name or out[name] <= 0:
+            raise click.BadParameter(f"expected NAME=AMOUNT with AMOUNT > 0; got {v!r}")
+    return out
+
+
 def _render_options(f):
+    f = click.option(
+        "--check-seams", type=click.FloatRange(min=0, min_open=True), metavar="MAX",
+        help="Exit 1 if any window seam's jump ratio (see the report) is above MAX, e.g. 1.5. "
+             "The video and the report are still written.",
+    )(f)
+    f = click.option(
+        "--resource", "actor_resources", multiple=True, callback=_parse_resources, metavar="NAME=AMOUNT",
+        help="A custom Ray resource every pipeline actor requires (repeatable), to pin them to a node type.",
+    )(f)
+    f = click.option(
+        "--store", type=click.Path(file_okay=False), envvar="FARM_STORE",
+        help="Window store folder: finished windows are kept there and never rendered twice. "
+             "Default: <FARM_CACHE>/store.",
+    )(f)
+    f = click.option("--no-store", is_flag=True, help="Render every window afresh and keep none.")(f)
     f = click.option(
         "--rife-weights", type=click.Path(exists=True, dir_okay=False),
         help="Your own RIFE v3.6 HD flownet.pkl; default: the copy `farm models pull rife` fetched.",
@@ -59,18 +87,24 @@ def main() -> None:
 @main.command()
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @_render_options
-def render(job, output, address, workers, threads, quiet, as_json, rife_weights):
-    """Render JOB (a YAML job spec) to an mp4 and a report next to it."""
+def render(job, output, address, workers, threads, quiet, as_json, rife_weights, store, no_store,
+           actor_resources, check_seams):
+    """Render JOB (a YAML job spec) to an mp4 and a report next to it.
+
+    Windows already in the store are reused, so running a job again after a crash, or after
+    editing it, renders only the windows that are missing or changed."""
     try:
         spec = load_spec(job, output=output)
     except SpecError as err:
         _fail(err)
-    _run(spec, address, workers, threads, quiet, as_json, rife_weights)
+    _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
+         actor_resources, check_seams)
 
 
 @main.command()
 @_render_options
-def demo(output, address, workers, threads, quiet, as_json, rife_weights):
+def demo(output, address, workers, threads, quiet, as_json, rife_weights, store, no_store, actor_resources,
+         check_seams):
     """Render the built-in demo job (tiny model, CPU-friendly, no network)."""
     import yaml
 
@@ -81,7 +115,8 @@ def demo(output, address, workers, threads, quiet, as_json, rife_weights):
         spec = parse_spec(data, source="built-in demo", output=output)
     except SpecError as err:
         _fail(err)
-    _run(spec, address, workers, threads, quiet, as_json, rife_weights)
+    _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
+         actor_resources, check_seams)
 
 
 def _execute(work, quiet: bool, as_json: bool) -> dict | None:
@@ -102,26 +137,33 @@ def _execute(work, quiet: bool, as_json: bool) -> dict | None:
     return None if quiet else report
 
 
-def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None) -> None:
+def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, store=None, actor_resources=None,
+         check_seams=None) -> None:
     from scheduler.driver import render as run_job
 
     report = _execute(
         lambda progress: run_job(spec, address=address, workers=workers, threads=threads,
-                                 rife_weights=rife_weights, progress=progress),
+                                 rife_weights=rife_weights, store=store, actor_resources=actor_resources,
+                                 check_seams=check_seams, progress=progress),
         quiet, as_json,
     )
     if report is None:
         return
     click.echo(
-        f"rendered {len(report['windows'])} windows → {report['output_frames']} frames "
-        f"at {report['output_fps']:g} fps in {report['stages']['total']:.1f}s"
+        f"rendered {report['windows_rendered']} windows, reused {report['windows_cached']} from the store "
+        f"→ {report['output_frames']} frames at {report['output_fps']:g} fps in {report['stages']['total']:.1f}s"
     )
+    if report.get("seam_ratio_max") is not None:
+        click.echo(f"flicker score {report['flicker']['score']:.4f}; seam jump ratio max "
+                   f"{report['seam_ratio_max']:.3f}, median {report['seam_ratio_median']:.3f}")
+    for b in report["blocklist"]:
+        click.echo(f"blocklisted {b['kind']} {b['id']} after {b['failures']} failed windows: {b['last_error']}")
     if "interpolate" in report:
         ip = report["interpolate"]
         click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames "
                    f"({ip['backend']}, {len(ip['cuts'])} scene cuts held)")
     click.echo(f"video:  {report['output']}")
-    click.echo(f"report: {report['output']}.report.json")
+    click.echo(f"report: {report['output']}.report.json, {report['output']}.report.html")
 
 
 @main.command()
@@ -214,3 +256,92 @@ def models_pull(name, force):
     except FarmError as err:
         _fail(err)
     click.echo(f"{name}: {path} (sha256 {weights.SHA256[:12]}…, verified)")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _parse_age(ctx, param, value: str | None) -> float | None:
+    if value is None:
+        return None
+    number, unit = value[:-1], value[-1:]
+    if unit.isdigit():
+        number, unit = value, "s"
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"expected a number with s, m, h, d or w, e.g. 7d or 12h; got {value!r}") from None
+    if seconds < 0:
+        raise click.BadParameter(f"must not be negative; got {value!r}")
+    return seconds
+
+
+def _store_option(f):
+    return click.option(
+        "--store", type=click.Path(file_okay=False), envvar="FARM_STORE",
+        help="Window store folder. Default: <FARM_CACHE>/store.",
+    )(f)
+
+
+@main.group()
+def store() -> None:
+    """Inspect and prune the window store (finished windows, kept so none is rendered twice)."""
+
+
+@store.command("ls")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per stored window.")
+def store_ls(store, as_json):
+    """List the stored windows: key, job, frames, attempts, node, render time, age."""
+    import time
+    from dataclasses import asdict
+
+    from farm.store import WindowStore
+
+    entries = WindowStore(store).entries()
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in entries], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{WindowStore(store).root}: {len(entries)} windows")
+    for col in ("key", "job", "window", "frames", "attempts", "node", "seconds", "MB", "age"):
+        table.add_column(col, justify="left" if col in ("key", "job", "node") else "right")
+    now = time.time()
+    for e in sorted(entries, key=lambda e: (e.job, e.index)):
+        table.add_row(e.key[:12], e.job, str(e.index), f"{e.start}–{e.end - 1}", str(e.attempts), e.node[:12],
+                      f"{e.seconds:.1f}", f"{e.bytes / 1e6:.2f}", _age(now - e.created))
+    Console().print(table)
+
+
+@store.command("du")
+@_store_option
+def store_du(store):
+    """Show how many windows the store holds and how much disk it uses."""
+    from farm.store import WindowStore
+
+    s = WindowStore(store)
+    windows, size = s.usage()
+    click.echo(f"{s.root}: {windows} windows, {size / 1e6:.1f} MB")
+
+
+@store.command("gc")
+@_store_option
+@click.option("--older-than", callback=_parse_age, metavar="AGE",
+              help="Also remove windows stored more than AGE ago (e.g. 30m, 12h, 7d; 0 = all).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+def store_gc(store, older_than, dry_run):
+    """Remove leftovers of interrupted writes and, with --older-than, old windows."""
+    from farm.store import WindowStore
+
+    files, size = WindowStore(store).gc(older_than=older_than, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {files} files, {size / 1e6:.1f} MB")
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f}{unit}"
+    return f"{seconds:.0f}s"

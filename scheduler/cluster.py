@@ -70,13 +70,23 @@ def pool_shape(session: Session, workers: int | None, threads: int | None,
 RIFE_GPU_SHARE = 0.25
 
 
+#: Times Ray restarts a lost pipeline actor (re-running `__init__`, so reloading the
+#: pipeline) before the dispatcher gives up on it.
+ACTOR_MAX_RESTARTS = int(os.environ.get("FARM_ACTOR_MAX_RESTARTS", "3"))
+
+
 def start_pipeline_actors(model: ModelSpec, session: Session, workers: int, threads: int,
-                          share_gpu: bool = False) -> tuple[list, list[dict]]:
-    """Start `workers` PipelineActors and wait until each has loaded its pipeline."""
+                          share_gpu: bool = False, resources: dict | None = None) -> tuple[list, list[dict]]:
+    """Start `workers` PipelineActors and wait until each has loaded its pipeline.
+    `resources`: custom Ray resources each actor requires (e.g. one per GPU node type)."""
     if session.gpus:
         opts = {"num_gpus": 1 - RIFE_GPU_SHARE if share_gpu else 1, "num_cpus": 1}
     else:
         opts = {"num_cpus": min(threads, max(1, session.cpus))}
+    if resources:
+        opts["resources"] = dict(resources)
+    # Ray restarts a lost actor; the dispatcher, not Ray, resubmits its windows.
+    opts.update(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0)
     actors = [pipeline_actor_class().options(**opts).remote(model, threads) for _ in range(workers)]
     return actors, _wait_ready(actors, opts, "pipeline")
 

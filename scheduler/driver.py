@@ -10,18 +10,25 @@ front of the video, never the whole video.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
 from farm.blend import Reconciler
 from farm.encode import VideoWriter, probe
+from farm.errors import SeamCheckFailed, WindowFatal
 from farm.interpolate import retiming
+from farm.metrics import FlickerMeter, flicker_report
 from farm.plan import plan_windows
-from farm.render import WindowTask
+from farm.keys import model_identity, task_key
+from farm.render import WindowResult, WindowTask
 from farm.report import report_path, versions, write_json_atomic
+from farm.report_html import write_html_report
 from farm.rife import backends, weights
 from farm.spec import InterpolateJob, JobSpec
+from farm.states import JobState, Ledger, WindowState
+from farm.store import NoStore, WindowStore
 from scheduler.cluster import connect, pool_shape, start_pipeline_actors, start_rife_actors, stop_actors
 from scheduler.dispatch import Dispatcher
 from scheduler.interp import InterpolationStage, PassThrough
@@ -38,9 +45,19 @@ def render(
     workers: int | None = None,
     threads: int | None = None,
     rife_weights: str | None = None,
+    store: str | Path | bool | None = None,
+    actor_resources: dict | None = None,
+    check_seams: float | None = None,
     progress: NullProgress | None = None,
 ) -> dict:
-    """Render `spec` to `spec.output` and write its report. Returns the report."""
+    """Render `spec` to `spec.output` and write its report (json and html). Returns the report.
+
+    Every finished window is kept in the window store (`store`, default under the farm
+    cache; `False` turns it off) under a key of everything that determines its frames;
+    windows already there are read back instead of rendered. A window that fails all its attempts fails the job
+    (WindowFatal) after the other windows have been rendered and stored. With `check_seams`,
+    a video whose worst seam jump ratio is above it raises SeamCheckFailed (after the video
+    and report are written)."""
     progress = progress or NullProgress()
     clock = Stopwatch()
     stages: dict[str, float] = {}
@@ -50,21 +67,28 @@ def render(
     if not isinstance(spec, JobSpec):
         raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
     rife_bytes = _interpolation_inputs(ip, rife_weights)
+    store = NoStore() if store is False else WindowStore(store)
 
     # 2. Plan the windows (pure).
     with clock.lap("plan"):
         plan = plan_windows(spec)
         tasks = [WindowTask.from_spec(spec, w) for w in plan.windows]
+    ledger = Ledger([w.index for w in plan.windows], retries=spec.retries)
 
-    # 3. Start the actors: join or start Ray, load one pipeline per actor, and the RIFE pool.
+    # 3. Start the actors: join or start Ray; load one pipeline per actor, unless the store
+    #    already holds every window; and the RIFE pool.
     progress.stage("starting actors")
     rife_cpus = ip.workers if ip else 0
     clock.start("startup")
     session = connect(address, cpus_wanted=(workers or 1) * (threads or 1) + rife_cpus)
-    actors, rife_actors = [], []
+    actors, actor_infos, rife_actors = [], [], []
     try:
+        keys = _Keys(spec.model, "cuda" if session.gpus else "cpu")
         workers, threads = pool_shape(session, workers, threads, reserved_cpus=rife_cpus)
-        actors, actor_infos = start_pipeline_actors(spec.model, session, workers, threads, share_gpu=bool(ip))
+        if not _all_stored(store, keys, tasks):
+            actors, actor_infos = start_pipeline_actors(spec.model, session, workers, threads,
+                                                        share_gpu=bool(ip), resources=actor_resources)
+            keys.use_devices(info["device"] for info in actor_infos)
         if ip:
             rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
             retime = retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor)
@@ -73,17 +97,29 @@ def render(
         else:
             stage = PassThrough()
         clock.stop("startup")
+        ledger.job(JobState.RUNNING)
 
-        # 4-6. Dispatch and collect; reconcile each overlap as soon as both sides are back;
-        #      feed the finished prefix to interpolation and its output to the encoder.
+        # 4-6. Dispatch and collect (or read from the store); store each window as soon as
+        #      it is back; reconcile each overlap once both sides are in; feed the finished
+        #      prefix to interpolation and its output to the encoder.
         progress.stage("rendering")
         progress.windows_total(len(tasks))
-        frames_total = retime.frames_out if ip else spec.frames
-        progress.frames_total(frames_total)
+        progress.frames_total(retime.frames_out if ip else spec.frames)
         reconciler = Reconciler(plan.windows, spec.window.blend)
-        dispatcher = Dispatcher(actors, per_actor=PER_ACTOR_IN_FLIGHT)
+        meter = FlickerMeter()  # measured on the blended frames, where the seams are
+        dispatcher = Dispatcher(actors, actor_infos, ledger, per_actor=PER_ACTOR_IN_FLIGHT,
+                                on_failure=progress.window_failed)
         records: dict[int, dict] = {}
-        t_render = clock.elapsed()
+        t_render, epoch0 = clock.elapsed(), time.time()
+        job_name = Path(spec.output).name
+
+        def from_store(task: WindowTask) -> WindowResult | None:
+            with clock.lap("store"):
+                return _read_window(store, keys.get(task), task)
+
+        def needed_from() -> int:  # once a window has failed, nothing more is encoded
+            return reconciler.first_unfinished_window if not ledger.failed else len(tasks)
+
         with VideoWriter(spec.output, spec.width, spec.height, spec.output_fps, spec.encode.crf,
                          spec.encode.preset) as out:
 
@@ -93,14 +129,32 @@ def render(
                         out.write(frame)
                 progress.frames_written(out.frames_written)
 
-            for result in dispatcher.run(tasks, limit=lambda: reconciler.first_unfinished_window):
-                records[result.index] = _window_record(result, clock.elapsed() - t_render)
-                progress.window_done(result)
+            for result in dispatcher.run(tasks, limit=needed_from, cached=from_store):
+                status = ledger.windows[result.index]
+                if status.state is WindowState.CACHED:
+                    progress.window_cached(result.index)
+                else:
+                    with clock.lap("store"):
+                        key = keys.put(tasks[result.index], result.device)
+                        store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
+                                  end=result.end, attempts=status.attempts, node=result.node,
+                                  actor=result.actor, seconds=result.seconds)
+                    progress.window_done(result)
+                records[result.index] = _window_record(result, status, keys.get(tasks[result.index]),
+                                                       epoch0, clock.elapsed() - t_render)
+                if ledger.failed:
+                    continue  # the job will fail: keep rendering into the store, stop encoding
                 reconciler.add(result.index, result.frames)
                 for frame in clock.timed_iter("blend", reconciler.ready()):
+                    meter.add(frame)
                     stage.push(frame)
                 encode(stage.ready())
             stages["render"] = clock.elapsed() - t_render
+            if ledger.failed:
+                ledger.job(JobState.FAILED)
+                _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock,
+                              workers, threads, actor_infos)
+                raise _job_failed(ledger, store, spec.output)  # the writer aborts: no partial video, old output kept
 
             # 7. Interpolate the tail and encode: closing the stream moves the file into place.
             progress.stage("finishing")
@@ -108,37 +162,27 @@ def render(
             clock.start("encode")
         clock.stop("encode")
         frames_out = out.frames_written
+        ledger.job(JobState.DONE)
     finally:
         stop_actors(actors + rife_actors)
         session.close()
-    stages.update(plan=clock.totals["plan"], startup=clock.totals["startup"],
-                  blend=clock.totals["blend"], encode=clock.totals["encode"], total=clock.elapsed())
 
-    # 8. Write the report next to the video.
-    report = {
-        "output": spec.output,
-        "frames": spec.frames,
-        "output_frames": frames_out,
-        "output_fps": spec.output_fps,
-        "width": spec.width,
-        "height": spec.height,
-        "blend": spec.window.blend,
-        "windows": [records[i] for i in sorted(records)],
-        "stages": {k: round(v, 4) for k, v in stages.items()},
-        "plan": plan.to_dict() | {"windows": len(plan.windows)},
-        "actors": actor_infos,
-        "workers": workers,
-        "threads_per_actor": threads,
-        "spec": spec.model_dump(mode="json"),
-        "versions": versions(),
-    }
+    # 8. Measure the flicker and the seams; write the report next to the video.
+    extra = flicker_report(meter.curve, plan.windows)
     if ip:
-        report["interpolate"] = stage.summary() | {
+        extra["interpolate"] = stage.summary() | {
             "actors": rife_infos,
             "first_chunk_at": round(stage.first_submit_at - clock.t0 - t_render, 4),
         }
-    write_json_atomic(report_path(spec.output), report)
+    worst = max(extra["seams"], key=lambda seam: seam["jump_ratio"], default=None)
+    if check_seams is not None:
+        extra["seam_check"] = {"limit": check_seams, "passed": worst is None or worst["jump_ratio"] <= check_seams,
+                               "worst": worst}
+    report = _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock, workers, threads,
+                           actor_infos, frames_out=frames_out, extra=extra)
     progress.close()
+    if check_seams is not None and not report["seam_check"]["passed"]:
+        raise SeamCheckFailed(worst["frame"], worst["jump_ratio"], check_seams)
     return report
 
 
@@ -214,15 +258,122 @@ def _interpolation_inputs(ip, rife_weights: str | None) -> bytes | None:
     return Path(weights.resolve(rife_weights or ip.weights)).read_bytes()
 
 
-def _window_record(result, finished_at: float) -> dict:
+class _Keys:
+    """Window keys for this job: the model's identity on the device class it runs on."""
+
+    def __init__(self, model, device_kind: str):
+        self.model = model
+        self._ids: dict[str, dict] = {}
+        self.kind = device_kind
+
+    def _id(self, kind: str) -> dict:
+        if kind not in self._ids:
+            self._ids[kind] = model_identity(self.model, kind)
+        return self._ids[kind]
+
+    def use_devices(self, devices) -> None:
+        """Look windows up under the device class the actors really got (if they agree)."""
+        kinds = {_device_kind(d) for d in devices}
+        if len(kinds) == 1:
+            self.kind = kinds.pop()
+
+    def get(self, task: WindowTask) -> str:
+        return task_key(self._id(self.kind), task)
+
+    def put(self, task: WindowTask, device: str) -> str:
+        return task_key(self._id(_device_kind(device)), task)
+
+
+def _device_kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _all_stored(store: WindowStore, keys: _Keys, tasks: list[WindowTask]) -> bool:
+    """True if every window is in the store and passes its check (read one at a time)."""
+    return all(store.has(keys.get(t)) for t in tasks) and all(store.get(keys.get(t)) is not None for t in tasks)
+
+
+def _read_window(store: WindowStore, key: str, task: WindowTask) -> WindowResult | None:
+    frames = store.get(key)
+    if frames is None:
+        return None
+    entry = store.entry(key)
+    w = task.window
+    return WindowResult(index=w.index, start=w.start, end=w.end, frames=frames, seconds=0.0,
+                        started=time.time(), node=entry.node if entry else "", actor=entry.actor if entry else "",
+                        device="store")
+
+
+def _job_failed(ledger: Ledger, store: WindowStore, output: str) -> WindowFatal:
+    w = ledger.failed[0]
+    kept = len(ledger.in_state(WindowState.DONE)) + len(ledger.in_state(WindowState.CACHED))
+    return WindowFatal(
+        w.index,
+        f"failed all {w.attempts} attempts (1 + {ledger.retries} retries); last error: {w.last_error}. "
+        f"The job FAILED; {kept} other windows are kept in the store at {store.root} "
+        f"and will not be rendered again. Report: {report_path(output)}",
+    )
+
+
+def _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock, workers, threads,
+                  actor_infos, frames_out: int = 0, extra: dict | None = None) -> dict:
+    stages.update(plan=clock.totals["plan"], startup=clock.totals["startup"], blend=clock.totals["blend"],
+                  encode=clock.totals["encode"], store=clock.totals["store"], total=clock.elapsed())
+    for index, status in ledger.windows.items():  # windows that never came back
+        records.setdefault(index, {"index": index, "state": status.state.value, "cached": False,
+                                   "attempts": status.attempts, "failures": [f.to_dict() for f in status.failures]})
+    cached = ledger.in_state(WindowState.CACHED)
+    report = {
+        "output": spec.output,
+        "state": ledger.state.value,
+        "frames": spec.frames,
+        "output_frames": frames_out,
+        "output_fps": spec.output_fps,
+        "width": spec.width,
+        "height": spec.height,
+        "blend": spec.window.blend,
+        "windows": [records[i] for i in sorted(records)],
+        "windows_rendered": len(ledger.in_state(WindowState.DONE)),
+        "windows_cached": len(cached),
+        "store": {"path": str(store.root), "reused": cached, "corrupt_removed": list(store.corrupt)},
+        "blocklist": dispatcher.blocklist.report(),
+        "stages": {k: round(v, 4) for k, v in stages.items()},
+        "plan": plan.to_dict() | {"windows": len(plan.windows)},
+        "actors": actor_infos,
+        "workers": workers,
+        "threads_per_actor": threads,
+        "spec": spec.model_dump(mode="json"),
+        "versions": versions(),
+    }
+    if ledger.failed:
+        w = ledger.failed[0]
+        report["failed"] = {"window": w.index, "attempts": w.attempts, "error": w.last_error}
+    report.update(extra or {})
+    write_json_atomic(report_path(spec.output), report)
+    write_html_report(report)
+    return report
+
+
+def _window_record(result: WindowResult, status, key: str, epoch0: float, finished_at: float) -> dict:
+    cached = status.state is WindowState.CACHED
     return {
         "index": result.index,
         "start": result.start,
         "end": result.end,
-        "attempts": 1,
+        "state": status.state.value,
+        "cached": cached,
+        "key": key,
+        "attempts": status.attempts,
+        "failures": [f.to_dict() | {k: _rel(getattr(f, k), epoch0) for k in ("started_at", "finished_at")}
+                     for f in status.failures],
         "node": result.node,
         "actor": result.actor,
         "device": result.device,
         "seconds": round(result.seconds, 4),
+        "started_at": None if cached else _rel(result.started, epoch0),
         "finished_at": round(finished_at, 4),
     }
+
+
+def _rel(t: float | None, epoch0: float) -> float | None:
+    return None if t is None else round(t - epoch0, 4)

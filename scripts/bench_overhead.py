@@ -69,7 +69,7 @@ def plain_loop(spec, threads: int, renderer=None) -> tuple[float, object]:
 def farm_run(spec, workers: int, threads: int) -> float:
     from scheduler.driver import render
 
-    report = render(spec, workers=workers, threads=threads)
+    report = render(spec, workers=workers, threads=threads, store=False)  # render every window, every run
     return report["stages"]["total"] - report["stages"]["startup"]
 
 

@@ -46,7 +46,8 @@ def test_farm_render_end_to_end_with_two_workers(tmp_path):
     data = base_spec(tmp_path, frames=52, fps=10)  # windows 0-15, 12-27, 24-39, 36-51
     job = write_spec(tmp_path, data)
     out = tmp_path / "video.mp4"
-    result = CliRunner().invoke(main, ["render", str(job), "-o", str(out), "--workers", "2", "--threads", "1", "--json"])
+    result = CliRunner().invoke(main, ["render", str(job), "-o", str(out), "--workers", "2", "--threads", "1", "--json",
+                                       "--store", str(tmp_path / "store")])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
 
@@ -63,7 +64,7 @@ def test_farm_render_end_to_end_with_two_workers(tmp_path):
     assert set(report["stages"]) >= {"plan", "render", "blend", "encode", "total"}
     on_disk = json.loads((tmp_path / "video.mp4.report.json").read_text())
     assert on_disk["windows"] == report["windows"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "video.mp4", "video.mp4.report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "store", "video.mp4", "video.mp4.report.html", "video.mp4.report.json"]
     assert not ray.is_initialized()  # the local cluster it started is gone
 
 
@@ -75,7 +76,8 @@ def test_render_with_rife_interpolates_across_window_seams_while_rendering(tmp_p
                      interpolate={"factor": 2, "chunk": 4, "workers": 2, "scene_threshold": 0})
     job = write_spec(tmp_path, data)
     out = tmp_path / "video.mp4"
-    result = CliRunner().invoke(main, ["render", str(job), "-o", str(out), "--workers", "2", "--threads", "1", "--json"])
+    result = CliRunner().invoke(main, ["render", str(job), "-o", str(out), "--workers", "2", "--threads", "1", "--json",
+                                       "--store", str(tmp_path / "store")])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     ip = report["interpolate"]

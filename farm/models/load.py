@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from farm.errors import FarmError
+from farm.models.schedulers import SCHEDULERS
 from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, tiny_model_path
 from farm.spec import ModelSpec
 
@@ -64,12 +65,7 @@ def load_animatediff(model: ModelSpec, device: str):
         model.base,
         lambda: AnimateDiffPipeline.from_pretrained(base_ref, motion_adapter=adapter, dtype=dtype),
     )
-    pipe.scheduler = DDIMScheduler.from_config(
-        pipe.scheduler.config,
-        beta_schedule="linear",
-        clip_sample=False,
-        timestep_spacing="linspace",
-        steps_offset=1,
-    )
+    _, overrides = SCHEDULERS["ddim"]
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -1,0 +1,70 @@
+"""Fault injection and simulation: real renderers behind the same interface, chosen by the
+job spec's `model.faults` (see FaultSpec), never by monkeypatching.
+
+- `FaultyRenderer` wraps the real pipeline and fails the calls it is told to: a poison
+  window, a process crash on the k-th call, every call on a node with a given resource,
+  or a delay. A window that it lets through is rendered by the real pipeline, unchanged.
+- `SimulatedRenderer` is a fixed-cost stand-in for benchmarks of the scheduling itself: it
+  sleeps, then returns frames drawn from the per-frame seeds. It is a SIMULATION and is
+  labelled so in every report (`device: simulation`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from farm.noise import frame_seed
+from farm.spec import FaultSpec
+
+
+class InjectedFault(RuntimeError):
+    """Raised by FaultyRenderer on purpose."""
+
+
+@dataclass(frozen=True)
+class FaultContext:
+    """What the actor knows about where it runs."""
+
+    restarted: bool = False  # Ray restarted this actor (this is not its first life)
+    node_resources: dict = field(default_factory=dict)
+
+
+class SimulatedRenderer:
+    device = "simulation"
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.load_seconds = 0.0
+
+    def render(self, task) -> np.ndarray:
+        time.sleep(self.seconds)
+        w = task.window
+        frames = np.empty((w.length, task.height, task.width, 3), np.uint8)
+        for i, f in enumerate(range(w.start, w.end)):
+            frames[i] = np.random.default_rng(frame_seed(task.seed, f)).integers(0, 256, 3, dtype=np.uint8)
+        return frames
+
+
+class FaultyRenderer:
+    def __init__(self, inner, faults: FaultSpec, context: FaultContext):
+        self.inner, self.faults, self.context = inner, faults, context
+        self.device = inner.device
+        self.load_seconds = getattr(inner, "load_seconds", 0.0)
+        self.calls = 0
+
+    def render(self, task) -> np.ndarray:
+        f, index = self.faults, task.window.index
+        self.calls += 1
+        if f.delay:
+            time.sleep(f.delay)
+        if f.crash_on_call is not None and self.calls == f.crash_on_call and not self.context.restarted:
+            os._exit(17)  # a hard crash: no exception, no cleanup, as a segfault or OOM kill would
+        if f.fail_on_resource and self.context.node_resources.get(f.fail_on_resource):
+            raise InjectedFault(f"injected: this node carries resource {f.fail_on_resource!r}")
+        if index in f.fail_windows:
+            raise InjectedFault(f"injected: window {index} always fails")
+        return self.inner.render(task)

@@ -1,0 +1,450 @@
+"""`OUT.mp4.report.html`: the job report as one self-contained page a person can read.
+
+The page is plain HTML with hand-made inline SVG: no script, no external file, no
+network. It shows a Gantt timeline of the window attempts per actor (grouped by node),
+the stage timings, the flicker curve with the window seams and their jump ratios, the
+spec and the versions. Every value from the report is HTML-escaped; missing optional
+keys leave their section out or say what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from pathlib import Path
+
+import yaml
+
+from farm.report import report_path, write_text_atomic
+
+WIDTH = 920  # px, every figure
+LABEL = 190  # px, left column of the Gantt
+STAGE_ORDER = ("plan", "startup", "render", "blend", "encode", "store", "total")
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2330;margin:24px auto;max-width:960px;padding:0 12px}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 6px;border-bottom:1px solid #dde1e8;padding-bottom:3px}
+.sub{color:#5b6475;margin:0 0 14px}.banner{background:#fde8e8;border:1px solid #d93b3b;color:#8c1515;padding:10px 14px;border-radius:4px;margin:10px 0}
+.cards{display:flex;flex-wrap:wrap;gap:8px}.card{border:1px solid #dde1e8;border-radius:4px;padding:6px 10px;min-width:120px}
+.card b{display:block;font-size:17px}.card span{color:#5b6475;font-size:12px}
+table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #e6e9ef;padding:3px 10px 3px 0;text-align:left;vertical-align:top}
+td.n,th.n{text-align:right}pre{background:#f6f7f9;border:1px solid #e6e9ef;padding:10px;overflow:auto;font-size:12px}
+.note{color:#5b6475;font-size:12px;margin:4px 0}svg{display:block;max-width:100%;height:auto}
+svg text{font-family:system-ui,sans-serif;font-size:11px;fill:#1d2330}
+"""
+
+COLOURS = {"ok": "#4c78a8", "retried": "#f58518", "failed": "#d93b3b", "cached": "#8a8f99"}
+
+
+def html_report_path(output: str | Path) -> Path:
+    """`OUT.mp4.report.html`, next to `OUT.mp4.report.json`."""
+    return report_path(output).with_suffix(".html")
+
+
+def write_html_report(report: dict, path: str | Path | None = None) -> Path:
+    """Write the page for `report` to `path` (default: next to the video), atomically."""
+    path = Path(path) if path is not None else html_report_path(report["output"])
+    return write_text_atomic(path, render_html(report))
+
+
+def render_html(report: dict) -> str:
+    """The whole page as a string."""
+    title = f"raygen-farm report: {report.get('output', '?')}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        _banner(report),
+        _summary(report),
+        "<h2>Windows per actor</h2>",
+        gantt_svg(report),
+        _failures(report.get("windows") or []),
+        "<h2>Stages</h2>",
+        stages_svg(report.get("stages") or {}),
+        "<h2>Flicker and seams</h2>",
+        flicker_svg(report),
+        _seam_table(report.get("seams") or []),
+        _blocklist(report.get("blocklist") or []),
+        _key_values("Interpolation", report.get("interpolate")),
+        "<h2>Spec</h2>",
+        _spec(report.get("spec")),
+        _key_values("Versions", report.get("versions")),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+# --- the figures --------------------------------------------------------------------------
+
+
+def gantt_svg(report: dict) -> str:
+    """One row per actor, grouped under its node; one bar per window attempt.
+
+    Bars run from `started_at` to `finished_at` (seconds since the render started; a
+    missing start is taken as `finished_at - seconds`). Retried windows are orange, failed
+    attempts red, and windows read from the store sit hatched in their own row.
+    """
+    windows = report.get("windows") or []
+    bars = _gantt_bars(windows)
+    if not bars:
+        return '<p class="note">No window attempt was recorded.</p>'
+
+    rows = _gantt_rows(report.get("actors") or [], [b[0] for b in bars])
+    hosts = {a.get("node"): a.get("host") for a in report.get("actors") or []}
+    t_end = max([b[2] for b in bars] + [(report.get("stages") or {}).get("render") or 0.0])
+    plot = WIDTH - LABEL - 20
+    x = _scale(0.0, t_end or 1.0, LABEL, LABEL + plot)
+    row_h, top = 22, 34
+    y_of, lines, node_seen = {}, [], None
+    y = top
+    for node, actor in rows:
+        if node != node_seen and node != "store":
+            host = f" ({hosts[node]})" if hosts.get(node) else ""
+            lines.append(_text(6, y + 14, f"node {_short(node)}{host}", weight="bold", title=str(node)))
+            y += row_h
+            node_seen = node
+        y_of[(node, actor)] = y
+        label = "store (cached)" if node == "store" else f"actor {_short(actor)}"
+        lines.append(f'<rect class="row" x="{LABEL}" y="{y}" width="{plot}" height="{row_h}" fill="#f3f5f8"/>')
+        lines.append(_text(18, y + 15, label, title=str(actor) if actor else None))
+        y += row_h + 2
+    height = y + 30
+    out = [_svg_open(height, "gantt", "Window attempts per actor over time"), _hatches(), _legend()]
+    out += _x_axis(x, 0.0, t_end or 1.0, top - 6, y, "s since render start", height - 8)
+    out += lines
+    for key, t0, t1, kind, w, why in bars:
+        x0, x1 = x(t0), max(x(t1), x(t0) + 3)
+        tip = (f"window {w.get('index')} · frames {w.get('start')}–{w.get('end')} · "
+               f"{t0:.2f}–{t1:.2f} s · {why}")
+        fill = f"url(#hatch-{kind})" if kind in ("failed", "cached") else COLOURS[kind]
+        ry = y_of[key] + 4
+        stroke = COLOURS[kind] if kind in ("failed", "cached") else "#fff"
+        out.append(f'<rect class="bar {kind}" data-window="{_e(w.get("index"))}" x="{x0:.1f}" y="{ry}" '
+                   f'width="{x1 - x0:.1f}" height="14" fill="{fill}" stroke="{stroke}">'
+                   f"<title>{_e(tip)}</title></rect>")
+        if x1 - x0 >= 7 * len(str(w.get("index"))) + 6 and kind != "cached":
+            colour = "#fff" if kind in ("ok", "retried") else "#8c1515"
+            out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{ry + 11}" text-anchor="middle" '
+                       f'style="fill:{colour}">{_e(w.get("index"))}</text>')
+    cached = [w.get("index") for w in windows if w.get("cached")]
+    if cached:
+        out.append(_text(LABEL + plot - 4, y_of[("store", None)] + 15, f"cached windows: {_ranges(cached)}",
+                         anchor="end"))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def stages_svg(stages: dict) -> str:
+    """Horizontal bars of the stage times in seconds."""
+    items = [(k, stages[k]) for k in STAGE_ORDER if isinstance(stages.get(k), (int, float))]
+    items += [(k, v) for k, v in stages.items() if k not in STAGE_ORDER and isinstance(v, (int, float))]
+    if not items:
+        return '<p class="note">No stage timings in the report.</p>'
+    top, row_h = 8, 22
+    height = top + row_h * len(items) + 4
+    x = _scale(0.0, max(v for _, v in items) or 1.0, 90, WIDTH - 90)
+    out = [_svg_open(height, "stages", "Stage timings")]
+    for i, (name, secs) in enumerate(items):
+        y = top + i * row_h
+        fill = "#5b6475" if name == "total" else COLOURS["ok"]
+        out.append(_text(84, y + 14, name, anchor="end"))
+        out.append(f'<rect class="stage" data-stage="{_e(name)}" x="90" y="{y + 3}" width="{max(x(secs) - 90, 1):.1f}" '
+                   f'height="15" fill="{fill}"><title>{_e(name)}: {secs:.3f} s</title></rect>')
+        out.append(_text(x(secs) + 6, y + 14, f"{_fmt(float(secs))} s"))
+    out.append("</svg>")
+    note = ('<p class="note">Blending, encoding and the store run inside the render loop: their times '
+            "are the driver's busy time and overlap <i>render</i>.</p>")
+    return "\n".join(out) + note
+
+
+def flicker_svg(report: dict) -> str:
+    """The flicker curve (change into each frame) with a marker and jump ratio per seam."""
+    flicker = report.get("flicker") or {}
+    curve = flicker.get("curve") or []
+    if not curve:
+        return '<p class="note">No flicker curve in the report (fewer than two frames, or not measured).</p>'
+    seams = report.get("seams") or []
+    n = len(curve)
+    height, top, bottom = 280, 30, 246
+    ymax = _nice_ceiling(max(curve) * 1.1) or 1.0
+    x = _scale(0.0, float(n), 50, WIDTH - 16)
+    y = _scale(0.0, ymax, bottom, top)
+    out = [_svg_open(height, "flicker", "Flicker curve with window seams")]
+    for t in _ticks(0.0, ymax):
+        out.append(f'<line x1="50" x2="{WIDTH - 16}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e6e9ef"/>')
+        out.append(_text(44, y(t) + 4, _fmt(t), anchor="end"))
+    out += _x_axis(x, 0.0, float(n), top, bottom, "frame", height - 6)
+    out.append(_text(4, 12, "mean |Δ| from the previous frame"))
+    dense = (WIDTH - 66) / max(len(seams), 1) < 12  # too many seams for a line and a band each
+    for s in [] if dense else seams:
+        lo, hi = (s.get("handover") or [s["frame"], s["frame"]])[:2]
+        out.append(f'<rect class="handover" x="{x(lo):.1f}" y="{top}" width="{max(x(hi) - x(lo), 1):.1f}" '
+                   f'height="{bottom - top}" fill="#fbe9d0" opacity="0.6"/>')
+    points = " ".join(f"{x(i + 1):.1f},{y(v):.1f}" for i, v in enumerate(curve))
+    out.append(f'<polyline class="curve" fill="none" stroke="{COLOURS["ok"]}" stroke-width="1.5" points="{points}"/>')
+    labelled: list[float] = []
+    for s in sorted(seams, key=lambda s: -(s.get("jump_ratio") or 0)):
+        sx, ratio = x(s["frame"]), s.get("jump_ratio")
+        colour = _ratio_colour(ratio)
+        tip = f"seam at frame {s['frame']}: jump ratio {_ratio(ratio)}"
+        label = all(abs(sx - other) >= 40 for other in labelled)
+        y0 = bottom - 8 if dense else top  # dense: a tick on the axis for every seam
+        out.append(f'<line class="seam" data-frame="{_e(s["frame"])}" x1="{sx:.1f}" x2="{sx:.1f}" y1="{y0}" '
+                   f'y2="{bottom}" stroke="{colour}" stroke-dasharray="{"none" if dense else "4 3"}">'
+                   f"<title>{_e(tip)}</title></line>")
+        if label:
+            labelled.append(sx)
+            if dense:  # the labelled seams get their full line
+                out.append(f'<line x1="{sx:.1f}" x2="{sx:.1f}" y1="{top}" y2="{bottom}" stroke="{colour}" '
+                           'stroke-dasharray="4 3" opacity="0.7"/>')
+            out.append(f'<text class="ratio" x="{sx:.1f}" y="{top - 6}" text-anchor="middle" '
+                       f'style="fill:{colour}">×{_e(_ratio(ratio))}</text>')
+    out.append("</svg>")
+    score = flicker.get("score")
+    marks = ("Ticks on the axis: the first frame of each window after the first; dashed: the seams "
+             "labelled" if dense else "Dashed lines: the first frame of each window after the first; "
+             "shaded: the frames its blend hands over")
+    note = (f'<p class="note">Mean absolute change from the previous frame, 0–255 (VBench temporal '
+            f"flickering; score {_e(_fmt(score, 4))}). {marks}; ×: the seam's jump ratio "
+            "(largest change in the handover ÷ median change inside the windows; 1 is invisible).</p>")
+    return "\n".join(out) + note
+
+
+# --- the tables and text ------------------------------------------------------------------
+
+
+def _banner(report: dict) -> str:
+    if report.get("state") != "FAILED" and not report.get("failed"):
+        return ""
+    failed = report.get("failed") or {}
+    where = f" at window {failed['window']}" if "window" in failed else ""
+    error = f": {failed['error']}" if failed.get("error") else ""
+    return f'<div class="banner"><b>The job FAILED{_e(where)}</b>{_e(error)}</div>'
+
+
+def _summary(report: dict) -> str:
+    windows = report.get("windows") or []
+    stages = report.get("stages") or {}
+    cached = sum(1 for w in windows if w.get("cached"))
+    rendered = sum(1 for w in windows if not w.get("cached") and w.get("state", "DONE") == "DONE")
+    retried = sum(1 for w in windows if (w.get("attempts") or 0) > 1)
+    cards = [
+        ("state", report.get("state", "?")),
+        ("frames → output", f"{report.get('frames', '?')} → {report.get('output_frames', '?')}"),
+        ("size, fps", f"{report.get('width', '?')}×{report.get('height', '?')} @ {_fmt(report.get('output_fps'))}"),
+        ("blend", report.get("blend", "?")),
+        ("windows rendered / cached / retried", f"{rendered} / {cached} / {retried}"),
+        ("flicker score", _fmt((report.get("flicker") or {}).get("score"), 4)),
+        ("seam ratio max / median", f"{_ratio(report.get('seam_ratio_max'))} / {_ratio(report.get('seam_ratio_median'))}"),
+        ("total", f"{_fmt(stages.get('total'))} s"),
+    ]
+    body = "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
+    return f'<div class="cards">{body}</div>'
+
+
+def _seam_table(seams: list[dict]) -> str:
+    if not seams:
+        return ""
+    head = "<tr><th>seam</th><th class=n>frame</th><th class=n>jump ratio</th><th class=n>jump</th><th class=n>interior</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_e(s.get('window', i))} → {_e(s.get('window', i) + 1)}</td>"
+        f"<td class=n>{_e(s.get('frame'))}</td><td class=n>{_e(_ratio(s.get('jump_ratio')))}</td>"
+        f"<td class=n>{_e(_fmt(s.get('jump')))}</td><td class=n>{_e(_fmt(s.get('interior')))}</td></tr>"
+        for i, s in enumerate(seams))
+    return f"<details><summary>{len(seams)} seams</summary><table>{head}{rows}</table></details>"
+
+
+def _failures(windows: list[dict]) -> str:
+    rows = "".join(
+        f"<tr><td class=n>{_e(w.get('index'))}</td><td class=n>{n}</td><td>{_e(_short(f.get('actor')))}</td>"
+        f"<td>{_e(_short(f.get('node')))}</td><td class=n>{_e(_fmt(f.get('started_at')))}</td>"
+        f"<td>{_e(f.get('error'))}</td></tr>"
+        for w in windows for n, f in enumerate(w.get("failures") or [], 1))
+    if not rows:
+        return ""
+    head = ("<tr><th class=n>window</th><th class=n>attempt</th><th>actor</th><th>node</th>"
+            "<th class=n>started (s)</th><th>error</th></tr>")
+    return f'<p class="note"><b>Failed attempts</b></p><table class=failures>{head}{rows}</table>'
+
+
+def _blocklist(blocked: list[dict]) -> str:
+    if not blocked:
+        return ""
+    rows = "".join(f"<tr><td>{_e(b.get('kind'))}</td><td>{_e(b.get('id'))}</td><td class=n>{_e(b.get('failures'))}</td>"
+                   f"<td>{_e(b.get('last_error'))}</td></tr>" for b in blocked)
+    return ("<h2>Blocklist</h2><table><tr><th>kind</th><th>id</th><th class=n>failures</th><th>last error</th></tr>"
+            f"{rows}</table>")
+
+
+def _key_values(title: str, data) -> str:
+    if not data:
+        return ""
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_plain(v))}</td></tr>" for k, v in data.items())
+    return f"<h2>{_e(title)}</h2><table>{rows}</table>"
+
+
+def _spec(spec) -> str:
+    if not spec:
+        return '<p class="note">No spec in the report.</p>'
+    try:
+        text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    except yaml.YAMLError:
+        text = json.dumps(spec, indent=2, default=str)
+    return f'<pre class="spec">{_e(text)}</pre>'
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def _e(value) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    return str(value)
+
+
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _plain(value) -> str:
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return _fmt(value)
+
+
+def _short(ident) -> str:
+    s = str(ident) if ident is not None else "?"
+    return s[:8] if len(s) > 12 else s
+
+
+def _ranges(nums: list[int]) -> str:
+    nums, out, i = sorted(nums), [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}–{nums[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _span(start, end, seconds):
+    if end is None:
+        return None, None
+    if start is None:
+        start = end - (seconds or 0.0)
+    return float(start), float(end)
+
+
+def _gantt_bars(windows: list[dict]) -> list[tuple]:
+    """(row key, start, end, kind, window, tooltip) for every attempt with a time."""
+    bars = []
+    for w in windows:
+        for n, f in enumerate(w.get("failures") or [], 1):
+            t0, t1 = _span(f.get("started_at"), f.get("finished_at"), None)
+            if t1 is not None:
+                why = f"attempt {n} failed: {f.get('error', '')}"
+                bars.append(((f.get("node"), f.get("actor")), t0, t1, "failed", w, why))
+        if w.get("cached"):
+            t = w.get("finished_at") or 0.0
+            bars.append((("store", None), t, t, "cached", w, "read from the window store"))
+            continue
+        t0, t1 = _span(w.get("started_at"), w.get("finished_at"), w.get("seconds"))
+        if t1 is None:
+            continue
+        attempts = w.get("attempts") or 1
+        kind = "retried" if attempts > 1 else "ok"
+        bars.append(((w.get("node"), w.get("actor")), t0, t1, kind, w, f"attempt {attempts} of {attempts}"))
+    return bars
+
+
+def _gantt_rows(actors: list[dict], used: list[tuple]) -> list[tuple]:
+    """Rows in node order, each node's actors in the order they first appear; store last."""
+    order = [(a.get("node"), a.get("actor")) for a in actors] + list(used)
+    nodes: dict = {}
+    for node, actor in order:
+        if node != "store":
+            nodes.setdefault(node, [])
+            if actor not in nodes[node]:
+                nodes[node].append(actor)
+    rows = [(n, a) for n, acts in nodes.items() for a in acts]
+    return rows + ([("store", None)] if ("store", None) in used else [])
+
+
+def _scale(d0: float, d1: float, r0: float, r1: float):
+    k = (r1 - r0) / ((d1 - d0) or 1.0)
+    return lambda v: r0 + (v - d0) * k
+
+
+def _nice_step(span: float, count: int = 6) -> float:
+    raw = span / count
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+
+
+def _ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    step = _nice_step(hi - lo, count)
+    return [round(lo + i * step, 10) for i in range(int((hi - lo) / step + 1e-9) + 1)]
+
+
+def _nice_ceiling(v: float) -> float:
+    if v <= 0:
+        return 0.0
+    step = _nice_step(v, 5)
+    return math.ceil(v / step - 1e-9) * step
+
+
+def _ratio_colour(ratio) -> str:
+    if ratio is None:
+        return "#5b6475"
+    return "#2e8540" if ratio < 1.15 else "#c46a00" if ratio < 1.5 else "#d93b3b"
+
+
+def _svg_open(height: int, cls: str, label: str) -> str:
+    return (f'<svg class="{cls}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{_e(label)}">')
+
+
+def _text(x: float, y: float, s, anchor: str = "start", weight: str | None = None, title: str | None = None) -> str:
+    bold = ' font-weight="bold"' if weight else ""
+    tip = f"<title>{_e(title)}</title>" if title else ""
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{bold}>{tip}{_e(s)}</text>'
+
+
+def _x_axis(x, lo: float, hi: float, y0: float, y1: float, label: str, label_y: float) -> list[str]:
+    out = []
+    for t in _ticks(lo, hi):
+        out.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{y0}" y2="{y1}" stroke="#e6e9ef"/>')
+        out.append(_text(x(t), y1 + 13, _fmt(t), anchor="middle"))
+    out.append(_text(x(hi), label_y, label, anchor="end"))
+    return out
+
+
+def _hatches() -> str:
+    pats = "".join(
+        f'<pattern id="hatch-{k}" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        f'<rect width="6" height="6" fill="#fff"/><line x1="0" y1="0" x2="0" y2="6" stroke="{COLOURS[k]}" stroke-width="3" stroke-opacity="0.55"/>'
+        "</pattern>" for k in ("failed", "cached"))
+    return f"<defs>{pats}</defs>"
+
+
+def _legend() -> str:
+    items = [("ok", "rendered"), ("retried", "rendered after a retry"), ("failed", "failed attempt"),
+             ("cached", "read from the store")]
+    out, x = [], LABEL
+    for kind, label in items:
+        fill = f"url(#hatch-{kind})" if kind in ("failed", "cached") else COLOURS[kind]
+        out.append(f'<rect class="key" x="{x}" y="4" width="14" height="10" fill="{fill}" stroke="{COLOURS[kind]}"/>')
+        out.append(_text(x + 19, 13, label))
+        x += 30 + 6.5 * len(label)
+    return "".join(out)

@@ -1,0 +1,133 @@
+"""Every window and job status, and every legal move between them, in one place.
+
+    window:  PENDING ──► RUNNING ──► DONE
+                │           │
+                │           ├──► PENDING   (the attempt failed and retries are left)
+                │           └──► FAILED    (the attempt failed and the budget is spent)
+                └──► CACHED                (found, verified, in the window store)
+
+    job:     PENDING ──► RUNNING ──► DONE | FAILED
+
+A window's attempts are 1 + the retries it used. `Ledger` holds one job's windows and is
+the only code that changes their status; an illegal move raises at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class WindowState(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    CACHED = "CACHED"
+    FAILED = "FAILED"
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+_WINDOW_MOVES = {
+    WindowState.PENDING: {WindowState.RUNNING, WindowState.CACHED},
+    WindowState.RUNNING: {WindowState.DONE, WindowState.PENDING, WindowState.FAILED},
+    WindowState.DONE: set(),
+    WindowState.CACHED: set(),
+    WindowState.FAILED: set(),
+}
+_JOB_MOVES = {
+    JobState.PENDING: {JobState.RUNNING, JobState.FAILED},
+    JobState.RUNNING: {JobState.DONE, JobState.FAILED},
+    JobState.DONE: set(),
+    JobState.FAILED: set(),
+}
+
+#: Retries per window unless the job says otherwise.
+DEFAULT_RETRIES = 3
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: some code tried a status change the state machine does not allow."""
+
+
+@dataclass
+class Failure:
+    """One failed attempt: where it ran and why it failed."""
+
+    actor: str
+    node: str
+    error: str
+    lost: bool  # the actor or node was lost (vs. the pipeline raised)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"actor": self.actor, "node": self.node, "error": self.error, "lost": self.lost,
+                "started_at": self.started_at, "finished_at": self.finished_at}
+
+
+@dataclass
+class WindowStatus:
+    index: int
+    state: WindowState = WindowState.PENDING
+    attempts: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.failures[-1].error if self.failures else None
+
+
+class Ledger:
+    """The status of each window of one job, and the job's own status."""
+
+    def __init__(self, indices, retries: int = DEFAULT_RETRIES):
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.retries = retries
+        self.windows = {i: WindowStatus(i) for i in indices}
+        self.state = JobState.PENDING
+
+    # -- the job ---------------------------------------------------------------------------
+    def job(self, new: JobState) -> None:
+        if new not in _JOB_MOVES[self.state]:
+            raise IllegalTransition(f"job: {self.state.value} → {new.value}")
+        self.state = new
+
+    # -- its windows -----------------------------------------------------------------------
+    def _move(self, index: int, new: WindowState) -> WindowStatus:
+        w = self.windows[index]
+        if new not in _WINDOW_MOVES[w.state]:
+            raise IllegalTransition(f"window {index}: {w.state.value} → {new.value}")
+        w.state = new
+        return w
+
+    def cached(self, index: int) -> None:
+        self._move(index, WindowState.CACHED)
+
+    def start(self, index: int) -> None:
+        self._move(index, WindowState.RUNNING).attempts += 1
+
+    def done(self, index: int) -> None:
+        self._move(index, WindowState.DONE)
+
+    def failed_attempt(self, index: int, failure: Failure) -> bool:
+        """Record a failed attempt. True: the window goes back to the queue; False: it has
+        used 1 + retries attempts and is FAILED."""
+        w = self.windows[index]
+        w.failures.append(failure)
+        retry = w.attempts <= self.retries
+        self._move(index, WindowState.PENDING if retry else WindowState.FAILED)
+        return retry
+
+    def in_state(self, state: WindowState) -> list[int]:
+        return [i for i, w in self.windows.items() if w.state is state]
+
+    @property
+    def failed(self) -> list[WindowStatus]:
+        return [w for w in self.windows.values() if w.state is WindowState.FAILED]

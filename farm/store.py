@@ -1,0 +1,295 @@
+"""The window store: every finished window, kept on disk under a key made of everything
+that determines its frames, so no window is ever rendered twice.
+
+    <store>/windows/ab/<key>.arrow      the frames: Arrow IPC, zstd, one row per frame
+    <store>/manifest/<key>.parquet      one row: key, job, range, attempts, node, seconds,
+                                        frames_sha256, bytes, created
+
+The manifest row is written after the frames and is the commit point: a window is in the
+store only when both files exist. Both are written to a temp file in their own folder and
+moved into place with `os.replace`, so a reader (or a second run of the same job, at the
+same time) sees a whole file or none; two runs that store the same key write the same
+frames, and either one's row is correct. Reads check the frames' sha256 against the
+manifest; a truncated or altered window is removed and reported, never returned.
+
+No Ray, no torch: `farm store ls` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from farm.cache import cache_dir
+
+#: Bump when the meaning of a key or the file layout changes; old entries are then ignored.
+STORE_FORMAT = 1
+
+#: A temp or orphan file younger than this may belong to a run in progress; gc leaves it.
+IN_PROGRESS_GRACE_S = 600.0
+
+_MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("job", pa.string()),
+    ("index", pa.int32()),
+    ("start", pa.int32()),
+    ("end", pa.int32()),
+    ("attempts", pa.int32()),
+    ("node", pa.string()),
+    ("actor", pa.string()),
+    ("seconds", pa.float64()),
+    ("frames_sha256", pa.string()),
+    ("bytes", pa.int64()),
+    ("created", pa.float64()),
+])
+
+
+def default_store() -> Path:
+    return cache_dir() / "store"
+
+
+def window_key(identity: dict) -> str:
+    """sha256 of the canonical JSON of everything that determines a window's frames."""
+    blob = json.dumps({"format": STORE_FORMAT, **identity}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def frames_digest(frames: np.ndarray) -> str:
+    h = hashlib.sha256(f"{frames.dtype.str}{frames.shape}".encode())
+    h.update(np.ascontiguousarray(frames).data)
+    return h.hexdigest()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over the relative paths and contents of every file under `folder`.
+
+    Model folders are gigabytes, so each file's digest is remembered in the farm cache
+    against its size and mtime; only changed files are read again."""
+    folder = Path(folder)
+    memo_path = cache_dir() / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    h, changed = hashlib.sha256(), False
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = path.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        entry = memo.get(str(path.resolve()))
+        if entry is None or entry[0] != stamp:
+            fh = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    fh.update(block)
+            entry = [stamp, fh.hexdigest()]
+            memo[str(path.resolve())] = entry
+            changed = True
+        h.update(f"{path.relative_to(folder).as_posix()}\0{entry[1]}\n".encode())
+    if changed:
+        _write_atomic(memo_path, json.dumps(memo).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored window, as its manifest row says."""
+
+    key: str
+    job: str
+    index: int
+    start: int
+    end: int
+    attempts: int
+    node: str
+    actor: str
+    seconds: float
+    frames_sha256: str
+    bytes: int
+    created: float
+
+
+class CorruptWindow(Exception):
+    """A stored window failed its check; it has been removed."""
+
+
+class WindowStore:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root else default_store()
+        self.corrupt: list[str] = []  # keys removed by `get` because they failed their check
+
+    # -- layout ----------------------------------------------------------------------------
+    def _frames_path(self, key: str) -> Path:
+        return self.root / "windows" / key[:2] / f"{key}.arrow"
+
+    def _manifest_path(self, key: str) -> Path:
+        return self.root / "manifest" / f"{key}.parquet"
+
+    # -- read ------------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        """Cheap: both files exist. `get` does the real check."""
+        return self._manifest_path(key).is_file() and self._frames_path(key).is_file()
+
+    def entry(self, key: str) -> Entry | None:
+        try:
+            row = pq.read_table(self._manifest_path(key)).to_pylist()[0]
+        except FileNotFoundError:
+            return None
+        except (OSError, pa.ArrowException, IndexError):
+            return None
+        return Entry(**row)
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The window's frames, verified against the manifest; None if absent. A window that
+        fails its check (unreadable, truncated, altered) is removed and listed in `corrupt`."""
+        if not self.has(key):
+            return None
+        try:
+            entry = self.entry(key)
+            if entry is None:
+                raise CorruptWindow("unreadable manifest row")
+            frames = _read_frames(self._frames_path(key))
+            if frames_digest(frames) != entry.frames_sha256:
+                raise CorruptWindow("frames do not match their sha256")
+        except (CorruptWindow, OSError, pa.ArrowException, ValueError, KeyError):
+            self.remove(key)
+            self.corrupt.append(key)
+            return None
+        return frames
+
+    def entries(self) -> list[Entry]:
+        folder = self.root / "manifest"
+        if not folder.is_dir():
+            return []
+        out = []
+        for path in sorted(folder.glob("*.parquet")):
+            e = self.entry(path.stem)
+            if e is not None:
+                out.append(e)
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """(windows, bytes on disk) of the whole store folder."""
+        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
+        return len(self.entries()), size
+
+    # -- write -----------------------------------------------------------------------------
+    def put(self, key: str, frames: np.ndarray, *, job: str, index: int, start: int, end: int,
+            attempts: int, node: str, actor: str, seconds: float) -> Entry:
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        size = _write_frames(self._frames_path(key), frames)
+        entry = Entry(key=key, job=job, index=index, start=start, end=end, attempts=attempts, node=node,
+                      actor=actor, seconds=float(seconds), frames_sha256=frames_digest(frames), bytes=size,
+                      created=time.time())
+        table = pa.Table.from_pylist([asdict(entry)], schema=_MANIFEST_SCHEMA)
+        path = self._manifest_path(key)
+        _replace_into(path, lambda tmp: pq.write_table(table, tmp))
+        return entry
+
+    def remove(self, key: str) -> None:
+        self._manifest_path(key).unlink(missing_ok=True)  # uncommit first
+        self._frames_path(key).unlink(missing_ok=True)
+
+    def gc(self, older_than: float | None = None, dry_run: bool = False) -> tuple[int, int]:
+        """Remove windows created more than `older_than` seconds ago (None: keep them all),
+        plus leftovers of interrupted writes: frames without a manifest row and temp
+        files, once they are older than IN_PROGRESS_GRACE_S. Returns (files, bytes)."""
+        now, removed, freed = time.time(), 0, 0
+        doomed: list[Path] = []
+        if older_than is not None:
+            for e in self.entries():
+                if now - e.created > older_than:
+                    doomed += [self._manifest_path(e.key), self._frames_path(e.key)]
+        committed = {p.stem for p in (self.root / "manifest").glob("*.parquet")}
+        for path in (self.root / "windows").rglob("*") if (self.root / "windows").is_dir() else []:
+            if not path.is_file() or now - path.stat().st_mtime < IN_PROGRESS_GRACE_S:
+                continue
+            if path.name.startswith(".") or path.stem not in committed:
+                doomed.append(path)
+        for path in (self.root / "manifest").glob(".*") if (self.root / "manifest").is_dir() else []:
+            if now - path.stat().st_mtime >= IN_PROGRESS_GRACE_S:
+                doomed.append(path)
+        for path in dict.fromkeys(doomed):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if not dry_run:
+                path.unlink(missing_ok=True)
+            removed, freed = removed + 1, freed + size
+        return removed, freed
+
+
+def _write_frames(path: Path, frames: np.ndarray) -> int:
+    rows = pa.array([f.tobytes() for f in frames], type=pa.binary())
+    schema = pa.schema([("frame", pa.binary())], metadata={
+        "shape": json.dumps(list(frames.shape)), "sha256": frames_digest(frames),
+    })
+    table = pa.Table.from_arrays([rows], schema=schema)
+
+    def write(tmp: str) -> None:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(
+            sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")
+        ) as writer:
+            writer.write_table(table)
+
+    _replace_into(path, write)
+    return path.stat().st_size
+
+
+def _read_frames(path: Path) -> np.ndarray:
+    with pa.memory_map(str(path), "r") as source:
+        reader = pa.ipc.open_file(source)
+        shape = tuple(json.loads(reader.schema.metadata[b"shape"]))
+        table = reader.read_all()
+    data = b"".join(table.column("frame").to_pylist())
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
+
+
+def _replace_into(path: Path, write) -> None:
+    """`write(tmp)` into a temp file next to `path`, fsync it, then `os.replace` it onto path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(data)
+
+    _replace_into(path, write)
+
+
+class NoStore:
+    """The store turned off (`--no-store`, benchmarks): nothing is read, nothing is kept."""
+
+    root = "(off)"
+    corrupt: list[str] = []
+
+    def has(self, key: str) -> bool:
+        return False
+
+    def get(self, key: str) -> None:
+        return None
+
+    def entry(self, key: str) -> None:
+        return None
+
+    def put(self, key: str, frames, **meta) -> None:
+        return None

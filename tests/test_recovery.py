@@ -1,0 +1,167 @@
+"""Nothing lost, nothing rendered twice: real multi-node Ray (`ray.cluster_utils.Cluster`),
+nodes killed mid-job, crashing actors, a poison window and a bad node.
+
+Every node carries one `farm_pipe` resource, which each pipeline actor requires, as a GPU
+node type would. Each recovered job is compared frame for frame, and byte for byte, with
+an undisturbed render of the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from farm.encode import read_frames
+from farm.errors import WindowFatal
+from farm.keys import model_identity, task_key
+from farm.plan import plan_windows
+from farm.render import WindowTask
+from farm.spec import parse_spec
+from farm.store import WindowStore
+from scheduler.driver import render
+from scheduler.progress import NullProgress
+from tests.conftest import base_spec
+
+PIPE = {"farm_pipe": 1}
+FRAMES = 148  # 12 windows of 16 frames, overlap 4
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [c.add_node(num_cpus=1, resources=PIPE) for _ in range(4)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level=logging.ERROR, log_to_driver=False)
+    c.farm_workers = workers
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tmp_path_factory):
+    """The undisturbed render every recovered job must match."""
+    tmp = tmp_path_factory.mktemp("reference")
+    report = _render(tmp, "reference.mp4", tmp / "store", workers=4)
+    assert report["state"] == "DONE" and report["windows_rendered"] == 12
+    path = tmp / "reference.mp4"
+    return path.read_bytes(), read_frames(path)
+
+
+def _spec(tmp_path, name, faults=None):
+    data = base_spec(tmp_path, frames=FRAMES, output=str(tmp_path / name))
+    if faults:
+        data["model"] = {**data["model"], "faults": faults}
+    return parse_spec(data)
+
+
+def _render(tmp_path, name, store, workers, faults=None, progress=None, retries=None):
+    spec = _spec(tmp_path, name, faults)
+    if retries is not None:
+        spec = spec.model_copy(update={"retries": retries})
+    return render(spec, workers=workers, threads=1, store=store, actor_resources=PIPE, progress=progress)
+
+
+def _assert_matches(reference, path):
+    ref_bytes, ref_frames = reference
+    frames = read_frames(path)
+    assert len(frames) == FRAMES
+    assert all(np.array_equal(a, b) for a, b in zip(frames, ref_frames))
+    assert path.read_bytes() == ref_bytes
+
+
+def _published_once(report):
+    assert [w["index"] for w in report["windows"]] == list(range(12))
+    assert all(w["state"] == "DONE" for w in report["windows"])
+
+
+class _KillNodes(NullProgress):
+    """Removes two worker nodes, hard, when the first window comes back: the other
+    windows queued on their actors are in flight."""
+
+    def __init__(self, cluster, nodes):
+        self.cluster, self.nodes, self.done = cluster, nodes, 0
+
+    def window_done(self, result) -> None:
+        self.done += 1
+        if self.done == 1:
+            for node in self.nodes:
+                self.cluster.remove_node(node, allow_graceful=False)
+
+
+def test_an_actor_that_crashes_is_restarted_and_its_window_rerun_once(cluster, reference, tmp_path):
+    # Each actor's process exits (os._exit) on its 2nd window, in its first life only.
+    report = _render(tmp_path, "crash.mp4", tmp_path / "store", workers=2, faults={"crash_on_call": 2})
+    _published_once(report)
+    retried = [w for w in report["windows"] if w["attempts"] > 1]
+    assert len(retried) >= 2  # one per actor at least
+    assert all(w["failures"][0]["lost"] and "its actor was lost" in w["failures"][0]["error"] for w in retried)
+    assert report["windows_rendered"] == 12 and report["blocklist"] == []
+    _assert_matches(reference, tmp_path / "crash.mp4")
+
+
+def test_a_poison_window_fails_the_job_and_keeps_every_other_window(cluster, tmp_path):
+    store = WindowStore(tmp_path / "store")
+    with pytest.raises(WindowFatal, match=r"window 5: failed all 3 attempts .*InjectedFault") as err:
+        _render(tmp_path, "poison.mp4", store.root, workers=2, faults={"fail_windows": [5]}, retries=2)
+    assert "11 other windows are kept in the store" in str(err.value)
+    assert not (tmp_path / "poison.mp4").exists()  # no partial video
+
+    import json
+    report = json.loads((tmp_path / "poison.mp4.report.json").read_text())
+    assert report["state"] == "FAILED"
+    assert report["failed"]["window"] == 5 and report["failed"]["attempts"] == 3
+    assert "window 5 always fails" in report["failed"]["error"]
+    poisoned = report["windows"][5]
+    assert poisoned["state"] == "FAILED" and len(poisoned["failures"]) == 3
+    assert len({f["actor"] for f in poisoned["failures"]}) == 2  # retried on the other actor
+
+    spec = _spec(tmp_path, "poison.mp4")
+    model_id = model_identity(spec.model, "cpu")
+    keys = [task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan_windows(spec).windows]
+    assert sorted(e.key for e in store.entries()) == sorted(keys[:5] + keys[6:])
+
+    # Fixed: only the poison window is rendered; the others come from the store.
+    fixed = _render(tmp_path, "poison.mp4", store.root, workers=2)
+    assert fixed["state"] == "DONE" and fixed["windows_rendered"] == 1 and fixed["windows_cached"] == 11
+    assert [w["index"] for w in fixed["windows"] if not w["cached"]] == [5]
+
+
+def test_a_bad_node_is_blocklisted_and_the_job_completes_elsewhere(cluster, reference, tmp_path):
+    bad = cluster.add_node(num_cpus=1, resources={**PIPE, "farm_bad_gpu": 1})
+    cluster.wait_for_nodes()
+    try:
+        report = _render(tmp_path, "bad.mp4", tmp_path / "store", workers=5,
+                         faults={"fail_on_resource": "farm_bad_gpu"})
+    finally:
+        cluster.remove_node(bad)
+    _published_once(report)
+    bad_node = bad.node_id
+    kinds = {(b["kind"], b["id"]) for b in report["blocklist"]}
+    assert ("node", bad_node) in kinds
+    assert all(b["failures"] >= 3 and "farm_bad_gpu" in b["last_error"] for b in report["blocklist"])
+    # No window ever ran on the bad node successfully; each failed there at most once.
+    assert all(w["node"] != bad_node for w in report["windows"])
+    assert all(sum(f["node"] == bad_node for f in w["failures"]) <= 1 for w in report["windows"])
+    _assert_matches(reference, tmp_path / "bad.mp4")
+
+
+def test_losing_two_of_four_nodes_mid_job_loses_no_window(cluster, reference, tmp_path):
+    doomed = cluster.farm_workers[:2]
+    try:
+        report = _render(tmp_path, "lost.mp4", tmp_path / "store", workers=4,
+                         progress=_KillNodes(cluster, doomed))
+    finally:
+        cluster.farm_workers = cluster.farm_workers[2:] + [cluster.add_node(num_cpus=1, resources=PIPE)
+                                                           for _ in doomed]
+    _published_once(report)
+    lost = [w for w in report["windows"] if any(f["lost"] for f in w["failures"])]
+    assert lost, "no window was in flight on the killed nodes"
+    dead = {n.node_id for n in doomed}
+    assert all(w["node"] not in dead for w in lost)  # rerun elsewhere
+    assert report["windows_rendered"] == 12
+    _assert_matches(reference, tmp_path / "lost.mp4")

@@ -1,0 +1,104 @@
+"""The store in use through `farm render`: the same job again renders nothing, a damaged
+window is rendered again, and a driver killed with SIGKILL resumes where it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from farm.encode import read_frames
+from farm.store import WindowStore
+from scheduler.cli import main
+from tests.conftest import base_spec, write_spec
+
+FARM = [str(Path(sys.executable).parent / "farm")]
+
+
+def _render(job, out, store, *extra):
+    result = CliRunner().invoke(main, ["render", str(job), "-o", str(out), "--store", str(store), "--workers", "2",
+                                       "--threads", "1", "--json", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_the_same_job_again_renders_nothing_and_a_damaged_window_is_rendered_again(tmp_path):
+    job = write_spec(tmp_path, base_spec(tmp_path, frames=52))  # 4 windows
+    store = tmp_path / "store"
+    first = _render(job, tmp_path / "a.mp4", store)
+    assert (first["windows_rendered"], first["windows_cached"]) == (4, 0)
+
+    again = _render(job, tmp_path / "b.mp4", store)
+    assert (again["windows_rendered"], again["windows_cached"]) == (0, 4)
+    assert all(w["cached"] and w["state"] == "CACHED" for w in again["windows"])
+    assert again["actors"] == []  # nothing to render: no pipeline was even loaded
+    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "a.mp4").read_bytes()
+
+    # The seams are measured, and a pipeline can gate on the worst one (cheap: all cached).
+    assert [s["frame"] for s in first["seams"]] == [12, 24, 36]
+    assert 0 < first["flicker"]["score"] <= 1 and len(first["flicker"]["curve"]) == 51
+    worst = max(first["seams"], key=lambda s: s["jump_ratio"])
+    assert first["seam_ratio_max"] == worst["jump_ratio"] == again["seam_ratio_max"]
+    gate = ["render", str(job), "-o", str(tmp_path / "gated.mp4"), "--store", str(store), "--quiet"]
+    strict = CliRunner().invoke(main, [*gate, "--check-seams", str(worst["jump_ratio"] * 0.99)])
+    assert strict.exit_code == 1
+    assert f"seam at frame {worst['frame']}" in strict.output
+    assert json.loads((tmp_path / "gated.mp4.report.json").read_text())["seam_check"]["passed"] is False
+    assert (tmp_path / "gated.mp4").exists()  # the video is still there to look at
+    lenient = CliRunner().invoke(main, [*gate, "--check-seams", str(worst["jump_ratio"] * 1.01)])
+    assert lenient.exit_code == 0, lenient.output
+    html = (tmp_path / "gated.mp4.report.html").read_text()
+    assert "<svg" in html and "store (cached)" in html
+
+    # Flip one byte in the middle of window 2's frames: it is caught, dropped and rendered again.
+    key = first["windows"][2]["key"]
+    data = next(store.rglob(f"{key}.arrow"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    data.write_bytes(bytes(raw))
+    healed = _render(job, tmp_path / "c.mp4", store)
+    assert healed["store"]["corrupt_removed"] == [key]
+    assert [w["index"] for w in healed["windows"] if not w["cached"]] == [2]
+    assert (tmp_path / "c.mp4").read_bytes() == (tmp_path / "a.mp4").read_bytes()
+
+
+def test_a_driver_killed_half_way_resumes_without_rendering_a_finished_window_again(tmp_path):
+    data = base_spec(tmp_path, frames=88)  # 7 windows
+    data["model"] = {**data["model"], "faults": {"delay": 0.6}}  # slow enough to kill mid-job
+    job = write_spec(tmp_path, data)
+    store = WindowStore(tmp_path / "store")
+    out = tmp_path / "resumed.mp4"
+    cmd = [*FARM, "render", str(job), "-o", str(out), "--store", str(store.root), "--workers", "1",
+           "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(store.entries()) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    stored = {e.key for e in store.entries()}
+    assert 3 <= len(stored) < 7, "the driver was not killed half-way"
+    assert not out.exists()
+
+    result = subprocess.run([*cmd[:-1], "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    reused = {w["key"] for w in report["windows"] if w["cached"]}
+    assert reused == stored  # every window finished before the kill, and only those
+    assert report["windows_rendered"] == 7 - len(stored)
+    assert not list(tmp_path.glob(".resumed.mp4.*"))  # the killed run's temp file is cleaned up
+
+    # Bit-identical to an undisturbed run (fresh store).
+    calm = _render(job, tmp_path / "calm.mp4", tmp_path / "fresh-store")
+    assert calm["windows_rendered"] == 7
+    assert out.read_bytes() == (tmp_path / "calm.mp4").read_bytes()
+    assert all(np.array_equal(a, b) for a, b in zip(read_frames(out), read_frames(tmp_path / "calm.mp4")))
