@@ -3,7 +3,8 @@
     model      pipeline; base and motion adapter (`tiny` by build name, a hub id by name,
                a local folder by the sha256 of its files); scheduler and its settings;
                the dtype it runs in on this cluster (fp16 on CUDA, fp32 on CPU for `auto`)
-    window     its frame range, prompt, negative prompt, seed, size, steps, guidance
+    window     its frame range, the prompt(s) of each of its frames (farm.prompts), the
+               negative prompt, seed, size, steps, guidance
 
 Not in the key: the blend, encoding and interpolation (they act after the store), the
 fault-injection settings (they never change a successful window's frames), and library
@@ -47,7 +48,7 @@ def task_key(model_id: dict, task) -> str:
     return window_key({
         "model": model_id,
         "frames": [w.start, w.end],
-        "prompt": task.prompt,
+        "conditioning": [list(c) for c in task.conditioning],
         "negative_prompt": task.negative_prompt,
         "seed": task.seed,
         "size": [task.width, task.height],

@@ -19,6 +19,7 @@ import torch
 from farm.models.load import default_device, load_animatediff
 from farm.noise import frame_seed, window_noise
 from farm.plan import Window
+from farm.prompts import Conditioning, frame_conditioning
 from farm.spec import JobSpec, ModelSpec
 
 
@@ -27,7 +28,7 @@ class WindowTask:
     """Everything an actor needs to render one window, and nothing it does not."""
 
     window: Window
-    prompt: str
+    conditioning: tuple[Conditioning, ...]  # per frame: (old text, new text, weight of new)
     negative_prompt: str
     width: int
     height: int
@@ -39,7 +40,7 @@ class WindowTask:
     def from_spec(cls, spec: JobSpec, window: Window) -> "WindowTask":
         return cls(
             window=window,
-            prompt=spec.prompt,
+            conditioning=frame_conditioning(spec.schedule, spec.prompt_transition, window.start, window.end),
             negative_prompt=spec.negative_prompt,
             width=spec.width,
             height=spec.height,
@@ -81,23 +82,58 @@ class AnimateDiffRenderer:
         latents = window_noise(task.seed, w.start, w.end, shape).to(self.device, pipe.unet.dtype)
         # 2. A generator for any stochastic scheduler step, seeded by the window's first frame.
         generator = torch.Generator(device="cpu").manual_seed(frame_seed(task.seed, w.start))
-        # 3. Denoise and decode.
-        with torch.inference_mode():
-            out = pipe(
-                prompt=task.prompt,
-                negative_prompt=task.negative_prompt or None,
-                num_frames=w.length,
-                height=task.height,
-                width=task.width,
-                num_inference_steps=task.steps,
-                guidance_scale=task.guidance,
-                latents=latents,
-                generator=generator,
-                output_type="np",
-            )
-        # 4. Float [0, 1] → uint8, the format every later stage works in.
+        # 3. Text conditioning: one prompt for the window, or one embedding per frame.
+        if len(set(task.conditioning)) == 1 and task.conditioning[0][2] >= 1.0:
+            prompt_args = {"prompt": task.conditioning[0][1], "negative_prompt": task.negative_prompt or None}
+            hook = None
+        else:
+            prompt_args, hook = self._per_frame_prompts(task)
+        # 4. Denoise and decode.
+        try:
+            with torch.inference_mode():
+                out = pipe(
+                    **prompt_args,
+                    num_frames=w.length,
+                    height=task.height,
+                    width=task.width,
+                    num_inference_steps=task.steps,
+                    guidance_scale=task.guidance,
+                    latents=latents,
+                    generator=generator,
+                    output_type="np",
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
+        # 5. Float [0, 1] → uint8, the format every later stage works in.
         frames = np.asarray(out.frames[0], dtype=np.float32)
         return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+    def _per_frame_prompts(self, task: WindowTask):
+        """Embed each text once, mix them per frame, and hand the UNet one embedding per
+        frame. The pipeline repeats a single embedding over the frames (negative then
+        positive under guidance, frame-major as the UNet folds frames into the batch);
+        a forward pre-hook swaps in the per-frame tensor of exactly that layout."""
+        pipe = self.pipe
+        cfg = task.guidance > 1.0
+        with torch.inference_mode():
+            embeds, negative = {}, None
+            for text in sorted({t for c in task.conditioning for t in c[:2]}):
+                embeds[text], negative = pipe.encode_prompt(text, self.device, 1, cfg, task.negative_prompt or None)
+            per_frame = torch.cat([(1.0 - wt) * embeds[old] + wt * embeds[new] for old, new, wt in task.conditioning])
+        frames = per_frame.shape[0]
+        hidden = torch.cat([negative.expand(frames, -1, -1), per_frame]) if cfg else per_frame
+
+        def swap(module, args, kwargs):
+            got = kwargs.get("encoder_hidden_states")
+            if got is None or got.shape != hidden.shape:
+                raise RuntimeError(f"per-frame prompts: the UNet got text embeddings of shape "
+                                   f"{None if got is None else tuple(got.shape)}, expected {tuple(hidden.shape)}")
+            return args, {**kwargs, "encoder_hidden_states": hidden.to(got.dtype)}
+
+        hook = pipe.unet.register_forward_pre_hook(swap, with_kwargs=True)
+        return {"prompt_embeds": per_frame[:1], "negative_prompt_embeds": negative if cfg else None}, hook
 
 
 RENDERERS = {"animatediff": AnimateDiffRenderer}

@@ -139,7 +139,9 @@ class JobSpec(_Strict):
     """A whole render job. See README.md, "Job spec reference", for every field."""
 
     model: ModelSpec
-    prompt: str = Field(min_length=1)
+    prompt: str | None = Field(None, min_length=1)
+    prompts: dict[int, str] | None = None  # a schedule {first frame: text}; instead of `prompt`
+    prompt_transition: int = Field(8, ge=1)  # frames over which a scheduled change blends in
     negative_prompt: str = ""
     frames: int = Field(gt=0)
     fps: float = Field(8, gt=0, le=240)
@@ -181,6 +183,26 @@ class JobSpec(_Strict):
             if bad:
                 raise ValueError(f"interpolate.cuts must be frames in 1..{self.frames - 1}; got {bad}")
         return self
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> "JobSpec":
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("prompt: give exactly one of `prompt` (one text) or `prompts` (a {frame: text} schedule)")
+        if self.prompts is not None:
+            if 0 not in self.prompts:
+                raise ValueError(f"prompts: the schedule must say what frame 0 shows; got frames {sorted(self.prompts)}")
+            bad = [f for f in self.prompts if not 0 <= f < self.frames]
+            if bad:
+                raise ValueError(f"prompts: frames must be in 0..{self.frames - 1}; got {sorted(bad)}")
+            empty = [f for f, text in self.prompts.items() if not text.strip()]
+            if empty:
+                raise ValueError(f"prompts: the text at frame(s) {sorted(empty)} is empty")
+        return self
+
+    @property
+    def schedule(self) -> dict[int, str]:
+        """The prompts as a schedule; a single `prompt` is {0: prompt}."""
+        return dict(self.prompts) if self.prompts is not None else {0: self.prompt}
 
     @model_validator(mode="after")
     def _faults_name_real_windows(self) -> "JobSpec":

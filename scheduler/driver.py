@@ -21,6 +21,7 @@ from farm.errors import SeamCheckFailed, WindowFatal
 from farm.interpolate import retiming
 from farm.metrics import FlickerMeter, flicker_report
 from farm.plan import plan_windows
+from farm.prompts import window_prompts
 from farm.keys import model_identity, task_key
 from farm.render import WindowResult, WindowTask
 from farm.report import report_path, versions, write_json_atomic
@@ -140,7 +141,7 @@ def render(
                                   end=result.end, attempts=status.attempts, node=result.node,
                                   actor=result.actor, seconds=result.seconds)
                     progress.window_done(result)
-                records[result.index] = _window_record(result, status, keys.get(tasks[result.index]),
+                records[result.index] = _window_record(result, status, tasks[result.index], keys,
                                                        epoch0, clock.elapsed() - t_render)
                 if ledger.failed:
                     continue  # the job will fail: keep rendering into the store, stop encoding
@@ -354,7 +355,8 @@ def _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock,
     return report
 
 
-def _window_record(result: WindowResult, status, key: str, epoch0: float, finished_at: float) -> dict:
+def _window_record(result: WindowResult, status, task: WindowTask, keys: _Keys, epoch0: float,
+                   finished_at: float) -> dict:
     cached = status.state is WindowState.CACHED
     return {
         "index": result.index,
@@ -362,7 +364,8 @@ def _window_record(result: WindowResult, status, key: str, epoch0: float, finish
         "end": result.end,
         "state": status.state.value,
         "cached": cached,
-        "key": key,
+        "key": keys.get(task) if cached else keys.put(task, result.device),
+        "prompts": window_prompts(task.conditioning, task.window.start),
         "attempts": status.attempts,
         "failures": [f.to_dict() | {k: _rel(getattr(f, k), epoch0) for k in ("started_at", "finished_at")}
                      for f in status.failures],

@@ -102,3 +102,27 @@ def test_a_driver_killed_half_way_resumes_without_rendering_a_finished_window_ag
     assert calm["windows_rendered"] == 7
     assert out.read_bytes() == (tmp_path / "calm.mp4").read_bytes()
     assert all(np.array_equal(a, b) for a, b in zip(read_frames(out), read_frames(tmp_path / "calm.mp4")))
+
+
+def test_editing_the_prompt_from_frame_48_rerenders_only_the_windows_that_reach_it(tmp_path):
+    data = base_spec(tmp_path, frames=76)  # windows start at 0, 12, 24, 36, 48, 60
+    data.pop("prompt")
+    data["prompts"] = {0: "a red fox running through snow"}
+    store = tmp_path / "store"
+    first = _render(write_spec(tmp_path, data, "v1.yaml"), tmp_path / "v1.mp4", store)
+    assert first["windows_rendered"] == 6
+
+    data["prompts"] = {0: "a red fox running through snow", 48: "a fox in a green forest"}
+    edited = _render(write_spec(tmp_path, data, "v2.yaml"), tmp_path / "v2.mp4", store)
+    assert [w["index"] for w in edited["windows"] if w["cached"]] == [0, 1, 2]  # end before frame 48
+    assert edited["windows_rendered"] == 3
+    # Window 3 (frames 36-51) spans the change: the new prompt blends in over 8 frames from 48.
+    assert edited["windows"][3]["prompts"] == [
+        {"from_frame": 36, "to_frame": 47, "prompt": "a red fox running through snow"},
+        {"from_frame": 48, "to_frame": 51, "prompt": "a fox in a green forest",
+         "blending_from": "a red fox running through snow"},
+    ]
+    v1, v2 = read_frames(tmp_path / "v1.mp4"), read_frames(tmp_path / "v2.mp4")
+    diff = [float(np.abs(a.astype(int) - b).mean()) for a, b in zip(v1, v2)]
+    assert max(diff[:36]) < 0.5  # the same windows (up to H.264 look-ahead)
+    assert min(diff[52:]) > 2.0  # the new prompt
