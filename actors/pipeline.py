@@ -9,18 +9,19 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
 import ray
 
 from farm.faults import FaultContext
 from farm.render import WindowResult, WindowTask, make_renderer
-from farm.spec import ModelSpec
+from farm.spec import JobSpec
 
 
 class PipelineActor:
     """Wrapped with `ray.remote` by `pipeline_actor_class()`; plain here so it stays readable."""
 
-    def __init__(self, model: ModelSpec, threads: int | None = None):
+    def __init__(self, spec: JobSpec, threads: int | None = None):
         import torch
 
         if threads:
@@ -30,9 +31,10 @@ class PipelineActor:
         self.node = ctx.get_node_id()
         self.actor = ctx.get_actor_id() or f"local-{os.getpid()}"
         self.host = socket.gethostname()
+        spec = relocate_inputs(spec)
         context = FaultContext(restarted=ctx.was_current_actor_reconstructed,
-                               node_resources=_node_resources(self.node) if model.faults else {})
-        self.renderer = make_renderer(model, context=context)
+                               node_resources=_node_resources(self.node) if spec.model.faults else {})
+        self.renderer = make_renderer(spec, context=context)
 
     def info(self) -> dict:
         return {
@@ -43,12 +45,13 @@ class PipelineActor:
             "device": self.renderer.device,
             "threads": self.threads,
             "load_seconds": round(getattr(self.renderer, "load_seconds", 0.0), 3),
+            "memory": self.renderer.memory,
         }
 
     def render(self, task: WindowTask) -> WindowResult:
         started = time.time()
         t0 = time.perf_counter()
-        frames = self.renderer.render(task)
+        frames, fallbacks = self.renderer.render(task)
         w = task.window
         return WindowResult(
             index=w.index,
@@ -60,7 +63,34 @@ class PipelineActor:
             node=self.node,
             actor=self.actor,
             device=self.renderer.device,
+            fallbacks=fallbacks,
         )
+
+
+def relocate_inputs(spec: JobSpec, cwd: Path | None = None) -> JobSpec:
+    """Find the job's local model files on this node. `farm submit` ships them in the Ray
+    job's working_dir (`inputs/<n>-<name>`), which every worker node gets as its cwd, but
+    the spec names them by their path on the head; a path missing here is looked up there."""
+    cwd = cwd or Path.cwd()
+
+    def here(path: str) -> str:
+        if Path(path).exists():
+            return path
+        shipped = cwd / "inputs" / Path(path).name
+        return str(shipped) if shipped.exists() else path
+
+    model = spec.model
+    update = {}
+    for field in ("base", "motion_adapter"):
+        ref = getattr(model, field)
+        if ref.startswith("/"):
+            update[field] = here(ref)
+    loras = [lora.model_copy(update={"path": here(lora.path)}) if lora.path else lora for lora in model.loras]
+    model = model.model_copy(update={**update, "loras": loras})
+    control = spec.control
+    if control is not None and control.model.startswith("/"):
+        control = control.model_copy(update={"model": here(control.model)})
+    return spec.model_copy(update={"model": model, "control": control})
 
 
 def _node_resources(node_id: str) -> dict:

@@ -3,7 +3,8 @@ job spec's `model.faults` (see FaultSpec), never by monkeypatching.
 
 - `FaultyRenderer` wraps the real pipeline and fails the calls it is told to: a poison
   window, a process crash on the k-th call, every call on a node with a given resource,
-  or a delay. A window that it lets through is rendered by the real pipeline, unchanged.
+  torch's CUDA out-of-memory error or NaN frames on chosen calls, or a delay. A call it
+  lets through is rendered by the real pipeline, unchanged.
 - `SimulatedRenderer` is a fixed-cost stand-in for benchmarks of the scheduling itself: it
   sleeps, then returns frames drawn from the per-frame seeds. It is a SIMULATION and is
   labelled so in every report (`device: simulation`).
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from farm.noise import frame_seed
 from farm.spec import FaultSpec
@@ -40,12 +42,12 @@ class SimulatedRenderer:
         self.seconds = seconds
         self.load_seconds = 0.0
 
-    def render(self, task) -> np.ndarray:
+    def render(self, task, overrides=None) -> np.ndarray:
         time.sleep(self.seconds)
         w = task.window
-        frames = np.empty((w.length, task.height, task.width, 3), np.uint8)
+        frames = np.empty((w.length, task.height, task.width, 3), np.float32)
         for i, f in enumerate(range(w.start, w.end)):
-            frames[i] = np.random.default_rng(frame_seed(task.seed, f)).integers(0, 256, 3, dtype=np.uint8)
+            frames[i] = np.random.default_rng(frame_seed(task.seed, f)).random(3, dtype=np.float32)
         return frames
 
 
@@ -54,9 +56,10 @@ class FaultyRenderer:
         self.inner, self.faults, self.context = inner, faults, context
         self.device = inner.device
         self.load_seconds = getattr(inner, "load_seconds", 0.0)
+        self.memory = getattr(inner, "memory", {})
         self.calls = 0
 
-    def render(self, task) -> np.ndarray:
+    def render(self, task, overrides=None) -> np.ndarray:
         f, index = self.faults, task.window.index
         self.calls += 1
         if f.delay:
@@ -67,4 +70,9 @@ class FaultyRenderer:
             raise InjectedFault(f"injected: this node carries resource {f.fail_on_resource!r}")
         if index in f.fail_windows:
             raise InjectedFault(f"injected: window {index} always fails")
-        return self.inner.render(task)
+        if self.calls in f.oom_on_calls:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected on call {self.calls})")
+        frames = self.inner.render(task, overrides)
+        if self.calls in f.nan_on_calls:
+            frames = np.full_like(frames, np.nan)
+        return frames

@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from farm.errors import SpecError
 
-PIPELINES = ("animatediff",)
-BLENDS = ("linear", "cosine", "hard")
-DTYPES = ("auto", "fp16", "bf16", "fp32")
-
 
 def check_output(v: str) -> str:
-    """An output path must end in .mp4 and its folder must exist. Returns it absolute."""
+    """An output path must end in .mp4 and its folder must exist. Returns it absolute.
+    An object-storage URI (s3://bucket/key.mp4, gs://…) is checked by farm.storage."""
+    from farm import storage
+
+    if storage.is_uri(v):
+        return storage.check_output_uri(v)
     path = Path(v).expanduser()
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"output must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
@@ -55,20 +56,82 @@ class FaultSpec(_Strict):
     fail_on_resource: str | None = None  # actors on nodes with this custom resource raise on every window
     delay: float = Field(0.0, ge=0)  # seconds of sleep before each window
     simulate_seconds: float | None = Field(None, ge=0)  # replace the pipeline by a fixed-cost SIMULATION
+    oom_on_calls: list[int] = []  # these render calls of each actor (1-based) raise torch's CUDA OOM error
+    nan_on_calls: list[int] = []  # these render calls of each actor decode to NaN frames
+
+
+#: LoRA ids that name tiny LoRAs built offline (farm/models/tiny_lora.py), for tests and demos.
+TINY_LORAS = {"tiny-motion-lora": "motion", "tiny-sd-lora": "sd"}
+
+
+class LoraSpec(_Strict):
+    """A LoRA loaded with `load_lora_weights`, then weighted with `set_adapters`."""
+
+    path: str | None = None  # a local .safetensors file, or a folder holding one
+    id: str | None = None  # or a hub id (or tiny-motion-lora / tiny-sd-lora)
+    weight_name: str | None = None  # the file inside a folder or hub repo, when there are several
+    weight: float = 1.0
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LoraSpec":
+        if (self.path is None) == (self.id is None):
+            raise ValueError(f"model.loras[{self.name}]: give exactly one of `path` (a local file or folder) or `id`")
+        if self.path is not None:
+            path = Path(self.path).expanduser()
+            if not path.exists():
+                raise ValueError(f"model.loras[{self.name}].path: nothing at {self.path!r}")
+            object.__setattr__(self, "path", str(path.resolve()))
+        return self
+
+
+class MemorySpec(_Strict):
+    """GPU memory knobs from the diffusers guides, applied once when an actor loads."""
+
+    cpu_offload: bool = False  # enable_model_cpu_offload(): whole models move to the GPU in turn
+    forward_chunking: bool = False  # unet.enable_forward_chunking(): feed-forward layers in chunks
+    vae_slicing: bool = False  # vae.enable_slicing(): decode one image at a time
+    decode_chunk_size: int | None = Field(None, ge=1)  # frames decoded by the VAE at once
 
 
 class ModelSpec(_Strict):
     """Which pipeline renders the windows, and from which weights.
 
     `base` and `motion_adapter` are each `tiny` (a tiny random-weight model built offline),
-    a local folder in diffusers layout, or a hub id such as `emilianJR/epiCRealism`.
+    a local folder in diffusers layout, or a hub id such as `emilianJR/epiCRealism`. For
+    `svd`, `base` is the Stable Video Diffusion checkpoint and there is no motion adapter.
     """
 
-    pipeline: Literal["animatediff"]
+    pipeline: Literal["animatediff", "animatediff-controlnet", "svd"]
     base: str = Field("tiny", min_length=1)
     motion_adapter: str = Field("tiny", min_length=1)
+    scheduler: Literal["ddim", "euler", "lcm"] | None = None  # AnimateDiff; default ddim
+    loras: list[LoraSpec] = []
+    memory: MemorySpec = MemorySpec()
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     faults: FaultSpec | None = None
+
+    @property
+    def scheduler_name(self) -> str | None:
+        if self.pipeline == "svd":
+            return None
+        return self.scheduler or "ddim"
+
+    @model_validator(mode="after")
+    def _fits_the_pipeline(self) -> "ModelSpec":
+        if self.pipeline == "svd":
+            if self.scheduler is not None:
+                raise ValueError("model.scheduler: svd uses its own EulerDiscreteScheduler; remove model.scheduler")
+            if self.loras:
+                raise ValueError("model.loras: LoRAs apply to the AnimateDiff pipelines, not to svd")
+            if self.memory.vae_slicing:
+                raise ValueError("model.memory.vae_slicing: the SVD VAE (a temporal decoder) cannot decode in "
+                                 "slices; use model.memory.decode_chunk_size")
+        names = [lora.name for lora in self.loras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model.loras: adapter names must be unique; repeated: {dupes}")
+        return self
 
     def dtype_on(self, device: str) -> str:
         """The dtype this model runs in on `device`: `auto` is fp16 on CUDA, fp32 on CPU."""
@@ -135,6 +198,68 @@ class InterpolateSpec(_Strict):
         return self
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot be opened as an image: {err}") from None
+
+
+class SvdSpec(_Strict):
+    """Stable Video Diffusion (image → video). Windows are chained: each window after the
+    first is conditioned on the last frame of the window before."""
+
+    image: str  # the starting picture
+    motion_bucket_id: int = Field(127, ge=1, le=255)  # more motion with higher values
+    fps: int = Field(7, ge=1, le=60)  # SVD's fps micro-conditioning; not the output fps
+    noise_aug_strength: float = Field(0.02, ge=0, le=1)
+
+    @field_validator("image")
+    @classmethod
+    def _image_opens(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(f"svd.image: no file at {v!r}")
+        try:
+            w, h = _image_size(path)
+        except ValueError as err:
+            raise ValueError(f"svd.image: {v!r} {err}") from None
+        if min(w, h) < 16:
+            raise ValueError(f"svd.image: {v!r} is {w}×{h}; it must be at least 16 pixels on each side")
+        return str(path.resolve())
+
+
+class ControlSpec(_Strict):
+    """ControlNet conditioning: one control image (e.g. an OpenPose skeleton) per frame."""
+
+    video: str  # an mp4, or a folder of frames (sorted by name)
+    scale: float = Field(0.7, ge=0, le=2)
+    model: str = Field("tiny", min_length=1)  # `tiny`, a folder, or a hub id (e.g. lllyasviel/sd-controlnet-openpose)
+
+    @field_validator("video")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if not path.exists():
+            raise ValueError(f"control.video: nothing at {v!r}")
+        return str(path.resolve())
+
+    @field_validator("model")
+    @classmethod
+    def _folder_exists(cls, ref: str) -> str:
+        if ref != "tiny" and is_local_ref(ref):
+            folder = Path(ref).expanduser()
+            if not folder.is_dir():
+                raise ValueError(f"control.model: folder {ref!r} does not exist")
+            return str(folder.resolve())
+        return ref
+
+
 class JobSpec(_Strict):
     """A whole render job. See README.md, "Job spec reference", for every field."""
 
@@ -153,6 +278,8 @@ class JobSpec(_Strict):
     window: WindowSpec = WindowSpec()
     encode: EncodeSpec = EncodeSpec()
     interpolate: InterpolateSpec | None = None
+    svd: SvdSpec | None = None  # model.pipeline: svd
+    control: ControlSpec | None = None  # model.pipeline: animatediff-controlnet
     retries: int = Field(3, ge=0, le=100)
     output: str = Field(min_length=1)
 
@@ -184,8 +311,51 @@ class JobSpec(_Strict):
                 raise ValueError(f"interpolate.cuts must be frames in 1..{self.frames - 1}; got {bad}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _svd_defaults(cls, data: Any) -> Any:
+        """svd's own defaults: chained windows share exactly one frame, and guidance is
+        SVD's max_guidance_scale, 3.0 in diffusers."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("pipeline") == "svd":
+            window = data.get("window") or {}
+            if isinstance(window, dict) and "overlap" not in window:
+                data = {**data, "window": {**window, "overlap": 1}}
+            data.setdefault("guidance", 3.0)
+        return data
+
+    @model_validator(mode="after")
+    def _pipeline_inputs(self) -> "JobSpec":
+        pipeline = self.model.pipeline
+        if pipeline == "svd":
+            if self.svd is None:
+                raise ValueError("svd: model.pipeline svd needs an `svd:` block with at least `image:`")
+            if self.window.overlap != 1:
+                raise ValueError(f"window.overlap must be 1 for svd (each window starts from the last frame "
+                                 f"of the one before); got {self.window.overlap}")
+        elif self.svd is not None:
+            raise ValueError(f"svd: the `svd:` block is only for model.pipeline svd; this job uses {pipeline}")
+        if pipeline == "animatediff-controlnet":
+            if self.control is None:
+                raise ValueError("control: model.pipeline animatediff-controlnet needs a `control:` block with `video:`")
+            from farm.control import count_control_frames  # reads the folder or probes the video
+
+            try:
+                have = count_control_frames(self.control.video)
+            except ValueError as err:
+                raise ValueError(f"control.video: {err}") from None
+            if have < self.frames:
+                raise ValueError(f"control.video: has {have} frames but the job renders {self.frames}; "
+                                 "give at least one control frame per output frame")
+        elif self.control is not None:
+            raise ValueError(f"control: the `control:` block is only for animatediff-controlnet; this job uses {pipeline}")
+        return self
+
     @model_validator(mode="after")
     def _one_prompt_source(self) -> "JobSpec":
+        if self.model.pipeline == "svd":
+            if self.prompt is not None or self.prompts is not None:
+                raise ValueError("prompt: svd is conditioned on svd.image, not on text; remove prompt/prompts")
+            return self
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("prompt: give exactly one of `prompt` (one text) or `prompts` (a {frame: text} schedule)")
         if self.prompts is not None:
@@ -201,8 +371,10 @@ class JobSpec(_Strict):
 
     @property
     def schedule(self) -> dict[int, str]:
-        """The prompts as a schedule; a single `prompt` is {0: prompt}."""
-        return dict(self.prompts) if self.prompts is not None else {0: self.prompt}
+        """The prompts as a schedule; a single `prompt` is {0: prompt}; svd has none ({0: ""})."""
+        if self.prompts is not None:
+            return dict(self.prompts)
+        return {0: self.prompt or ""}
 
     @model_validator(mode="after")
     def _faults_name_real_windows(self) -> "JobSpec":

@@ -116,12 +116,12 @@ class Ledger:
     def done(self, index: int) -> None:
         self._move(index, WindowState.DONE)
 
-    def failed_attempt(self, index: int, failure: Failure) -> bool:
+    def failed_attempt(self, index: int, failure: Failure, final: bool = False) -> bool:
         """Record a failed attempt. True: the window goes back to the queue; False: it has
-        used 1 + retries attempts and is FAILED."""
+        used 1 + retries attempts, or the failure is `final`, and it is FAILED."""
         w = self.windows[index]
         w.failures.append(failure)
-        retry = w.attempts <= self.retries
+        retry = w.attempts <= self.retries and not final
         self._move(index, WindowState.PENDING if retry else WindowState.FAILED)
         return retry
 

@@ -69,6 +69,14 @@ def frames_digest(frames: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def folder_digest(folder: str | Path) -> str:
     """sha256 over the relative paths and contents of every file under `folder`.
 
@@ -86,11 +94,7 @@ def folder_digest(folder: str | Path) -> str:
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
         entry = memo.get(str(path.resolve()))
         if entry is None or entry[0] != stamp:
-            fh = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    fh.update(block)
-            entry = [stamp, fh.hexdigest()]
+            entry = [stamp, file_digest(path)]
             memo[str(path.resolve())] = entry
             changed = True
         h.update(f"{path.relative_to(folder).as_posix()}\0{entry[1]}\n".encode())

@@ -42,6 +42,11 @@ def _parse_resources(ctx, param, values) -> dict:
 
 def _render_options(f):
     f = click.option(
+        "--gpus-per-worker", type=click.FloatRange(min=0), envvar="FARM_GPUS_PER_WORKER",
+        help="GPUs each pipeline actor asks for (e.g. 1). Default: 1 on a cluster with GPUs, else 0. "
+             "Set it on an autoscaling cluster that has no GPU node yet: the autoscaler is asked for them.",
+    )(f)
+    f = click.option(
         "--check-seams", type=click.FloatRange(min=0, min_open=True), metavar="MAX",
         help="Exit 1 if any window seam's jump ratio (see the report) is above MAX, e.g. 1.5. "
              "The video and the report are still written.",
@@ -88,7 +93,7 @@ def main() -> None:
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @_render_options
 def render(job, output, address, workers, threads, quiet, as_json, rife_weights, store, no_store,
-           actor_resources, check_seams):
+           actor_resources, check_seams, gpus_per_worker):
     """Render JOB (a YAML job spec) to an mp4 and a report next to it.
 
     Windows already in the store are reused, so running a job again after a crash, or after
@@ -98,13 +103,13 @@ def render(job, output, address, workers, threads, quiet, as_json, rife_weights,
     except SpecError as err:
         _fail(err)
     _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
-         actor_resources, check_seams)
+         actor_resources, check_seams, gpus_per_worker)
 
 
 @main.command()
 @_render_options
 def demo(output, address, workers, threads, quiet, as_json, rife_weights, store, no_store, actor_resources,
-         check_seams):
+         check_seams, gpus_per_worker):
     """Render the built-in demo job (tiny model, CPU-friendly, no network)."""
     import yaml
 
@@ -116,7 +121,7 @@ def demo(output, address, workers, threads, quiet, as_json, rife_weights, store,
     except SpecError as err:
         _fail(err)
     _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
-         actor_resources, check_seams)
+         actor_resources, check_seams, gpus_per_worker)
 
 
 def _execute(work, quiet: bool, as_json: bool) -> dict | None:
@@ -138,13 +143,13 @@ def _execute(work, quiet: bool, as_json: bool) -> dict | None:
 
 
 def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, store=None, actor_resources=None,
-         check_seams=None) -> None:
+         check_seams=None, gpus_per_worker=None) -> None:
     from scheduler.driver import render as run_job
 
     report = _execute(
         lambda progress: run_job(spec, address=address, workers=workers, threads=threads,
                                  rife_weights=rife_weights, store=store, actor_resources=actor_resources,
-                                 check_seams=check_seams, progress=progress),
+                                 check_seams=check_seams, gpus_per_worker=gpus_per_worker, progress=progress),
         quiet, as_json,
     )
     if report is None:
@@ -257,6 +262,12 @@ def models_pull(name, force):
         _fail(err)
     click.echo(f"{name}: {path} (sha256 {weights.SHA256[:12]}…, verified)")
 
+
+from scheduler.cli_jobs import register as _register_jobs  # noqa: E402
+from scheduler.cli_poses import register as _register_poses  # noqa: E402
+
+_register_jobs(main)
+_register_poses(main)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import ray
+from ray.autoscaler.sdk import request_resources
 from ray.exceptions import GetTimeoutError
 
 from actors.pipeline import pipeline_actor_class
 from actors.rife import rife_actor_class
 from farm.errors import ClusterError
-from farm.spec import ModelSpec
+from farm.spec import JobSpec
 
 #: Longest the driver waits for every actor to load its pipeline.
 ACTOR_START_TIMEOUT_S = float(os.environ.get("FARM_ACTOR_START_TIMEOUT_S", "900"))
@@ -41,27 +44,33 @@ def connect(address: str | None, cpus_wanted: int = 1) -> Session:
         started = False
     else:
         cpus = max(os.cpu_count() or 1, cpus_wanted)
+        token = Path.home() / ".ray" / "auth_token"
+        had_token = token.exists()
         ray.init(
             num_cpus=cpus,
-            include_dashboard=False,
+            include_dashboard=False,  # no dashboard, no jobs API: nothing listens for HTTP
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
+        if token.exists() and not had_token:
+            token.chmod(0o600)  # Ray writes the token it just created world-readable
         started = True
     res = ray.cluster_resources()
     return Session(started, int(res.get("GPU", 0)), int(res.get("CPU", 0)))
 
 
 def pool_shape(session: Session, workers: int | None, threads: int | None,
-               reserved_cpus: int = 0) -> tuple[int, int]:
+               reserved_cpus: int = 0, gpus_per_worker: float | None = None) -> tuple[int, int]:
     """(workers, torch threads per CPU actor). Default pool: one actor per GPU, or on a
     CPU-only cluster half the cores left after `reserved_cpus` (the RIFE pool), at most 4,
-    each with an equal share of threads."""
-    cpus = max(1, session.cpus - (0 if session.gpus else reserved_cpus))
+    each with an equal share of threads. With `gpus_per_worker`, the actors are GPU actors
+    even if the cluster has no GPU yet (an autoscaler adds them)."""
+    gpu = bool(session.gpus) if gpus_per_worker is None else gpus_per_worker > 0
+    cpus = max(1, session.cpus - (0 if gpu else reserved_cpus))
     if workers is None:
-        workers = session.gpus if session.gpus else max(1, min(4, cpus // 2))
+        workers = max(1, int(session.gpus // (gpus_per_worker or 1))) if gpu else max(1, min(4, cpus // 2))
     if threads is None:
-        threads = 1 if session.gpus else max(1, cpus // workers)
+        threads = 1 if gpu else max(1, cpus // workers)
     return workers, threads
 
 
@@ -75,20 +84,25 @@ RIFE_GPU_SHARE = 0.25
 ACTOR_MAX_RESTARTS = int(os.environ.get("FARM_ACTOR_MAX_RESTARTS", "3"))
 
 
-def start_pipeline_actors(model: ModelSpec, session: Session, workers: int, threads: int,
-                          share_gpu: bool = False, resources: dict | None = None) -> tuple[list, list[dict]]:
+def start_pipeline_actors(spec: JobSpec, session: Session, workers: int, threads: int,
+                          share_gpu: bool = False, resources: dict | None = None,
+                          gpus_per_worker: float | None = None, on_wait=None) -> tuple[list, list[dict]]:
     """Start `workers` PipelineActors and wait until each has loaded its pipeline.
-    `resources`: custom Ray resources each actor requires (e.g. one per GPU node type)."""
-    if session.gpus:
-        opts = {"num_gpus": 1 - RIFE_GPU_SHARE if share_gpu else 1, "num_cpus": 1}
+    `resources`: custom Ray resources each actor requires (e.g. one per GPU node type).
+    GPU actors are asked of the autoscaler up front (`request_resources`), so a cluster
+    with no GPU node yet grows to fit; `on_wait(ready, total)` reports progress meanwhile."""
+    gpus = (1.0 if session.gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
+    if gpus:
+        opts = {"num_gpus": gpus * (1 - RIFE_GPU_SHARE) if share_gpu else gpus, "num_cpus": 1}
+        request_resources(bundles=[{"GPU": opts["num_gpus"], "CPU": 1}] * workers)
     else:
         opts = {"num_cpus": min(threads, max(1, session.cpus))}
     if resources:
         opts["resources"] = dict(resources)
     # Ray restarts a lost actor; the dispatcher, not Ray, resubmits its windows.
     opts.update(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0)
-    actors = [pipeline_actor_class().options(**opts).remote(model, threads) for _ in range(workers)]
-    return actors, _wait_ready(actors, opts, "pipeline")
+    actors = [pipeline_actor_class().options(**opts).remote(spec, threads) for _ in range(workers)]
+    return actors, _wait_ready(actors, opts, "pipeline", on_wait)
 
 
 def start_rife_actors(ip, weights: bytes | None, session: Session) -> tuple[list, list[dict]]:
@@ -102,9 +116,24 @@ def start_rife_actors(ip, weights: bytes | None, session: Session) -> tuple[list
     return actors, _wait_ready(actors, opts, "RIFE")
 
 
-def _wait_ready(actors: list, opts: dict, what: str) -> list[dict]:
+def release_request() -> None:
+    """Withdraw this driver's `request_resources`, so the autoscaler may scale down."""
+    request_resources(bundles=[])
+
+
+def _wait_ready(actors: list, opts: dict, what: str, on_wait=None) -> list[dict]:
+    refs = [a.info.remote() for a in actors]
+    deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
     try:
-        infos = ray.get([a.info.remote() for a in actors], timeout=ACTOR_START_TIMEOUT_S)
+        while True:  # report progress while actors wait for nodes or load their models
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            if on_wait is not None:
+                on_wait(len(ready), len(refs))
+            if len(ready) == len(refs):
+                break
+            if time.monotonic() > deadline:
+                raise GetTimeoutError(f"{len(refs) - len(ready)} actors not ready")
+        infos = ray.get(refs)
     except GetTimeoutError as err:
         stop_actors(actors)
         raise ClusterError(

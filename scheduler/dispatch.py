@@ -10,7 +10,9 @@ Bounds keep the driver small and the actors busy:
 Failures, with Ray's semantics used on purpose (actor calls are at-most-once; Ray does not
 resubmit them, we do):
 - The pipeline raised (`RayTaskError`): the attempt failed; the window goes back to the
-  queue, preferably to another actor. It counts against the actor and its node.
+  queue, preferably to another actor. It counts against the actor and its node. An error
+  that says retrying is pointless (`retryable = False`, e.g. a fallback ladder that ran
+  out of steps) fails the window at once.
 - The actor or node was lost (`ActorDiedError`, `ActorUnavailableError`, `NodeDiedError`):
   the window goes back to the queue. Ray restarts the actor (`max_restarts`), which re-runs
   `__init__` and reloads the pipeline; a probe call (`info()`) tells when it is back, and
@@ -36,7 +38,9 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTa
 
 from farm.errors import ClusterError
 from farm.render import WindowResult, WindowTask
-from farm.states import Failure, Ledger
+from farm.states import Failure, Ledger, WindowState
+
+DONE_STATES = (WindowState.DONE, WindowState.CACHED)
 
 #: Pause before asking a restarting actor again whether it is back.
 PROBE_INTERVAL_S = 0.2
@@ -102,17 +106,25 @@ class Dispatcher:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, tasks: Sequence[WindowTask], limit: Callable[[], int] = lambda: 0,
-            cached: Callable[[WindowTask], WindowResult | None] = lambda task: None) -> Iterator[WindowResult]:
+            cached: Callable[[WindowTask], WindowResult | None] = lambda task: None,
+            prepare: Callable[[WindowTask], WindowTask] = lambda task: task,
+            chained: bool = False) -> Iterator[WindowResult]:
         """Yield each window's result as soon as it is back (completion order, not
         submission), or as soon as `cached(task)` finds it in the store.
 
         `limit()` returns the lowest window index the caller still needs; windows more than
-        `lookahead` beyond it wait. Windows that fail for good are left FAILED in the
-        ledger; the loop goes on with the others.
+        `lookahead` beyond it wait. `prepare(task)` adds a window's inputs just before it is
+        looked up or sent (once per window). With `chained`, a window waits until the one
+        before it is back (SVD: each window starts from the last frame of the one before).
+        Windows that fail for good are left FAILED in the ledger; the loop goes on with the
+        others (or, when chained, stops: nothing after a failed window can run).
         """
+        self._prepare, self._chained, self._prepared = prepare, chained, {}
         queue = [(t.window.index, t) for t in tasks]
         heapq.heapify(queue)
         while queue or self._windows_in_flight():
+            if chained and self.ledger.failed and not self._windows_in_flight():
+                break  # nothing after a failed link of the chain can run
             yield from self._fill(queue, limit, cached)
             if queue and not self._windows_in_flight():
                 # The caller still needs a window beyond the lookahead (more windows cover a
@@ -132,12 +144,17 @@ class Dispatcher:
 
     def _fill(self, queue: list, limit: Callable[[], int], cached) -> Iterator[WindowResult]:
         while queue and queue[0][0] < limit() + self.lookahead:
-            task = queue[0][1]
-            index = task.window.index
+            index = queue[0][0]
+            if self._chained and index > 0 and self.ledger.windows[index - 1].state not in DONE_STATES:
+                return  # the window before is not back yet
+            task = self._prepared.get(index)
+            if task is None:
+                task = self._prepared[index] = self._prepare(queue[0][1])
             if self.ledger.windows[index].attempts == 0:  # first time at the front: try the store
                 hit = cached(task)
                 if hit is not None:
                     heapq.heappop(queue)
+                    self._prepared.pop(index, None)
                     self.ledger.cached(index)
                     yield hit
                     continue
@@ -178,21 +195,23 @@ class Dispatcher:
         except RayTaskError as err:
             cause = err.cause if getattr(err, "cause", None) is not None else err
             self._failed(task, slot, f"the pipeline raised {type(cause).__name__}: {cause}",
-                         lost=False, submitted=submitted, queue=queue)
+                         lost=False, submitted=submitted, queue=queue,
+                         final=not getattr(cause, "retryable", True))
             return None
         except (RayActorError, RayError) as err:  # ActorDied/Unavailable, NodeDied, lost objects
             self._failed(task, slot, f"its actor was lost ({type(err).__name__}): {_first_line(err)}",
                          lost=True, submitted=submitted, queue=queue)
             return None
         self.ledger.done(index)
+        self._prepared.pop(index, None)  # its inputs are no longer needed
         return result
 
     def _failed(self, task: WindowTask, slot: _Slot, error: str, *, lost: bool, submitted: float,
-                queue: list) -> None:
+                queue: list, final: bool = False) -> None:
         index = task.window.index
         failure = Failure(actor=slot.name, node=slot.node, error=error, lost=lost,
                           started_at=submitted, finished_at=self.clock())
-        retrying = self.ledger.failed_attempt(index, failure)
+        retrying = self.ledger.failed_attempt(index, failure, final=final)
         if retrying:
             self._avoid.setdefault(index, set()).add(slot.name)
             heapq.heappush(queue, (index, task))

@@ -11,6 +11,7 @@ front of the video, never the whole video.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,20 @@ from farm.prompts import window_prompts
 from farm.keys import model_identity, task_key
 from farm.render import WindowResult, WindowTask
 from farm.report import report_path, versions, write_json_atomic
-from farm.report_html import write_html_report
+from farm.report_html import html_report_path, write_html_report
 from farm.rife import backends, weights
 from farm.spec import InterpolateJob, JobSpec
 from farm.states import JobState, Ledger, WindowState
+from farm.storage import check_destination, is_uri, staged_output
 from farm.store import NoStore, WindowStore
-from scheduler.cluster import connect, pool_shape, start_pipeline_actors, start_rife_actors, stop_actors
+from scheduler.cluster import (
+    connect,
+    pool_shape,
+    release_request,
+    start_pipeline_actors,
+    start_rife_actors,
+    stop_actors,
+)
 from scheduler.dispatch import Dispatcher
 from scheduler.interp import InterpolationStage, PassThrough
 from scheduler.progress import NullProgress
@@ -48,6 +57,7 @@ def render(
     rife_weights: str | None = None,
     store: str | Path | bool | None = None,
     actor_resources: dict | None = None,
+    gpus_per_worker: float | None = None,
     check_seams: float | None = None,
     progress: NullProgress | None = None,
 ) -> dict:
@@ -69,118 +79,136 @@ def render(
         raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
     rife_bytes = _interpolation_inputs(ip, rife_weights)
     store = NoStore() if store is False else WindowStore(store)
+    if is_uri(spec.output):
+        check_destination(spec.output)  # the bucket exists and is ours, before any GPU time
 
     # 2. Plan the windows (pure).
     with clock.lap("plan"):
         plan = plan_windows(spec)
         tasks = [WindowTask.from_spec(spec, w) for w in plan.windows]
     ledger = Ledger([w.index for w in plan.windows], retries=spec.retries)
+    chained = spec.model.pipeline == "svd"  # each SVD window starts from the last frame of the one before
+    inputs = _WindowInputs(spec)
 
-    # 3. Start the actors: join or start Ray; load one pipeline per actor, unless the store
-    #    already holds every window; and the RIFE pool.
-    progress.stage("starting actors")
-    rife_cpus = ip.workers if ip else 0
-    clock.start("startup")
-    session = connect(address, cpus_wanted=(workers or 1) * (threads or 1) + rife_cpus)
-    actors, actor_infos, rife_actors = [], [], []
-    try:
-        keys = _Keys(spec.model, "cuda" if session.gpus else "cpu")
-        workers, threads = pool_shape(session, workers, threads, reserved_cpus=rife_cpus)
-        if not _all_stored(store, keys, tasks):
-            actors, actor_infos = start_pipeline_actors(spec.model, session, workers, threads,
-                                                        share_gpu=bool(ip), resources=actor_resources)
-            keys.use_devices(info["device"] for info in actor_infos)
-        if ip:
-            rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
-            retime = retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor)
-            stage = InterpolationStage(rife_actors, retime, ip.chunk, ip.scene_threshold, ip.cuts,
-                                       backend=ip.backend)
-        else:
-            stage = PassThrough()
-        clock.stop("startup")
-        ledger.job(JobState.RUNNING)
+    # 3-8 write into `local_out`: the output itself, or a temp file uploaded to the bucket
+    # (with its report) once the video is complete.
+    with staged_output(spec.output) as local_out:
+        # 3. Start the actors: join or start Ray; load one pipeline per actor, unless the store
+        #    already holds every window; and the RIFE pool.
+        progress.stage("starting actors")
+        rife_cpus = ip.workers if ip else 0
+        clock.start("startup")
+        session = connect(address, cpus_wanted=(workers or 1) * (threads or 1) + rife_cpus)
+        actors, actor_infos, rife_actors = [], [], []
+        try:
+            keys = _Keys(spec, "cuda" if session.gpus or gpus_per_worker else "cpu")
+            workers, threads = pool_shape(session, workers, threads, reserved_cpus=rife_cpus,
+                                          gpus_per_worker=gpus_per_worker)
+            if chained:
+                workers = 1  # a chain runs one window at a time: leave the other GPUs free
+            if not _all_stored(store, keys, tasks, inputs):
+                actors, actor_infos = start_pipeline_actors(
+                    spec, session, workers, threads, share_gpu=bool(ip), resources=actor_resources,
+                    gpus_per_worker=gpus_per_worker,
+                    on_wait=lambda ready, total: progress.stage(f"starting actors: {ready}/{total} ready "
+                                                                "(waiting for nodes or model loads)"))
+                keys.use_devices(info["device"] for info in actor_infos)
+            if ip:
+                rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
+                retime = retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor)
+                stage = InterpolationStage(rife_actors, retime, ip.chunk, ip.scene_threshold, ip.cuts,
+                                           backend=ip.backend)
+            else:
+                stage = PassThrough()
+            clock.stop("startup")
+            ledger.job(JobState.RUNNING)
 
-        # 4-6. Dispatch and collect (or read from the store); store each window as soon as
-        #      it is back; reconcile each overlap once both sides are in; feed the finished
-        #      prefix to interpolation and its output to the encoder.
-        progress.stage("rendering")
-        progress.windows_total(len(tasks))
-        progress.frames_total(retime.frames_out if ip else spec.frames)
-        reconciler = Reconciler(plan.windows, spec.window.blend)
-        meter = FlickerMeter()  # measured on the blended frames, where the seams are
-        dispatcher = Dispatcher(actors, actor_infos, ledger, per_actor=PER_ACTOR_IN_FLIGHT,
-                                on_failure=progress.window_failed)
-        records: dict[int, dict] = {}
-        t_render, epoch0 = clock.elapsed(), time.time()
-        job_name = Path(spec.output).name
+            # 4-6. Dispatch and collect (or read from the store); store each window as soon as
+            #      it is back; reconcile each overlap once both sides are in; feed the finished
+            #      prefix to interpolation and its output to the encoder.
+            progress.stage("rendering")
+            progress.windows_total(len(tasks))
+            progress.frames_total(retime.frames_out if ip else spec.frames)
+            reconciler = Reconciler(plan.windows, spec.window.blend)
+            meter = FlickerMeter()  # measured on the blended frames, where the seams are
+            dispatcher = Dispatcher(actors, actor_infos, ledger, per_actor=PER_ACTOR_IN_FLIGHT,
+                                    on_failure=progress.window_failed)
+            records: dict[int, dict] = {}
+            t_render, epoch0 = clock.elapsed(), time.time()
+            job_name = Path(spec.output).name
 
-        def from_store(task: WindowTask) -> WindowResult | None:
-            with clock.lap("store"):
-                return _read_window(store, keys.get(task), task)
+            def from_store(task: WindowTask) -> WindowResult | None:
+                with clock.lap("store"):
+                    return _read_window(store, keys.get(task), task)
 
-        def needed_from() -> int:  # once a window has failed, nothing more is encoded
-            return reconciler.first_unfinished_window if not ledger.failed else len(tasks)
+            def needed_from() -> int:  # once a window has failed, nothing more is encoded
+                return reconciler.first_unfinished_window if not ledger.failed else len(tasks)
 
-        with VideoWriter(spec.output, spec.width, spec.height, spec.output_fps, spec.encode.crf,
-                         spec.encode.preset) as out:
+            with VideoWriter(local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
+                             spec.encode.preset) as out:
 
-            def encode(frames) -> None:
-                for frame in frames:
-                    with clock.lap("encode"):
-                        out.write(frame)
-                progress.frames_written(out.frames_written)
+                def encode(frames) -> None:
+                    for frame in frames:
+                        with clock.lap("encode"):
+                            out.write(frame)
+                    progress.frames_written(out.frames_written)
 
-            for result in dispatcher.run(tasks, limit=needed_from, cached=from_store):
-                status = ledger.windows[result.index]
-                if status.state is WindowState.CACHED:
-                    progress.window_cached(result.index)
-                else:
-                    with clock.lap("store"):
-                        key = keys.put(tasks[result.index], result.device)
-                        store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
-                                  end=result.end, attempts=status.attempts, node=result.node,
-                                  actor=result.actor, seconds=result.seconds)
-                    progress.window_done(result)
-                records[result.index] = _window_record(result, status, tasks[result.index], keys,
-                                                       epoch0, clock.elapsed() - t_render)
+                for result in dispatcher.run(tasks, limit=needed_from, cached=from_store, prepare=inputs.prepare,
+                                             chained=chained):
+                    inputs.finished(result.index, result.frames)
+                    status = ledger.windows[result.index]
+                    if status.state is WindowState.CACHED:
+                        progress.window_cached(result.index)
+                    else:
+                        with clock.lap("store"):
+                            key = keys.put(inputs.prepared(result.index), result.device)
+                            store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
+                                      end=result.end, attempts=status.attempts, node=result.node,
+                                      actor=result.actor, seconds=result.seconds)
+                        progress.window_done(result)
+                    records[result.index] = _window_record(result, status, inputs.prepared(result.index), keys,
+                                                           epoch0, clock.elapsed() - t_render)
+                    records[result.index] |= inputs.describe(result.index)
+                    if ledger.failed:
+                        continue  # the job will fail: keep rendering into the store, stop encoding
+                    reconciler.add(result.index, result.frames)
+                    for frame in clock.timed_iter("blend", reconciler.ready()):
+                        meter.add(frame)
+                        stage.push(frame)
+                    encode(stage.ready())
+                stages["render"] = clock.elapsed() - t_render
                 if ledger.failed:
-                    continue  # the job will fail: keep rendering into the store, stop encoding
-                reconciler.add(result.index, result.frames)
-                for frame in clock.timed_iter("blend", reconciler.ready()):
-                    meter.add(frame)
-                    stage.push(frame)
-                encode(stage.ready())
-            stages["render"] = clock.elapsed() - t_render
-            if ledger.failed:
-                ledger.job(JobState.FAILED)
-                _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock,
-                              workers, threads, actor_infos)
-                raise _job_failed(ledger, store, spec.output)  # the writer aborts: no partial video, old output kept
+                    ledger.job(JobState.FAILED)
+                    _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock,
+                                  workers, threads, actor_infos)
+                    raise _job_failed(ledger, store, spec.output)  # no partial video; an older one is kept
 
-            # 7. Interpolate the tail and encode: closing the stream moves the file into place.
-            progress.stage("finishing")
-            encode(stage.finish())
-            clock.start("encode")
-        clock.stop("encode")
-        frames_out = out.frames_written
-        ledger.job(JobState.DONE)
-    finally:
-        stop_actors(actors + rife_actors)
-        session.close()
+                # 7. Interpolate the tail and encode: closing the stream moves the file into place.
+                progress.stage("finishing")
+                encode(stage.finish())
+                clock.start("encode")
+            clock.stop("encode")
+            frames_out = out.frames_written
+            ledger.job(JobState.DONE)
+        finally:
+            stop_actors(actors + rife_actors)
+            if gpus_per_worker or session.gpus:
+                release_request()
+            session.close()
 
-    # 8. Measure the flicker and the seams; write the report next to the video.
-    extra = flicker_report(meter.curve, plan.windows)
-    if ip:
-        extra["interpolate"] = stage.summary() | {
-            "actors": rife_infos,
-            "first_chunk_at": round(stage.first_submit_at - clock.t0 - t_render, 4),
-        }
-    worst = max(extra["seams"], key=lambda seam: seam["jump_ratio"], default=None)
-    if check_seams is not None:
-        extra["seam_check"] = {"limit": check_seams, "passed": worst is None or worst["jump_ratio"] <= check_seams,
-                               "worst": worst}
-    report = _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock, workers, threads,
-                           actor_infos, frames_out=frames_out, extra=extra)
+        # 8. Measure the flicker and the seams; write the report next to the video.
+        extra = flicker_report(meter.curve, plan.windows)
+        if ip:
+            extra["interpolate"] = stage.summary() | {
+                "actors": rife_infos,
+                "first_chunk_at": round(stage.first_submit_at - clock.t0 - t_render, 4),
+            }
+        worst = max(extra["seams"], key=lambda seam: seam["jump_ratio"], default=None)
+        if check_seams is not None:
+            extra["seam_check"] = {"limit": check_seams, "passed": worst is None or worst["jump_ratio"] <= check_seams,
+                                   "worst": worst}
+        report = _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock, workers,
+                               threads, actor_infos, frames_out=frames_out, extra=extra)
     progress.close()
     if check_seams is not None and not report["seam_check"]["passed"]:
         raise SeamCheckFailed(worst["frame"], worst["jump_ratio"], check_seams)
@@ -259,17 +287,65 @@ def _interpolation_inputs(ip, rife_weights: str | None) -> bytes | None:
     return Path(weights.resolve(rife_weights or ip.weights)).read_bytes()
 
 
-class _Keys:
-    """Window keys for this job: the model's identity on the device class it runs on."""
+class _WindowInputs:
+    """Each window's own inputs, added just before it is looked up or sent: its control
+    frames (ControlNet), or its conditioning frame (SVD: the spec's image for the first
+    window, then the last frame of the window before). Holds only what is in flight."""
 
-    def __init__(self, model, device_kind: str):
-        self.model = model
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+        self._tasks: dict[int, WindowTask] = {}
+        self._last_frames: dict[int, np.ndarray] = {}
+
+    def prepare(self, task: WindowTask) -> WindowTask:
+        spec, w = self.spec, task.window
+        if spec.control is not None:
+            from farm.control import read_control_frames
+
+            task = replace(task, control=read_control_frames(spec.control.video, w.start, w.end,
+                                                             spec.width, spec.height))
+        if spec.svd is not None:
+            image = self._last_frames.pop(w.index - 1) if w.index else _read_image(spec.svd.image)
+            task = replace(task, image=image)
+        self._tasks[w.index] = task
+        return task
+
+    def prepared(self, index: int) -> WindowTask:
+        return self._tasks[index]
+
+    def finished(self, index: int, frames: np.ndarray) -> None:
+        if self.spec.svd is not None:
+            self._last_frames[index] = frames[-1]
+
+    def describe(self, index: int) -> dict:
+        """What the report says about a window's inputs; the window's task is then dropped."""
+        self._tasks.pop(index, None)
+        if self.spec.svd is None:
+            return {}
+        if index == 0:
+            return {"conditioned_on": {"image": self.spec.svd.image}}
+        start = self.spec.window.length - self.spec.window.overlap  # chained: one shared frame
+        return {"conditioned_on": {"window": index - 1, "frame": index * start}}
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+class _Keys:
+    """Window keys for this job: the models' identity on the device class they run on."""
+
+    def __init__(self, spec: JobSpec, device_kind: str):
+        self.spec = spec
         self._ids: dict[str, dict] = {}
         self.kind = device_kind
 
     def _id(self, kind: str) -> dict:
         if kind not in self._ids:
-            self._ids[kind] = model_identity(self.model, kind)
+            self._ids[kind] = model_identity(self.spec, kind)
         return self._ids[kind]
 
     def use_devices(self, devices) -> None:
@@ -289,9 +365,19 @@ def _device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _all_stored(store: WindowStore, keys: _Keys, tasks: list[WindowTask]) -> bool:
-    """True if every window is in the store and passes its check (read one at a time)."""
-    return all(store.has(keys.get(t)) for t in tasks) and all(store.get(keys.get(t)) is not None for t in tasks)
+def _all_stored(store: WindowStore, keys: _Keys, tasks: list[WindowTask], inputs: _WindowInputs) -> bool:
+    """True if every window is in the store and passes its check (read one at a time).
+    Windows with inputs (control frames, a chained frame) are prepared to find their keys;
+    a scratch `_WindowInputs` keeps this from touching the job's own."""
+    scratch = _WindowInputs(inputs.spec)
+    for task in tasks:
+        task = scratch.prepare(task)
+        frames = store.get(keys.get(task))
+        if frames is None:
+            return False
+        scratch.finished(task.window.index, frames)
+        scratch.describe(task.window.index)
+    return True
 
 
 def _read_window(store: WindowStore, key: str, task: WindowTask) -> WindowResult | None:
@@ -316,7 +402,7 @@ def _job_failed(ledger: Ledger, store: WindowStore, output: str) -> WindowFatal:
     )
 
 
-def _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock, workers, threads,
+def _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock, workers, threads,
                   actor_infos, frames_out: int = 0, extra: dict | None = None) -> dict:
     stages.update(plan=clock.totals["plan"], startup=clock.totals["startup"], blend=clock.totals["blend"],
                   encode=clock.totals["encode"], store=clock.totals["store"], total=clock.elapsed())
@@ -350,8 +436,8 @@ def _write_report(spec, plan, ledger, records, dispatcher, store, stages, clock,
         w = ledger.failed[0]
         report["failed"] = {"window": w.index, "attempts": w.attempts, "error": w.last_error}
     report.update(extra or {})
-    write_json_atomic(report_path(spec.output), report)
-    write_html_report(report)
+    write_html_report(report, html_report_path(local_out))
+    write_json_atomic(report_path(local_out), report)
     return report
 
 
@@ -373,6 +459,7 @@ def _window_record(result: WindowResult, status, task: WindowTask, keys: _Keys, 
         "actor": result.actor,
         "device": result.device,
         "seconds": round(result.seconds, 4),
+        "fallbacks": list(result.fallbacks),
         "started_at": None if cached else _rel(result.started, epoch0),
         "finished_at": round(finished_at, 4),
     }

@@ -54,13 +54,14 @@ def plain_loop(spec, threads: int, renderer=None) -> tuple[float, object]:
     from farm.render import WindowTask, make_renderer
 
     torch.set_num_threads(threads)
-    renderer = renderer or make_renderer(spec.model)
+    renderer = renderer or make_renderer(spec)
     t0 = time.perf_counter()
     plan = plan_windows(spec)
     rec = Reconciler(plan.windows, spec.window.blend)
     with VideoWriter(spec.output, spec.width, spec.height, spec.fps, spec.encode.crf) as out:
         for w in plan.windows:
-            rec.add(w.index, renderer.render(WindowTask.from_spec(spec, w)))
+            frames, _ = renderer.render(WindowTask.from_spec(spec, w))
+            rec.add(w.index, frames)
             for frame in rec.ready():
                 out.write(frame)
     return time.perf_counter() - t0, renderer

@@ -44,7 +44,7 @@ def test_the_report_view_lists_each_prompt_run_of_a_window():
 def test_changing_the_prompt_at_frame_48_changes_only_the_windows_that_reach_it(tmp_path):
     def keys(data):
         spec = parse_spec(data)
-        model_id = model_identity(spec.model, "cpu")
+        model_id = model_identity(spec, "cpu")
         return [(w, task_key(model_id, WindowTask.from_spec(spec, w))) for w in plan_windows(spec).windows]
 
     before = keys(_scheduled(tmp_path, {0: A}))

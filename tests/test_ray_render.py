@@ -30,7 +30,7 @@ def test_a_window_is_bit_identical_on_two_actors_and_twice_on_one(tmp_path, loca
     window = plan_windows(spec).windows[1]
     task = WindowTask.from_spec(spec, window)
     cls = pipeline_actor_class()
-    a, b = (cls.options(num_cpus=1).remote(spec.model, 1) for _ in range(2))
+    a, b = (cls.options(num_cpus=1).remote(spec, 1) for _ in range(2))
     infos = ray.get([a.info.remote(), b.info.remote()])
     assert infos[0]["actor"] != infos[1]["actor"] and infos[0]["pid"] != infos[1]["pid"]
     ra1, rb, ra2 = ray.get([a.render.remote(task), b.render.remote(task), a.render.remote(task)])

@@ -121,7 +121,7 @@ def test_a_poison_window_fails_the_job_and_keeps_every_other_window(cluster, tmp
     assert len({f["actor"] for f in poisoned["failures"]}) == 2  # retried on the other actor
 
     spec = _spec(tmp_path, "poison.mp4")
-    model_id = model_identity(spec.model, "cpu")
+    model_id = model_identity(spec, "cpu")
     keys = [task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan_windows(spec).windows]
     assert sorted(e.key for e in store.entries()) == sorted(keys[:5] + keys[6:])
 

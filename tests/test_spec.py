@@ -22,11 +22,17 @@ def test_valid_spec_round_trips(tmp_path):
     assert spec.frames == 52 and spec.window.overlap == 4 and spec.output.endswith("out.mp4")
 
 
-@pytest.mark.parametrize("field", ["model", "prompt", "frames", "output"])
+@pytest.mark.parametrize("field", ["model", "frames", "output"])
 def test_missing_required_field(tmp_path, field):
     data = base_spec(tmp_path)
     del data[field]
     assert f"{field}: field required" in problems(data)
+
+
+def test_missing_prompt_says_which_fields_can_give_it(tmp_path):
+    data = base_spec(tmp_path)
+    del data["prompt"]
+    assert "prompt: give exactly one of `prompt` (one text) or `prompts` (a {frame: text} schedule)" in problems(data)
 
 
 def test_missing_nested_field(tmp_path):

@@ -137,7 +137,7 @@ def test_store_ls_and_du_show_what_is_stored(tmp_path):
 
 def _keys(spec_dict, device="cpu"):
     spec = parse_spec(spec_dict)
-    model_id = model_identity(spec.model, device)
+    model_id = model_identity(spec, device)
     return [task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan_windows(spec).windows]
 
 

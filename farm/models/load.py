@@ -12,7 +12,7 @@ import torch
 from farm.errors import FarmError
 from farm.models.schedulers import SCHEDULERS
 from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, tiny_model_path
-from farm.spec import ModelSpec
+from farm.spec import TINY_LORAS, ModelSpec
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -44,28 +44,98 @@ def _load(what: str, ref: str, loader):
         ) from err
 
 
-def load_animatediff(model: ModelSpec, device: str):
-    """AnimateDiffPipeline = an SD1.5 base + a motion adapter, with the DDIM settings of the
-    diffusers AnimateDiff guide (linear betas, no sample clipping, linspace timesteps)."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+def quiet_progress() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
+
+def set_scheduler(pipe, name: str) -> None:
+    """Swap in scheduler `name` with the farm's settings (farm.models.schedulers)."""
+    import diffusers
+
+    class_name, overrides = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
+
+
+def load_loras(pipe, loras) -> None:
+    """`load_lora_weights` for each LoRA under its name, then `set_adapters` with the weights.
+    A LoRA for the motion modules (zoom-in, pan-left, …) and one for the SD UNet load the
+    same way; diffusers routes each key to its module."""
+    if not loras:
+        return
+    for lora in loras:
+        source = lora.path or lora.id
+        if lora.id in TINY_LORAS:
+            from farm.models.tiny_lora import tiny_lora_path
+
+            source = str(tiny_lora_path(TINY_LORAS[lora.id]))
+        kwargs = {"adapter_name": lora.name}
+        if lora.weight_name:
+            kwargs["weight_name"] = lora.weight_name
+        _load(f"model.loras[{lora.name}]", source, lambda: pipe.load_lora_weights(source, **kwargs))
+    pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.weight for lora in loras])
+
+
+def apply_memory(pipe, memory, device: str) -> dict:
+    """Apply the `model.memory` knobs once, at load. Returns what was applied; CPU offload
+    only means something on CUDA and is skipped, and said so, on a CPU actor."""
+    applied = {}
+    if memory.forward_chunking:
+        pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
+        applied["forward_chunking"] = True
+    if memory.vae_slicing:
+        pipe.vae.enable_slicing()
+        applied["vae_slicing"] = True
+    if memory.cpu_offload:
+        if device.startswith("cuda"):
+            pipe.enable_model_cpu_offload(device=device)
+            applied["cpu_offload"] = True
+        else:
+            applied["cpu_offload"] = "skipped: the actor runs on CPU"
+    if memory.decode_chunk_size:
+        applied["decode_chunk_size"] = memory.decode_chunk_size
+    return applied
+
+
+def place(pipe, memory, device: str):
+    """Move to `device`, unless model offload manages placement itself."""
+    if memory.cpu_offload and device.startswith("cuda"):
+        return pipe
+    return pipe.to(device)
+
+
+def load_motion_adapter(model: ModelSpec, dtype):
+    from diffusers import MotionAdapter
+
+    ref = resolve_ref(model.motion_adapter, TINY_MOTION_ADAPTER)
+    return _load("model.motion_adapter", model.motion_adapter, lambda: MotionAdapter.from_pretrained(ref, dtype=dtype))
+
+
+def load_animatediff(model: ModelSpec, device: str):
+    """AnimateDiffPipeline = an SD1.5 base + a motion adapter, with the job's scheduler
+    (farm.models.schedulers), LoRAs and memory knobs. Returns (pipe, applied memory knobs)."""
+    from diffusers import AnimateDiffPipeline
+
+    quiet_progress()
     dtype = resolve_dtype(model.dtype, device)
-    adapter_ref = resolve_ref(model.motion_adapter, TINY_MOTION_ADAPTER)
+    adapter = load_motion_adapter(model, dtype)
     base_ref = resolve_ref(model.base, TINY_BASE)
-    adapter = _load(
-        "model.motion_adapter", model.motion_adapter, lambda: MotionAdapter.from_pretrained(adapter_ref, dtype=dtype)
-    )
     pipe = _load(
         "model.base",
         model.base,
         lambda: AnimateDiffPipeline.from_pretrained(base_ref, motion_adapter=adapter, dtype=dtype),
     )
-    _, overrides = SCHEDULERS["ddim"]
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
+    return finish_animatediff(pipe, model, device)
+
+
+def finish_animatediff(pipe, model: ModelSpec, device: str):
+    """The steps every AnimateDiff variant shares after loading: scheduler, LoRAs, memory,
+    placement. Returns (pipe, applied memory knobs)."""
+    set_scheduler(pipe, model.scheduler_name)
+    load_loras(pipe, model.loras)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    applied = apply_memory(pipe, model.memory, device)
+    return place(pipe, model.memory, device), applied

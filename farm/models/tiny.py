@@ -9,6 +9,8 @@ then `os.replace`), and are laid out exactly like a hub checkout:
 
     <cache>/models/tiny-sd15-v1/        a StableDiffusionPipeline folder (model_index.json, unet/, vae/, …)
     <cache>/models/tiny-motion-adapter-v1/   a MotionAdapter folder
+    <cache>/models/tiny-svd-v1/         a StableVideoDiffusionPipeline folder
+    <cache>/models/tiny-controlnet-v1/  a ControlNetModel folder that fits tiny-sd15
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from farm.cache import cache_dir
 TINY_VERSION = "v1"
 TINY_BASE = f"tiny-sd15-{TINY_VERSION}"
 TINY_MOTION_ADAPTER = f"tiny-motion-adapter-{TINY_VERSION}"
+TINY_SVD = f"tiny-svd-{TINY_VERSION}"
+TINY_CONTROLNET = f"tiny-controlnet-{TINY_VERSION}"
 
 _CROSS_ATTENTION_DIM = 32
 _VOCAB_SIZE = 1000
@@ -146,17 +150,137 @@ def _build_motion_adapter(folder: Path) -> None:
     adapter.save_pretrained(folder, safe_serialization=True)
 
 
-_BUILDERS = {TINY_BASE: _build_base, TINY_MOTION_ADAPTER: _build_motion_adapter}
+def _build_svd(folder: Path) -> None:
+    """A StableVideoDiffusionPipeline folder, laid out like stabilityai/stable-video-diffusion-img2vid-xt.
+
+    The UNet takes the noise latents and the conditioning image's latents concatenated over
+    channels (in_channels 8 = 2 × 4); its added time embedding holds (fps, motion bucket,
+    noise augmentation), 3 × addition_time_embed_dim wide. The VAE has four blocks, so it
+    downsamples 8× like the real one. The CLIP vision tower takes 224×224 input, the size the
+    pipeline resizes the conditioning image to; its projection is the UNet's cross-attention.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=8,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        block_out_channels=(32, 64),
+        addition_time_embed_dim=32,
+        projection_class_embeddings_input_dim=3 * 32,
+        layers_per_block=1,
+        cross_attention_dim=_CROSS_ATTENTION_DIM,
+        num_attention_heads=(2, 4),
+        num_frames=8,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=_CROSS_ATTENTION_DIM,
+            projection_dim=_CROSS_ATTENTION_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=224,
+            patch_size=14,
+            layer_norm_eps=1e-05,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224})
+    # SVD's own scheduler: EDM (Karras) sigmas from 0.002 to 700, v-prediction, continuous timesteps.
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        interpolation_type="linear",
+        use_karras_sigmas=True,
+        sigma_min=0.002,
+        sigma_max=700.0,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        steps_offset=1,
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _build_controlnet(folder: Path) -> None:
+    """A ControlNetModel whose residuals fit the tiny SD1.5 UNet of `_build_base`.
+
+    A new ControlNet's output convolutions start at zero (it adds nothing until trained),
+    so those layers get random weights here: with them the control frames change the video,
+    as a trained ControlNet's do. The conditioning embedding downsamples 8×, as the VAE does.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(0)
+    controlnet = ControlNetModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        cross_attention_dim=_CROSS_ATTENTION_DIM,
+        norm_num_groups=2,
+        conditioning_embedding_out_channels=(16, 16, 32, 32),
+    )
+    torch.manual_seed(0)
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        # He init through the conditioning embedding, so that the control image still shows
+        # after its seven convolutions (the default init lets it fade to nothing).
+        for conv in (embedding.conv_in, *embedding.blocks, embedding.conv_out):
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(conv.bias)
+        for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            torch.nn.init.normal_(conv.weight, std=0.1)
+            torch.nn.init.normal_(conv.bias, std=0.1)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+
+
+_BUILDERS = {
+    TINY_BASE: _build_base,
+    TINY_MOTION_ADAPTER: _build_motion_adapter,
+    TINY_SVD: _build_svd,
+    TINY_CONTROLNET: _build_controlnet,
+}
 
 
 def tiny_model_path(name: str, root: Path | None = None) -> Path:
-    """Return the folder of tiny model `name`, building it on first use.
+    """Return the folder of tiny model `name`, building it on first use."""
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(_BUILDERS)}")
+    return build_cached(name, _BUILDERS[name], root)
+
+
+def build_cached(name: str, build, root: Path | None = None) -> Path:
+    """`<cache>/models/<name>`, made by `build(folder)` on first use.
 
     Concurrent callers (several actors on one node) are safe: each builds into its own
     temp folder and the first `os.replace` wins; the others discard their copy.
     """
-    if name not in _BUILDERS:
-        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(_BUILDERS)}")
     models = (root or cache_dir()) / "models"
     final = models / name
     if (final / ".complete").exists():
@@ -164,7 +288,7 @@ def tiny_model_path(name: str, root: Path | None = None) -> Path:
     models.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models))
     try:
-        _BUILDERS[name](tmp / "m")
+        build(tmp / "m")
         (tmp / "m" / ".complete").write_text("ok\n")
         try:
             os.replace(tmp / "m", final)

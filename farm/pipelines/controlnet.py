@@ -1,0 +1,68 @@
+"""AnimateDiff with a ControlNet: one window = one AnimateDiffControlNetPipeline call.
+
+Everything AnimateDiffRenderer does (per-frame noise, CPU generator, prompt schedules,
+decode chunk, VAE in fp32), plus one control image per frame: the window's slice of
+`control.video`, read and resized to width × height by the driver (farm.control), and
+weighted by `control.scale`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from farm.models.load import _load, finish_animatediff, load_motion_adapter, quiet_progress, resolve_dtype, resolve_ref
+from farm.models.tiny import TINY_BASE, TINY_CONTROLNET
+from farm.pipelines.animatediff import AnimateDiffRenderer
+from farm.render import WindowTask
+from farm.spec import JobSpec
+
+
+def load_animatediff_controlnet(spec: JobSpec, device: str):
+    """AnimateDiffControlNetPipeline = an SD1.5 base + a motion adapter + a ControlNet
+    (`control.model`), then what every AnimateDiff variant shares (scheduler, LoRAs, memory,
+    placement). Returns (pipe, applied memory knobs)."""
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
+    model, control = spec.model, spec.control
+    quiet_progress()
+    dtype = resolve_dtype(model.dtype, device)
+    adapter = load_motion_adapter(model, dtype)
+    control_ref = resolve_ref(control.model, TINY_CONTROLNET)
+    controlnet = _load("control.model", control.model, lambda: ControlNetModel.from_pretrained(control_ref, dtype=dtype))
+    base_ref = resolve_ref(model.base, TINY_BASE)
+    pipe = _load(
+        "model.base",
+        model.base,
+        lambda: AnimateDiffControlNetPipeline.from_pretrained(
+            base_ref, motion_adapter=adapter, controlnet=controlnet, dtype=dtype
+        ),
+    )
+    return finish_animatediff(pipe, model, device)
+
+
+class AnimateDiffControlNetRenderer(AnimateDiffRenderer):
+    """Holds one loaded AnimateDiffControlNetPipeline and renders windows with it."""
+
+    def load(self, spec: JobSpec, device: str):
+        return load_animatediff_controlnet(spec, device)
+
+    def extra_args(self, task: WindowTask) -> dict:
+        """The window's control frames, one PIL image per frame, and the ControlNet's weight."""
+        from PIL import Image
+
+        control, w = task.control, task.window
+        if control is None:
+            raise ValueError(f"window {w.index}: animatediff-controlnet needs the window's control frames "
+                             "(task.control); the driver reads them from control.video")
+        if control.dtype != np.uint8 or control.ndim != 4 or control.shape[0] != w.length or control.shape[1:] != (task.height, task.width, 3):
+            raise ValueError(f"window {w.index}: task.control must be ({w.length}, {task.height}, {task.width}, 3) "
+                             f"uint8; got {control.dtype} {control.shape}")
+        return {
+            "conditioning_frames": [Image.fromarray(frame) for frame in control],
+            "controlnet_conditioning_scale": self.spec.control.scale,
+        }
+
+    def text_modules(self) -> list:
+        """The pipeline hands the UNet and the ControlNet the same (2F, 77, D) text
+        embeddings, so both get the per-frame ones."""
+        return [self.pipe.unet, self.pipe.controlnet]

@@ -1,0 +1,112 @@
+"""Stable Video Diffusion (image → video): one window = one StableVideoDiffusionPipeline call.
+
+    1. the conditioning picture: `task.image` (svd.image for window 0, the last frame of
+       the window before for the others; the driver fills it in)
+    2. initial latents: the per-frame noise of the window's global frames (farm.noise)
+    3. denoise and decode: a CPU generator for the noise augmentation of the picture, the
+       micro-conditioning (motion bucket, fps, noise augmentation) from `svd:`, the decode
+       chunk and VAE precision as the fallback ladder asks
+    4. float32 frames (F, H, W, 3) in [0, 1]
+
+Guidance: SVD ramps the guidance scale linearly over the frames, from `min_guidance_scale`
+on the first (the conditioning picture itself needs none) to `max_guidance_scale` on the
+last. The job's `guidance` is the maximum, and the minimum is 1.0 (no guidance), as in
+SVD's reference sampler; a `guidance` below 1.0 is used for both ends.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from farm.errors import FarmError
+from farm.models.load import _load, apply_memory, place, quiet_progress, resolve_dtype, resolve_ref
+from farm.models.tiny import TINY_SVD
+from farm.noise import frame_seed, window_noise
+from farm.pipelines._fallbacks import decode_in_fp32, offload_once
+from farm.render import Overrides, WindowTask
+from farm.spec import JobSpec
+
+
+def load_svd(spec: JobSpec, device: str):
+    """StableVideoDiffusionPipeline from `model.base` with the memory knobs. Returns
+    (pipe, applied memory knobs)."""
+    from diffusers import StableVideoDiffusionPipeline
+
+    model = spec.model
+    if model.memory.vae_slicing:
+        raise FarmError("model.memory.vae_slicing: the SVD VAE (a temporal decoder) cannot decode in slices; "
+                        "use model.memory.decode_chunk_size instead")
+    quiet_progress()
+    dtype = resolve_dtype(model.dtype, device)
+    ref = resolve_ref(model.base, TINY_SVD)
+    pipe = _load("model.base", model.base, lambda: StableVideoDiffusionPipeline.from_pretrained(ref, dtype=dtype))
+    pipe.set_progress_bar_config(disable=True)
+    applied = apply_memory(pipe, model.memory, device)
+    return place(pipe, model.memory, device), applied
+
+
+class SvdRenderer:
+    """Holds one loaded StableVideoDiffusionPipeline and renders windows with it."""
+
+    def __init__(self, spec: JobSpec, device: str):
+        self.device = device
+        self.spec = spec
+        t0 = time.perf_counter()
+        self.pipe, self.memory = load_svd(spec, device)
+        self.load_seconds = time.perf_counter() - t0
+
+    def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
+        pipe, w, svd = self.pipe, task.window, self.spec.svd
+        if overrides.cpu_offload:
+            offload_once(self.pipe, self.device, self.memory)
+        # 1. The conditioning picture.
+        image = _conditioning_image(task)
+        # 2. Initial latents: the per-frame noise of the window's global frames. The UNet takes
+        #    noise and picture latents concatenated over channels, so the noise has half its
+        #    input channels; SVD lays latents out frame-major, (1, F, C, h, w).
+        scale = pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels // 2, task.height // scale, task.width // scale)
+        noise = window_noise(task.seed, w.start, w.end, shape).permute(0, 2, 1, 3, 4)
+        latents = noise.to(self.device, pipe.unet.dtype)
+        # 3. Denoise, then decode: by the pipeline, or by us with the VAE in fp32 (the NaN fallback).
+        generator = torch.Generator(device="cpu").manual_seed(frame_seed(task.seed, w.start))
+        chunk = overrides.decode_chunk_size or w.length
+        with torch.inference_mode():
+            out = pipe(
+                image,
+                height=task.height,
+                width=task.width,
+                num_frames=w.length,
+                num_inference_steps=task.steps,
+                min_guidance_scale=min(1.0, task.guidance),
+                max_guidance_scale=task.guidance,
+                fps=svd.fps,
+                motion_bucket_id=svd.motion_bucket_id,
+                noise_aug_strength=svd.noise_aug_strength,
+                decode_chunk_size=chunk,
+                generator=generator,
+                latents=latents,
+                output_type="latent" if overrides.vae_fp32 else "np",
+            )
+            if overrides.vae_fp32:
+                frames = out.frames  # latents (1, F, C, h, w)
+                return decode_in_fp32(pipe, frames, lambda x: pipe.decode_latents(x, frames.shape[1], chunk))
+        # 4. Frames (F, H, W, 3) float32 in [0, 1].
+        return np.asarray(out.frames[0], dtype=np.float32)
+
+
+def _conditioning_image(task: WindowTask):
+    """`task.image` (H, W, 3) uint8 as the PIL image the pipeline takes."""
+    from PIL import Image
+
+    image = task.image
+    if image is None:
+        raise ValueError(f"window {task.window.index}: svd needs the window's conditioning image (task.image); "
+                         "the driver fills it in from svd.image or the window before")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"window {task.window.index}: task.image must be (H, W, 3) uint8; got {image.dtype} "
+                         f"{image.shape}")
+    return Image.fromarray(image)

@@ -1,0 +1,514 @@
+"""Ray Jobs for the farm: ship a job spec to a cluster, then watch, stop and list it.
+
+`farm submit` turns a spec into an ordinary Ray Job (so `ray job status/logs/stop` work on
+it too):
+
+    JOB.yaml ─► load_spec (locally; a bad spec stops here) ─► prepare_submission
+       a staging folder: job.yaml (output and input paths rewritten) + inputs/ (links)
+       ─► JobSubmissionClient.submit_job(entrypoint="farm render job.yaml --address auto",
+                                         runtime_env={"working_dir": staging folder})
+
+The spec and the local files it names travel in the job's `working_dir`, which Ray zips
+and uploads through the dashboard; the dashboard takes at most `upload_limit()` bytes
+(100 MiB in Ray 2.60), so larger inputs are refused before anything is sent.
+
+Outputs. A path on this machine means nothing on the cluster, so a submitted job writes
+to an object-storage URI (`s3://bucket/key.mp4`, `gs://…`: the recommended choice) or to
+an absolute path on the head node, where the driver runs (the folder must exist there).
+A relative path is refused. `-o` overrides the spec's `output`, as for `farm render`.
+
+Auth. Requests carry `Authorization: Bearer <token>` when a token is found, in this order:
+RAY_AUTH_TOKEN, the file at RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token (Ray's default
+file), unless RAY_AUTH_MODE=disabled. Ray's errors become ClusterError with a message
+that says what to do (a 401 names RAY_AUTH_TOKEN and token auth).
+
+This module imports Ray only when it talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import shlex
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from farm import __version__, storage
+from farm.errors import ClusterError, SpecError
+from farm.spec import is_local_ref, load_spec
+
+#: Where the jobs API is when neither --address nor the environment says.
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+SPEC_NAME = "job.yaml"
+INPUTS_DIR = "inputs"
+
+
+# --- addresses and tokens ------------------------------------------------------------
+
+def resolve_address(address: str | None = None) -> str:
+    """The jobs API URL: `address`, else FARM_JOBS_ADDRESS, else RAY_API_SERVER_ADDRESS,
+    else RAY_ADDRESS when it is an http(s) URL, else DEFAULT_ADDRESS. `host:port` gets http://."""
+    if not address:
+        address = os.environ.get("FARM_JOBS_ADDRESS") or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        ray_address = os.environ.get("RAY_ADDRESS", "")
+        address = ray_address if ray_address.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+    address = address.strip().rstrip("/")
+    if "://" not in address:
+        if address == "auto":
+            raise ClusterError("--address auto names a Ray driver connection; farm jobs need the "
+                               f"dashboard's HTTP address, e.g. {DEFAULT_ADDRESS}")
+        address = f"http://{address}"
+    scheme = address.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ClusterError(
+            f"{address!r} is not a jobs API address: farm submit/status/logs/stop/list talk to the "
+            f"dashboard over HTTP, e.g. {DEFAULT_ADDRESS} (after `ray dashboard cluster.yaml`)"
+        )
+    return address
+
+
+def is_loopback(address: str) -> bool:
+    host = urlsplit(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str = field(repr=False)
+    source: str  # where it came from, for messages: "RAY_AUTH_TOKEN", a file path
+
+
+def _default_token_path() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def resolve_token() -> Token | None:
+    """The token to send: RAY_AUTH_TOKEN, the RAY_AUTH_TOKEN_PATH file, or Ray's default
+    file ~/.ray/auth_token; none when RAY_AUTH_MODE=disabled. A named file that cannot be
+    read is an error, not a silent fall-through."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if mode == "disabled":
+        return None
+    value = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if value:
+        return Token(value, "RAY_AUTH_TOKEN")
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named).expanduser() if named else _default_token_path()
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        if named:
+            raise ClusterError(f"RAY_AUTH_TOKEN_PATH={named} does not exist") from None
+        if mode == "token":
+            raise ClusterError(
+                f"RAY_AUTH_MODE=token but no token: set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a "
+                f"file holding it, or put it in {path}"
+            ) from None
+        return None
+    except OSError as err:
+        raise ClusterError(f"cannot read the token file {path}: {err.strerror}") from None
+    if not value:
+        raise ClusterError(f"the token file {path} is empty")
+    return Token(value, str(path))
+
+
+def security_warnings(address: str, token: Token | None) -> list[str]:
+    """What a user should hear about before talking to `address` with `token`."""
+    notes = []
+    if token is None and address.startswith("http://") and not is_loopback(address):
+        notes.append(
+            f"WARNING: {address} is a plain-HTTP address on the network and token auth is off for "
+            "this client (no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). A Ray "
+            "cluster that accepts this lets anyone who can reach the port run code on it. Turn "
+            "token auth on for the cluster and here, and prefer an SSH tunnel "
+            "(`ray dashboard cluster.yaml`, then --address http://127.0.0.1:8265)."
+        )
+    if token is not None and token.source not in ("RAY_AUTH_TOKEN",):
+        try:
+            mode = Path(token.source).stat().st_mode
+        except OSError:
+            mode = 0
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            notes.append(f"WARNING: the token file {token.source} can be read by other users "
+                         f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {token.source}")
+    return notes
+
+
+# --- what a spec ships with it -------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputField:
+    """A spec field that may name a file or folder on this machine.
+
+    `path` is dotted; `*` steps into every item of a list (e.g. `model.loras.*.path`).
+    `kind`: "path" (always a local file or folder when given) or "model" (a local folder,
+    or else a hub id / `tiny`, which stays as it is)."""
+
+    path: str
+    kind: str
+
+
+#: Every field whose value may be a local path. A new field that names local files is one
+#: more line here.
+INPUT_FIELDS: tuple[InputField, ...] = (
+    InputField("model.base", "model"),
+    InputField("model.motion_adapter", "model"),
+    InputField("model.loras.*.path", "path"),
+    InputField("svd.image", "path"),
+    InputField("control.video", "path"),
+    InputField("control.model", "model"),
+    InputField("interpolate.weights", "path"),
+    InputField("interpolate.model_dir", "path"),
+)
+
+
+@dataclass(frozen=True)
+class LocalInput:
+    field: str       # e.g. "model.base" or "loras.1.file"
+    location: tuple  # keys/indices into the spec mapping
+    path: Path       # absolute, on this machine
+    size: int        # bytes, folders summed (links followed)
+
+
+def _walk(data: Any, steps: list[str], location: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    if not steps:
+        yield location, data
+        return
+    step, rest = steps[0], steps[1:]
+    if step == "*":
+        if isinstance(data, list):
+            for i, item in enumerate(data):
+                yield from _walk(item, rest, location + (i,))
+    elif isinstance(data, dict) and data.get(step) is not None:
+        yield from _walk(data[step], rest, location + (step,))
+
+
+def _is_local(value: Any, kind: str) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    if kind == "model":
+        return value != "tiny" and is_local_ref(value)
+    return True
+
+
+def path_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _, files in os.walk(path, followlinks=True):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def local_inputs(spec: dict, base: str | Path | None = None,
+                 fields: tuple[InputField, ...] = INPUT_FIELDS) -> list[LocalInput]:
+    """The files and folders on this machine that `spec` (a mapping, e.g. a validated
+    spec's `model_dump()`) names; relative paths are taken against `base` (default: the
+    current directory), as `load_spec` does. Pure apart from reading sizes."""
+    base = Path(base or os.getcwd())
+    found = []
+    for f in fields:
+        for location, value in _walk(spec, f.path.split(".")):
+            if _is_local(value, f.kind):
+                path = (base / Path(value).expanduser()).resolve()
+                found.append(LocalInput(".".join(map(str, location)), location, path, path_size(path)))
+    return found
+
+
+def _set(data: dict, location: tuple, value: Any) -> None:
+    for step in location[:-1]:
+        data = data[step]
+    data[location[-1]] = value
+
+
+def upload_limit() -> int:
+    """The most a job's working_dir may weigh: the dashboard's request limit (Ray's
+    DASHBOARD_CLIENT_MAX_SIZE) or the GCS package limit, whichever is smaller."""
+    try:
+        from ray._private.ray_constants import DASHBOARD_CLIENT_MAX_SIZE
+        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
+    except ImportError:  # private names: if a Ray release moves them, use Ray 2.60's values
+        return 100 * 2**20
+    return min(DASHBOARD_CLIENT_MAX_SIZE, GCS_STORAGE_MAX_SIZE)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+def cluster_output(output: str | None, source: str | None = None) -> str:
+    """Where the job writes on the cluster: an object-storage URI (checked) or an absolute
+    path on the head node. Raises SpecError for anything else."""
+    if not output:
+        raise SpecError([
+            "output: farm submit needs an output the cluster can write: "
+            "-o s3://bucket/key.mp4 (or gs://…), or -o /absolute/path/on/the/head.mp4"
+        ], source)
+    if storage.is_uri(output):
+        try:
+            return storage.check_output_uri(output)
+        except ValueError as err:
+            raise SpecError([str(err)], source) from None
+    if not output.lower().endswith(".mp4"):
+        raise SpecError([f"output must end in .mp4 (the farm writes H.264 in mp4); got {output!r}"], source)
+    if not os.path.isabs(output):
+        raise SpecError([
+            f"output: {output!r} is a path on this machine, which the cluster cannot write. "
+            "Give -o s3://bucket/key.mp4 (or gs://…) or an absolute path on the head node, "
+            "e.g. -o /home/ubuntu/renders/video.mp4"
+        ], source)
+    return output
+
+
+# --- the submission --------------------------------------------------------------------
+
+@dataclass
+class Submission:
+    """A job ready to send: its staging folder, entrypoint and runtime env."""
+
+    folder: Path
+    entrypoint: str
+    runtime_env: dict
+    output: str
+    inputs: list[LocalInput]
+    size: int
+    submission_id: str
+    metadata: dict
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _submission_id(job_path: Path) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "-", job_path.stem.lower()).strip("-")[:40] or "job"
+    return f"farm-{stem}-{secrets.token_hex(4)}"
+
+
+def prepare_submission(job: str | Path, output: str | None = None, *, workers: int | None = None,
+                       threads: int | None = None, gpus_per_worker: float | None = None,
+                       env: dict[str, str] | None = None,
+                       submission_id: str | None = None) -> Submission:
+    """Validate `job` here, decide its cluster output, and stage it with its local inputs.
+
+    Raises SpecError (nothing was sent) for a bad spec, an output the cluster cannot
+    write, or inputs over the upload limit."""
+    job = Path(job)
+    # 1. Validate everything but the output, which names a place on the cluster, not here.
+    with tempfile.TemporaryDirectory(prefix="farm-check-") as scratch:
+        spec = load_spec(job, output=str(Path(scratch) / "out.mp4"))
+    raw = yaml.safe_load(job.read_text())
+    target = cluster_output(output or raw.get("output"), str(job))
+
+    # 2. The local files the spec names, and whether they fit in one upload.
+    inputs = local_inputs(spec.model_dump(mode="json"))
+    unique = {i.path: i.size for i in inputs}  # two fields may name one folder: it travels once
+    size = sum(unique.values()) + len(yaml.safe_dump(raw))
+    limit = upload_limit()
+    if size >= limit - 2**20:
+        raise SpecError(
+            [f"{i.field}: {i.path} is {_mib(i.size)}" for i in inputs]
+            + [f"the job's local inputs come to {_mib(size)}; Ray's job upload limit is {_mib(limit)}. "
+               "Put large inputs where the cluster can read them instead: a hub id for models, "
+               "or object storage / the nodes' disks (see docs/cluster.md)"],
+            str(job),
+        )
+
+    # 3. Stage: job.yaml with the inputs renamed into inputs/, and links to the inputs.
+    folder = Path(tempfile.mkdtemp(prefix="farm-submit-"))
+    try:
+        (folder / INPUTS_DIR).mkdir()
+        staged: dict[Path, str] = {}
+        for item in inputs:
+            if item.path not in staged:
+                staged[item.path] = f"{len(staged)}-{item.path.name}"
+                link = folder / INPUTS_DIR / staged[item.path]
+                link.symlink_to(item.path, target_is_directory=item.path.is_dir())
+            _set(raw, item.location, f"./{INPUTS_DIR}/{staged[item.path]}")
+        raw["output"] = target
+        (folder / SPEC_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    argv = ["farm", "render", SPEC_NAME, "--address", "auto"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if gpus_per_worker is not None:
+        argv += ["--gpus-per-worker", f"{gpus_per_worker:g}"]
+    runtime_env: dict[str, Any] = {"working_dir": str(folder)}
+    if env:
+        runtime_env["env_vars"] = dict(env)
+    return Submission(
+        folder=folder,
+        entrypoint=shlex.join(argv),
+        runtime_env=runtime_env,
+        output=target,
+        inputs=inputs,
+        size=size,
+        submission_id=submission_id or _submission_id(job),
+        metadata={"farm": __version__, "spec": job.name, "output": target},
+    )
+
+
+# --- the client --------------------------------------------------------------------------
+
+class JobsClient:
+    """The Ray Jobs API at one address, with the farm's token handling and error messages."""
+
+    def __init__(self, address: str | None = None):
+        self.address = resolve_address(address)
+        self.token = resolve_token()
+        self._client = None
+
+    def warnings(self) -> list[str]:
+        return security_warnings(self.address, self.token)
+
+    @property
+    def client(self):
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            headers = {"Authorization": f"Bearer {self.token.value}"} if self.token else None
+            self._client = self._call(lambda: JobSubmissionClient(self.address, headers=headers))
+        return self._client
+
+    # Every call to Ray goes through here, so no Ray or HTTP error escapes untranslated.
+    def _call(self, fn, job_id: str | None = None):
+        from ray.exceptions import AuthenticationError
+
+        try:
+            return fn()
+        except AuthenticationError as err:
+            raise self._auth_error(str(err)) from None
+        except (ClusterError, StopAsyncIteration):
+            raise
+        except Exception as err:  # noqa: BLE001 - requests, aiohttp and Ray raise many kinds
+            raise self._translate(err, job_id) from None
+
+    def _auth_error(self, detail: str) -> ClusterError:
+        fix = ("Give this client the cluster's token with RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH "
+               "pointing to a file holding it, or put it in ~/.ray/auth_token (on the head, "
+               "`ray get-auth-token` prints it).")
+        if self.token is None or "required" in detail.lower() or "401" in detail:
+            return ClusterError(f"the Ray cluster at {self.address} has token auth on and refused a request "
+                                f"without a token (HTTP 401). {fix}")
+        return ClusterError(f"the Ray cluster at {self.address} rejected the token from {self.token.source} "
+                            f"(HTTP 403): it is not this cluster's token. {fix}")
+
+    def _translate(self, err: Exception, job_id: str | None) -> ClusterError:
+        text = str(err)
+        status = getattr(err, "status", None)  # aiohttp's websocket handshake errors
+        if status in (401, 403):
+            return self._auth_error(f"{status}")
+        if status == 404 or "does not exist" in text or ("404" in text and job_id):
+            return ClusterError(f"no job {job_id!r} on {self.address}; `farm list` shows the jobs there")
+        if isinstance(err, ConnectionError) or type(err).__name__ in ("ConnectionError", "ClientConnectorError"):
+            return ClusterError(
+                f"cannot reach the Ray jobs API at {self.address}: is the cluster up and its dashboard "
+                "running? For a cluster from `ray up cluster.yaml`, run `ray dashboard cluster.yaml` "
+                "to forward it to http://127.0.0.1:8265"
+            )
+        if isinstance(err, ValueError) and "size" in text.lower():
+            return ClusterError(f"Ray refused the job's files: {text}")
+        return ClusterError(f"the Ray jobs API at {self.address} failed: {text}")
+
+    # --- operations ----------------------------------------------------------------
+
+    def submit(self, sub: Submission) -> str:
+        # The staging folder is ours, so every file in it must travel: a .gitignore inside a
+        # model folder must not drop its weights (Ray reads this variable when it zips).
+        saved = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE")
+        os.environ["RAY_RUNTIME_ENV_IGNORE_GITIGNORE"] = "1"
+        try:
+            return self._call(lambda: self.client.submit_job(
+                entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, submission_id=sub.submission_id,
+                metadata=sub.metadata,
+            ))
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", None)
+            else:
+                os.environ["RAY_RUNTIME_ENV_IGNORE_GITIGNORE"] = saved
+
+    def info(self, job_id: str) -> dict:
+        return _details(self._call(lambda: self.client.get_job_info(job_id), job_id))
+
+    def status(self, job_id: str) -> str:
+        return self.info(job_id)["status"]
+
+    def logs(self, job_id: str) -> str:
+        return self._call(lambda: self.client.get_job_logs(job_id), job_id)
+
+    def follow(self, job_id: str) -> Iterator[str]:
+        """The job's log as it grows, until the job ends."""
+        import asyncio
+
+        self.info(job_id)  # a clear error for an unknown id before the websocket
+        stream = self.client.tail_job_logs(job_id)
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    chunk = self._call(lambda: loop.run_until_complete(stream.__anext__()), job_id)
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            try:
+                loop.run_until_complete(stream.aclose())
+            except Exception:  # noqa: BLE001 - closing a broken stream
+                pass
+            loop.close()
+
+    def stop(self, job_id: str) -> bool:
+        """Ask the job to stop (SIGTERM to the driver, SIGKILL later); True if it was running."""
+        return self._call(lambda: self.client.stop_job(job_id), job_id)
+
+    def list(self) -> list[dict]:
+        jobs = self._call(lambda: self.client.list_jobs())
+        return sorted((_details(j) for j in jobs), key=lambda d: d.get("start_time") or 0)
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> dict:
+        """Poll until the job reaches a terminal state; its info. ClusterError on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.info(job_id)
+            if info["status"] in TERMINAL:
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClusterError(f"job {job_id} is still {info['status']} after {timeout:.0f}s")
+            time.sleep(poll)
+
+
+def _details(d) -> dict:
+    keys = ("submission_id", "job_id", "status", "message", "entrypoint", "start_time", "end_time",
+            "metadata", "driver_exit_code", "error_type")
+    out = {k: getattr(d, k, None) for k in keys}
+    out["status"] = str(out["status"].value if hasattr(out["status"], "value") else out["status"])
+    return out

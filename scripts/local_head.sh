@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Start a Ray head on this machine for `farm submit`, with the farm's security defaults:
+#   - token auth on (RAY_AUTH_MODE=token) with a token file of mode 0600, created if missing;
+#   - the dashboard and its jobs API bound to 127.0.0.1 only;
+#   - its own temp dir, so it does not touch another Ray on the machine.
+# It runs in the foreground (ray start --block): stop it with Ctrl-C, or by killing its
+# process group. Do not use `ray stop`, which stops every Ray on the machine.
+#
+# Usage: scripts/local_head.sh [extra `ray start` options, e.g. --num-cpus 4]
+# Environment (all optional):
+#   FARM_HEAD_DIR        folder for the token and Ray's temp dir   (default /tmp/farm-head-$UID)
+#   RAY_AUTH_TOKEN_PATH  the token file to use or create           (default $FARM_HEAD_DIR/auth_token)
+#   FARM_GCS_PORT        GCS port                                  (default 6379)
+#   FARM_DASHBOARD_PORT  dashboard + jobs API port, on 127.0.0.1   (default 8265)
+#
+# Then, in another shell:
+#   export RAY_AUTH_TOKEN_PATH=/tmp/farm-head-$UID/auth_token
+#   farm submit job.yaml -o /absolute/path/out.mp4      # or -o s3://bucket/key.mp4
+set -euo pipefail
+
+dir="${FARM_HEAD_DIR:-${TMPDIR:-/tmp}/farm-head-$(id -u)}"
+mkdir -p "$dir"
+chmod 700 "$dir"
+token_file="${RAY_AUTH_TOKEN_PATH:-$dir/auth_token}"
+if [ ! -s "$token_file" ]; then
+  # umask 077: the file is 0600 from its first byte.
+  (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32), end="")' > "$token_file")
+fi
+chmod 600 "$token_file"
+
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token_file"
+gcs_port="${FARM_GCS_PORT:-6379}"
+dashboard_port="${FARM_DASHBOARD_PORT:-8265}"
+echo "farm head: jobs API http://127.0.0.1:${dashboard_port} (token auth), GCS port ${gcs_port}" >&2
+echo "farm head: clients need RAY_AUTH_TOKEN_PATH=${token_file}" >&2
+exec ray start --head --block --disable-usage-stats \
+  --port "$gcs_port" \
+  --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
+  --temp-dir "$dir/ray" \
+  "$@"
