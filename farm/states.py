@@ -92,6 +92,7 @@ class Ledger:
         self.retries = retries
         self.windows = {i: WindowStatus(i) for i in indices}
         self.state = JobState.PENDING
+        self._failed: list[WindowStatus] = []  # asked after every window: kept, not searched
 
     # -- the job ---------------------------------------------------------------------------
     def job(self, new: JobState) -> None:
@@ -105,6 +106,8 @@ class Ledger:
         if new not in _WINDOW_MOVES[w.state]:
             raise IllegalTransition(f"window {index}: {w.state.value} → {new.value}")
         w.state = new
+        if new is WindowState.FAILED:
+            self._failed.append(w)
         return w
 
     def cached(self, index: int) -> None:
@@ -130,4 +133,4 @@ class Ledger:
 
     @property
     def failed(self) -> list[WindowStatus]:
-        return [w for w in self.windows.values() if w.state is WindowState.FAILED]
+        return self._failed

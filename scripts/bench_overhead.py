@@ -18,9 +18,10 @@ interleaved; the minimum is reported.
 
 from __future__ import annotations
 
+from _bench import cpu_model
+
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -72,16 +73,6 @@ def farm_run(spec, workers: int, threads: int) -> float:
 
     report = render(spec, workers=workers, threads=threads, store=False)  # render every window, every run
     return report["stages"]["total"] - report["stages"]["startup"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
