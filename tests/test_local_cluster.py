@@ -3,6 +3,8 @@ the token file of a local Ray the farm starts is private."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from actors.pipeline import relocate_inputs
 from farm.spec import parse_spec
 from tests.conftest import base_spec
@@ -31,16 +33,19 @@ def test_model_files_missing_on_this_node_are_found_in_the_shipped_inputs(tmp_pa
     assert moved.model.loras[0].weight == 0.5 and moved.model.base == "tiny"
 
 
-def test_the_auth_token_a_local_farm_ray_creates_is_private(tmp_path, monkeypatch):
+def test_the_auth_token_a_local_farm_ray_creates_is_private(tmp_path):
+    """Ray 2.60 writes ~/.ray/auth_token, world-readable, on a local start; the farm makes it
+    0600. A fresh process with its own HOME: Ray caches the token per process."""
+    import os
     import stat
+    import subprocess
+    import sys
 
-    from scheduler.cluster import connect
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    session = connect(None, cpus_wanted=1)
-    try:
-        token = tmp_path / ".ray" / "auth_token"
-        assert token.exists(), "Ray 2.60 writes ~/.ray/auth_token on a local start"
-        assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    finally:
-        session.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_path)
+    code = "from scheduler.cluster import connect; connect(None, cpus_wanted=1).close()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=180,
+                   cwd=Path(__file__).resolve().parent.parent)
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.exists(), "Ray 2.60 writes ~/.ray/auth_token on a local start"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
