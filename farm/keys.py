@@ -54,6 +54,7 @@ def model_identity(spec: JobSpec, device_kind: str) -> dict:
     }
     if model.pipeline == "svd":
         identity["svd"] = spec.svd.model_dump(exclude={"image"})  # the image is keyed per window
+        identity["decode_chunk_size"] = model.memory.decode_chunk_size  # SVD's VAE decodes frames together
         return identity
     scheduler_class, settings = SCHEDULERS[model.scheduler_name]
     identity |= {

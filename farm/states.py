@@ -128,6 +128,11 @@ class Ledger:
         self._move(index, WindowState.PENDING if retry else WindowState.FAILED)
         return retry
 
+    def requeue(self, index: int) -> None:
+        """The attempt was cut short by us (its actor was blocklisted mid-window): back to
+        the queue, and the attempt does not count."""
+        self._move(index, WindowState.PENDING).attempts -= 1
+
     def in_state(self, state: WindowState) -> list[int]:
         return [i for i, w in self.windows.items() if w.state is state]
 

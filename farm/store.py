@@ -145,9 +145,7 @@ class WindowStore:
     def entry(self, key: str) -> Entry | None:
         try:
             row = pq.read_table(self._manifest_path(key)).to_pylist()[0]
-        except FileNotFoundError:
-            return None
-        except (OSError, pa.ArrowException, IndexError):
+        except (OSError, pa.ArrowException, IndexError):  # absent, or unreadable
             return None
         return Entry(**row)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray.autoscaler.sdk import request_resources
@@ -59,13 +59,18 @@ def connect(address: str | None, cpus_wanted: int = 1) -> Session:
     return Session(started, int(res.get("GPU", 0)), int(res.get("CPU", 0)))
 
 
+def wants_gpus(session: Session, gpus_per_worker: float | None) -> bool:
+    """Whether the pipeline actors are GPU actors: by default when the cluster has GPUs."""
+    return bool(session.gpus) if gpus_per_worker is None else gpus_per_worker > 0
+
+
 def pool_shape(session: Session, workers: int | None, threads: int | None,
                reserved_cpus: int = 0, gpus_per_worker: float | None = None) -> tuple[int, int]:
     """(workers, torch threads per CPU actor). Default pool: one actor per GPU, or on a
     CPU-only cluster half the cores left after `reserved_cpus` (the RIFE pool), at most 4,
     each with an equal share of threads. With `gpus_per_worker`, the actors are GPU actors
     even if the cluster has no GPU yet (an autoscaler adds them)."""
-    gpu = bool(session.gpus) if gpus_per_worker is None else gpus_per_worker > 0
+    gpu = wants_gpus(session, gpus_per_worker)
     cpus = max(1, session.cpus - (0 if gpu else reserved_cpus))
     if workers is None:
         workers = max(1, int(session.gpus // (gpus_per_worker or 1))) if gpu else max(1, min(4, cpus // 2))
@@ -147,6 +152,9 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None) -> list[dict]
         stop_actors(actors)
         cause = err.cause if getattr(err, "cause", None) is not None else err
         raise ClusterError(f"a {what} actor failed to start: {cause}") from err
+    except BaseException:  # Ctrl-C, or a progress callback that raised: the actors go too
+        stop_actors(actors)
+        raise
     return infos
 
 

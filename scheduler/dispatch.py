@@ -34,9 +34,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
 
 from farm.errors import ClusterError
+from scheduler.cluster import ACTOR_START_TIMEOUT_S
 from farm.render import WindowResult, WindowTask
 from farm.states import Failure, Ledger, WindowState
 
@@ -44,6 +45,9 @@ DONE_STATES = (WindowState.DONE, WindowState.CACHED)
 
 #: Pause before asking a restarting actor again whether it is back.
 PROBE_INTERVAL_S = 0.2
+
+#: How long one `ray.wait` blocks before stuck probes are looked at.
+PROBE_WAIT_S = 5.0
 
 #: An actor or node that fails this many different windows of one job is blocklisted.
 BLOCKLIST_AFTER = 3
@@ -134,7 +138,10 @@ class Dispatcher:
                 if queue:
                     raise ClusterError(self._no_actors_left())
                 break
-            done, _ = ray.wait(list(self._pending), num_returns=1)
+            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=PROBE_WAIT_S)
+            if not done:
+                self._give_up_on_stuck_probes()
+                continue
             result = self._collect(done[0], queue)
             if result is not None:
                 yield result
@@ -176,15 +183,28 @@ class Dispatcher:
         return min(free, key=lambda s: s.in_flight) if free else None
 
     # -- results and failures --------------------------------------------------------------
+    def _give_up_on_stuck_probes(self) -> None:
+        """An actor whose restart cannot be placed (its node type is gone) never answers:
+        after ACTOR_START_TIMEOUT_S it is dropped, so the loop cannot wait on it forever."""
+        now = self.clock()
+        for ref, (kind, _, slot, started) in list(self._pending.items()):
+            if kind == "probe" and now - started > ACTOR_START_TIMEOUT_S:
+                del self._pending[ref]
+                slot.dead = True
+                ray.kill(slot.actor, no_restart=True)
+
     def _collect(self, ref: ray.ObjectRef, queue: list) -> WindowResult | None:
         kind, task, slot, submitted = self._pending.pop(ref)
         if kind == "probe":
             try:
                 slot.node = ray.get(ref)["node"]  # back, possibly on another node
                 slot.probing = False
-            except ActorUnavailableError:  # still restarting: ask again shortly
+                if ("node", slot.node) in self.blocklist.blocked:  # restarted onto a blocklisted node
+                    slot.blocked = True
+                    ray.kill(slot.actor, no_restart=True)
+            except ActorUnavailableError:  # still restarting: ask again shortly (the probe keeps its start)
                 time.sleep(PROBE_INTERVAL_S)
-                self._pending[slot.actor.info.remote()] = ("probe", None, slot, self.clock())
+                self._pending[slot.actor.info.remote()] = ("probe", None, slot, submitted)
             except RayError:  # dead for good (restarts spent, or its pipeline no longer loads)
                 slot.dead = True
             return None
@@ -198,7 +218,11 @@ class Dispatcher:
                          lost=False, submitted=submitted, queue=queue,
                          final=not getattr(cause, "retryable", True))
             return None
-        except (RayActorError, RayError) as err:  # ActorDied/Unavailable, NodeDied, lost objects
+        except RayError as err:  # ActorDied/Unavailable, NodeDied, lost objects
+            if slot.blocked:  # we stopped this actor ourselves: the window is not to blame
+                self.ledger.requeue(index)
+                heapq.heappush(queue, (index, task))
+                return None
             self._failed(task, slot, f"its actor was lost ({type(err).__name__}): {_first_line(err)}",
                          lost=True, submitted=submitted, queue=queue)
             return None
@@ -221,6 +245,8 @@ class Dispatcher:
                 slot.probing = True
                 self._pending[slot.actor.info.remote()] = ("probe", None, slot, self.clock())
             return
+        if final:
+            return  # the window's own problem (a fallback ladder ran out), not the actor's
         for kind, who in self.blocklist.record(slot.name, slot.node, index, error):
             for s in self.slots:
                 if (s.name if kind == "actor" else s.node) == who and not s.blocked:

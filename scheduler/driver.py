@@ -39,6 +39,7 @@ from scheduler.cluster import (
     start_pipeline_actors,
     start_rife_actors,
     stop_actors,
+    wants_gpus,
 )
 from scheduler.dispatch import Dispatcher
 from scheduler.interp import InterpolationStage, PassThrough
@@ -101,7 +102,7 @@ def render(
         session = connect(address, cpus_wanted=(workers or 1) * (threads or 1) + rife_cpus)
         actors, actor_infos, rife_actors = [], [], []
         try:
-            keys = _Keys(spec, "cuda" if session.gpus or gpus_per_worker else "cpu")
+            keys = _Keys(spec, "cuda" if wants_gpus(session, gpus_per_worker) else "cpu")
             workers, threads = pool_shape(session, workers, threads, reserved_cpus=rife_cpus,
                                           gpus_per_worker=gpus_per_worker)
             if chained:
@@ -160,11 +161,12 @@ def render(
                     if status.state is WindowState.CACHED:
                         progress.window_cached(result.index)
                     else:
-                        with clock.lap("store"):
-                            key = keys.put(inputs.prepared(result.index), result.device)
-                            store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
-                                      end=result.end, attempts=status.attempts, node=result.node,
-                                      actor=result.actor, seconds=result.seconds)
+                        if _storable(spec, result):
+                            with clock.lap("store"):
+                                key = keys.put(inputs.prepared(result.index), result.device)
+                                store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
+                                          end=result.end, attempts=status.attempts, node=result.node,
+                                          actor=result.actor, seconds=result.seconds)
                         progress.window_done(result)
                     records[result.index] = _window_record(result, status, inputs.prepared(result.index), keys,
                                                            epoch0, clock.elapsed() - t_render)
@@ -192,7 +194,7 @@ def render(
             ledger.job(JobState.DONE)
         finally:
             stop_actors(actors + rife_actors)
-            if gpus_per_worker or session.gpus:
+            if wants_gpus(session, gpus_per_worker):
                 release_request()
             session.close()
 
@@ -380,6 +382,12 @@ def _all_stored(store: WindowStore, keys: _Keys, tasks: list[WindowTask], inputs
     return True
 
 
+def _storable(spec: JobSpec, result: WindowResult) -> bool:
+    """SVD's temporal VAE makes a window decoded in smaller chunks (the OOM fallback)
+    differ slightly from the one its key promises: such a window is used, not kept."""
+    return not (spec.model.pipeline == "svd" and any(step.startswith("oom") for step in result.fallbacks))
+
+
 def _read_window(store: WindowStore, key: str, task: WindowTask) -> WindowResult | None:
     frames = store.get(key)
     if frames is None:
@@ -398,7 +406,7 @@ def _job_failed(ledger: Ledger, store: WindowStore, output: str) -> WindowFatal:
         w.index,
         f"failed all {w.attempts} attempts (1 + {ledger.retries} retries); last error: {w.last_error}. "
         f"The job FAILED; {kept} other windows are kept in the store at {store.root} "
-        f"and will not be rendered again. Report: {report_path(output)}",
+        f"and will not be rendered again. Report: {output}.report.json",
     )
 
 

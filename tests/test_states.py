@@ -62,3 +62,13 @@ def test_blocklist_counts_different_windows_per_actor_and_per_node():
     assert bl.record("a1", "n1", 10, "last") == [("actor", "a1")]
     assert {(b["kind"], b["id"], b["failures"]) for b in bl.report()} == {("node", "n1", 4), ("actor", "a1", 3)}
     assert [b["last_error"] for b in bl.report() if b["kind"] == "actor"] == ["last"]
+
+
+def test_a_window_we_interrupted_goes_back_without_spending_an_attempt():
+    ledger = Ledger([0], retries=0)
+    ledger.start(0)
+    ledger.requeue(0)  # its actor was blocklisted while it ran
+    assert ledger.windows[0].state is WindowState.PENDING and ledger.windows[0].attempts == 0
+    ledger.start(0)
+    ledger.done(0)
+    assert ledger.windows[0].attempts == 1
