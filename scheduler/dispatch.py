@@ -118,12 +118,12 @@ class Dispatcher:
 
         `limit()` returns the lowest window index the caller still needs; windows more than
         `lookahead` beyond it wait. `prepare(task)` adds a window's inputs just before it is
-        looked up or sent (once per window). With `chained`, a window waits until the one
+        looked up or sent; it is asked again while the window waits, so it must be idempotent. With `chained`, a window waits until the one
         before it is back (SVD: each window starts from the last frame of the one before).
         Windows that fail for good are left FAILED in the ledger; the loop goes on with the
         others (or, when chained, stops: nothing after a failed window can run).
         """
-        self._prepare, self._chained, self._prepared = prepare, chained, {}
+        self._prepare, self._chained = prepare, chained
         queue = [(t.window.index, t) for t in tasks]
         heapq.heapify(queue)
         while queue or self._windows_in_flight():
@@ -154,14 +154,11 @@ class Dispatcher:
             index = queue[0][0]
             if self._chained and index > 0 and self.ledger.windows[index - 1].state not in DONE_STATES:
                 return  # the window before is not back yet
-            task = self._prepared.get(index)
-            if task is None:
-                task = self._prepared[index] = self._prepare(queue[0][1])
+            task = self._prepare(queue[0][1])
             if self.ledger.windows[index].attempts == 0:  # first time at the front: try the store
                 hit = cached(task)
                 if hit is not None:
                     heapq.heappop(queue)
-                    self._prepared.pop(index, None)
                     self.ledger.cached(index)
                     yield hit
                     continue
@@ -203,6 +200,10 @@ class Dispatcher:
                     slot.blocked = True
                     ray.kill(slot.actor, no_restart=True)
             except ActorUnavailableError:  # still restarting: ask again shortly (the probe keeps its start)
+                if self.clock() - submitted > ACTOR_START_TIMEOUT_S:
+                    slot.dead = True
+                    ray.kill(slot.actor, no_restart=True)
+                    return None
                 time.sleep(PROBE_INTERVAL_S)
                 self._pending[slot.actor.info.remote()] = ("probe", None, slot, submitted)
             except RayError:  # dead for good (restarts spent, or its pipeline no longer loads)
@@ -227,7 +228,6 @@ class Dispatcher:
                          lost=True, submitted=submitted, queue=queue)
             return None
         self.ledger.done(index)
-        self._prepared.pop(index, None)  # its inputs are no longer needed
         return result
 
     def _failed(self, task: WindowTask, slot: _Slot, error: str, *, lost: bool, submitted: float,

@@ -158,18 +158,20 @@ def render(
                                              chained=chained):
                     inputs.finished(result.index, result.frames)
                     status = ledger.windows[result.index]
+                    task = inputs.prepared(result.index)
                     if status.state is WindowState.CACHED:
+                        key = keys.get(task)
                         progress.window_cached(result.index)
                     else:
+                        key = keys.put(task, result.device)
                         if _storable(spec, result):
                             with clock.lap("store"):
-                                key = keys.put(inputs.prepared(result.index), result.device)
                                 store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
                                           end=result.end, attempts=status.attempts, node=result.node,
                                           actor=result.actor, seconds=result.seconds)
                         progress.window_done(result)
-                    records[result.index] = _window_record(result, status, inputs.prepared(result.index), keys,
-                                                           epoch0, clock.elapsed() - t_render)
+                    records[result.index] = _window_record(result, status, task, key, epoch0,
+                                                           clock.elapsed() - t_render)
                     records[result.index] |= inputs.describe(result.index)
                     if ledger.failed:
                         continue  # the job will fail: keep rendering into the store, stop encoding
@@ -300,7 +302,10 @@ class _WindowInputs:
         self._last_frames: dict[int, np.ndarray] = {}
 
     def prepare(self, task: WindowTask) -> WindowTask:
+        """The task with its inputs; asked again while it waits, it returns the same one."""
         spec, w = self.spec, task.window
+        if w.index in self._tasks:
+            return self._tasks[w.index]
         if spec.control is not None:
             from farm.control import read_control_frames
 
@@ -321,13 +326,13 @@ class _WindowInputs:
 
     def describe(self, index: int) -> dict:
         """What the report says about a window's inputs; the window's task is then dropped."""
-        self._tasks.pop(index, None)
+        task = self._tasks.pop(index)
         if self.spec.svd is None:
             return {}
         if index == 0:
             return {"conditioned_on": {"image": self.spec.svd.image}}
-        start = self.spec.window.length - self.spec.window.overlap  # chained: one shared frame
-        return {"conditioned_on": {"window": index - 1, "frame": index * start}}
+        # chained windows share one frame: the last of the window before is this one's first
+        return {"conditioned_on": {"window": index - 1, "frame": task.window.start}}
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -449,7 +454,7 @@ def _write_report(spec, local_out, plan, ledger, records, dispatcher, store, sta
     return report
 
 
-def _window_record(result: WindowResult, status, task: WindowTask, keys: _Keys, epoch0: float,
+def _window_record(result: WindowResult, status, task: WindowTask, key: str, epoch0: float,
                    finished_at: float) -> dict:
     cached = status.state is WindowState.CACHED
     return {
@@ -458,7 +463,7 @@ def _window_record(result: WindowResult, status, task: WindowTask, keys: _Keys, 
         "end": result.end,
         "state": status.state.value,
         "cached": cached,
-        "key": keys.get(task) if cached else keys.put(task, result.device),
+        "key": key,
         "prompts": window_prompts(task.conditioning, task.window.start),
         "attempts": status.attempts,
         "failures": [f.to_dict() | {k: _rel(getattr(f, k), epoch0) for k in ("started_at", "finished_at")}
