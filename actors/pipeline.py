@@ -1,7 +1,10 @@
 """PipelineActor: a Ray actor that holds one loaded diffusers pipeline and renders windows.
 
-The pipeline is loaded once, in `__init__`. If Ray restarts the actor (`max_restarts`),
-`__init__` runs again and the pipeline is reloaded; the driver resubmits the window.
+The pipeline is loaded once, in `__init__`, and (with `model.warmup`, the default) renders
+one throwaway 1-step window of the job's shape before the actor reports ready, so the
+first real window does not pay the first-call costs. If Ray restarts the actor
+(`max_restarts`), `__init__` runs again and the pipeline is reloaded; the driver resubmits
+the window.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import ray
 
 from farm.faults import FaultContext
-from farm.render import WindowResult, WindowTask, make_renderer
+from farm.render import WindowResult, WindowTask, make_renderer, warmup_task
 from farm.spec import JobSpec
 
 
@@ -35,6 +38,21 @@ class PipelineActor:
         context = FaultContext(restarted=ctx.was_current_actor_reconstructed,
                                node_resources=_node_resources(self.node) if spec.model.faults else {})
         self.renderer = make_renderer(spec, context=context)
+        self.warmup_seconds, self.warmup_skipped = None, None
+        if spec.model.warmup:
+            self._warm_up(spec)
+
+    def _warm_up(self, spec: JobSpec) -> None:
+        """Render the warm-up window. Running out of GPU memory there is not fatal: the
+        first real window's fallback ladder (smaller decode chunk, offload) handles it."""
+        import torch
+
+        try:
+            self.warmup_seconds = round(self.renderer.warm_up(warmup_task(spec)), 3)
+        except torch.OutOfMemoryError as err:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.warmup_skipped = (str(err).strip() or "out of memory").splitlines()[0]
 
     def info(self) -> dict:
         return {
@@ -45,6 +63,8 @@ class PipelineActor:
             "device": self.renderer.device,
             "threads": self.threads,
             "load_seconds": round(getattr(self.renderer, "load_seconds", 0.0), 3),
+            "warmup_seconds": self.warmup_seconds,  # None: off, or skipped (below)
+            "warmup_skipped": self.warmup_skipped,
             "memory": self.renderer.memory,
         }
 

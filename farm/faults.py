@@ -44,6 +44,10 @@ class SimulatedRenderer:
 
     def render(self, task, overrides=None) -> np.ndarray:
         time.sleep(self.seconds)
+        return self.warm_up(task, overrides)
+
+    def warm_up(self, task, overrides=None) -> np.ndarray:
+        """The frames without the sleep: the simulated pipeline's own first-call work."""
         w = task.window
         frames = np.empty((w.length, task.height, task.width, 3), np.float32)
         for i, f in enumerate(range(w.start, w.end)):
@@ -58,6 +62,11 @@ class FaultyRenderer:
         self.load_seconds = getattr(inner, "load_seconds", 0.0)
         self.memory = getattr(inner, "memory", {})
         self.calls = 0
+
+    def warm_up(self, task, overrides=None) -> np.ndarray:
+        """The actor's warm-up goes straight to the pipeline: faults count windows."""
+        warm = getattr(self.inner, "warm_up", self.inner.render)
+        return warm(task, overrides)
 
     def render(self, task, overrides=None) -> np.ndarray:
         f, index = self.faults, task.window.index

@@ -17,6 +17,8 @@ the window fails at once.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -48,6 +50,16 @@ class LadderRenderer:
         self.load_seconds = getattr(inner, "load_seconds", 0.0)
         self.memory = getattr(inner, "memory", {})
         self.decode_chunk_size = decode_chunk_size
+
+    def warm_up(self, task) -> float:
+        """Render the actor's warm-up window (`farm.render.warmup_task`) once, with no
+        ladder and no fault injection, and drop it. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        warm = getattr(self.inner, "warm_up", self.inner.render)
+        frames = warm(task, Overrides(decode_chunk_size=self.decode_chunk_size))
+        is_broken(frames)
+        to_uint8(frames)
+        return time.perf_counter() - t0
 
     def render(self, task) -> tuple[np.ndarray, tuple[str, ...]]:
         """(uint8 frames, the fallback steps taken)."""

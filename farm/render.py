@@ -6,7 +6,8 @@ so the farm and the plain loop do the same work per window.
 
 A renderer (farm/pipelines/*.py) has a `device` attribute, `load_seconds`, and
 `render(task, overrides) -> np.ndarray`: (F, H, W, 3) float32 in [0, 1], as the pipeline
-decoded it (NaN included). `make_renderer` stacks, from the inside out:
+decoded it (NaN included); a wrapper may add `warm_up(task, overrides)`, how it renders the
+actor's throwaway warm-up window (`warmup_task`). `make_renderer` stacks, from the inside out:
 
     the pipeline's renderer, or the fixed-cost simulation      farm/pipelines, farm/faults
     fault injection, when the spec asks for it                 farm/faults.FaultyRenderer
@@ -16,11 +17,11 @@ decoded it (NaN included). `make_renderer` stacks, from the inside out:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from farm.plan import Window
+from farm.plan import Window, plan_windows
 from farm.prompts import Conditioning, frame_conditioning
 from farm.spec import JobSpec
 
@@ -79,6 +80,20 @@ class WindowResult:
     actor: str
     device: str
     fallbacks: tuple[str, ...] = ()  # ladder steps this window needed, e.g. ("vae_fp32",)
+
+
+def warmup_task(spec: JobSpec) -> WindowTask:
+    """The throwaway window an actor renders while it starts (`model.warmup`): the shape of
+    the job's first window, so shape-specific first-call costs (loading and selecting kernels,
+    allocator growth) are paid there, but one denoising step, and stand-in
+    inputs: a mid-grey SVD picture, blank control frames."""
+    window = plan_windows(spec).windows[0]
+    task = replace(WindowTask.from_spec(spec, window), steps=1)
+    if spec.control is not None:
+        task = replace(task, control=np.zeros((window.length, spec.height, spec.width, 3), np.uint8))
+    if spec.svd is not None:
+        task = replace(task, image=np.full((spec.height, spec.width, 3), 128, np.uint8))
+    return task
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -109,6 +109,9 @@ class ModelSpec(_Strict):
     loras: list[LoraSpec] = []
     memory: MemorySpec = MemorySpec()
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    # Each actor renders one throwaway 1-step window of the job's shape while it starts, so
+    # first-call costs (loading and selecting kernels, allocator growth) are paid there.
+    warmup: bool = True
     faults: FaultSpec | None = None
 
     @property
@@ -173,6 +176,10 @@ class EncodeSpec(_Strict):
     preset: Literal[
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
     ] = "medium"
+    # ffmpeg processes encoding consecutive segments at once, joined without re-encoding at
+    # the end; for drivers whose one encoder cannot keep up with many GPUs (docs/benchmarks.md)
+    parallel: int = Field(1, ge=1, le=16)
+    segment_frames: int = Field(120, ge=8)  # frames per segment when parallel > 1
 
 
 class InterpolateSpec(_Strict):

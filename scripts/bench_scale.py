@@ -46,7 +46,8 @@ os.environ.setdefault("FARM_CACHE", os.path.join(os.path.dirname(os.path.abspath
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def job(windows: int, length: int, overlap: int, size: int, seconds: float, out: str, blend: str = "linear"):
+def job(windows: int, length: int, overlap: int, size: int, seconds: float, out: str, blend: str = "linear",
+        encoders: int = 1):
     from farm.spec import parse_spec
 
     frames = length + (windows - 1) * (length - overlap)
@@ -59,6 +60,7 @@ def job(windows: int, length: int, overlap: int, size: int, seconds: float, out:
             "height": size,
             "steps": 1,
             "window": {"length": length, "overlap": overlap, "blend": blend},
+            "encode": {"parallel": encoders},
             "output": out,
         }
     )
@@ -91,8 +93,10 @@ def analyse(report: dict, actors: int, seconds: float) -> dict:
     On the critical actor (the one whose last window ends last) the render stage splits
     exactly into: its first window's start latency + the simulated windows' own cost
     beyond S (frame generation, sleep wake-up) + the gaps between its windows (Ray's
-    per-call latency with the next call already queued) + the drain (the driver
-    collecting, blending and encoding the last results)."""
+    per-call latency with the next call already queued) + the drain. The drain splits in
+    turn into collection (until the driver has taken the last result back) and the driver
+    tail (blending and encoding the last results: the final wave of windows all arrive at
+    once, and one encoder works through them)."""
     st = report["stages"]
     wins = report["windows"]
     n = len(wins)
@@ -132,6 +136,8 @@ def analyse(report: dict, actors: int, seconds: float) -> dict:
         "later_cost": sum(later_cost) / len(later_cost) if later_cost else 0.0,
         "crit_gaps": gaps,
         "drain": render_wall - last_done,
+        "collect": max(0.0, max(w["finished_at"] for w in wins) - last_done),
+        "tail": render_wall - max(last_done, max(w["finished_at"] for w in wins)),
         "excess_per_window": busy / n - seconds,
         "busy_frac": busy / (len(per_actor) * render_wall),
         "actors_used": len(per_actor),
@@ -225,19 +231,20 @@ class CpuSampler:
                 "driver_cpu": (b[3] - a[3]) / span, "ffmpeg_cpu": (b[4] - a[4]) / span, "span": span}
 
 
-def driver_capacity(size: int, windows: int, length: int, overlap: int) -> dict:
+def driver_capacity(size: int, windows: int, length: int, overlap: int, encoders: int = 1) -> dict:
     """The driver's own per-window work at size x size, measured in this process without
     Ray on a moving photograph (a pan and zoom): blend + flicker meter alone, H.264 encode
     alone (frames handed to ffmpeg and the file closed), and both as the driver runs them
     (one after the other, per window). Returned as windows per second."""
     from farm.blend import Reconciler
-    from farm.encode import VideoWriter
+    from farm.encode import open_writer
     from farm.metrics import FlickerMeter
     from farm.plan import plan_windows
     from tests.clips import pan_zoom
 
     tmp = tempfile.mkdtemp(prefix="bench-scale-cap-")
-    spec = job(windows, length, overlap, size, 0.0, os.path.join(tmp, "cap.mp4"))
+    spec = job(windows, length, overlap, size, 0.0, os.path.join(tmp, "cap.mp4"), encoders=encoders)
+    enc = spec.encode
     plan = plan_windows(spec)
     clip = pan_zoom(spec.frames, size, dx=0.5, zoom=0.002)
     parts = [clip[w.start : w.end] for w in plan.windows]
@@ -255,13 +262,13 @@ def driver_capacity(size: int, windows: int, length: int, overlap: int) -> dict:
     blended = blend()
     t_blend = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with VideoWriter(spec.output, size, size, spec.fps, spec.encode.crf, spec.encode.preset) as out:
+    with open_writer(spec.output, size, size, spec.fps, enc.crf, enc.preset, enc.parallel, enc.segment_frames) as out:
         for frame in blended:
             out.write(frame)
     t_encode = time.perf_counter() - t0
     rec, meter = Reconciler(plan.windows, "linear"), FlickerMeter()
     t0 = time.perf_counter()
-    with VideoWriter(spec.output, size, size, spec.fps, spec.encode.crf, spec.encode.preset) as out:
+    with open_writer(spec.output, size, size, spec.fps, enc.crf, enc.preset, enc.parallel, enc.segment_frames) as out:
         for w, frames in zip(plan.windows, parts):
             rec.add(w.index, frames)
             for frame in rec.ready():
@@ -284,7 +291,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="run one extra render under cProfile")
     ap.add_argument("--no-e2", action="store_true", help="skip the small simulated E(2) check")
     ap.add_argument("--capacity-size", type=int, default=512, help="frame size for the driver capacity probe (0: skip)")
+    ap.add_argument("--encoders", default="1", help="encode.parallel values to compare, e.g. 1,4")
     args = ap.parse_args()
+    encoders = [int(p) for p in args.encoders.split(",")]
 
     import ray
 
@@ -297,8 +306,9 @@ def main() -> None:
     print(f"SIMULATION: {args.actors} logical GPUs on one machine ({cores} cores, {cpu_model()}); "
           f"each window sleeps {args.seconds:g} s in a real PipelineActor (SimulatedRenderer)", flush=True)
 
-    def measured(actors: int, windows: int, label: str) -> dict:
-        spec = job(windows, args.length, args.overlap, args.size, args.seconds, os.path.join(tmp, f"{label}.mp4"))
+    def measured(actors: int, windows: int, label: str, encoders: int = 1) -> dict:
+        spec = job(windows, args.length, args.overlap, args.size, args.seconds, os.path.join(tmp, "out.mp4"),
+                   encoders=encoders)
         load = os.getloadavg()[0]
         with CpuSampler() as cpu:
             t_call = time.perf_counter()
@@ -316,7 +326,9 @@ def main() -> None:
         rows.append(measured(args.small_actors, args.small_actors * args.windows // args.actors,
                              f"{args.small_actors} actors"))
     for r in range(args.repeats):
-        rows.append(measured(args.actors, args.windows, f"{args.actors} actors" + (f" #{r + 1}" if r else "")))
+        for p in encoders:
+            label = f"{args.actors} actors" + (f", {p} enc" if p > 1 else "") + (f" #{r + 1}" if r else "")
+            rows.append(measured(args.actors, args.windows, label, p))
     if args.profile:
         spec = job(args.windows, args.length, args.overlap, args.size, args.seconds, os.path.join(tmp, "prof.mp4"))
         a = analyse(run(spec, args.actors, profile=True), args.actors, args.seconds)
@@ -330,7 +342,8 @@ def main() -> None:
         t2 = min(run(small, 2)["stages"]["render"] for _ in range(2))
         e2 = (t1, t2, t1 / (2 * t2))
     ray.shutdown()
-    cap = driver_capacity(args.capacity_size, 8, args.length, args.overlap) if args.capacity_size else None
+    caps = {p: driver_capacity(args.capacity_size, 24, args.length, args.overlap, p) for p in encoders
+            } if args.capacity_size else {}
 
     if rows:
         print()
@@ -340,28 +353,32 @@ def main() -> None:
         print(f"S = {args.seconds:g} s per window; windows of {args.length} (overlap {args.overlap}), "
               f"{args.size}x{args.size}, linear blend, H.264 (crf 18, medium); store off")
         cols = [a["label"] for a in rows]
-        print(f"{'':<52}" + "".join(f"{c:>14}" for c in cols))
+        print(f"{'':<52}" + "".join(f"{c:>18}" for c in cols))
 
-        def line(name: str, key, fmt: str = "{:>14.3f}") -> None:
+        def line(name: str, key, fmt: str = "{:>18.3f}") -> None:
             print(f"{name:<52}" + "".join(fmt.format(key(a)) for a in rows))
 
-        line("windows (N)", lambda a: a["windows"], "{:>14d}")
+        line("windows (N)", lambda a: a["windows"], "{:>18d}")
         line("ideal = ceil(N / actors) x S (s)", lambda a: a["ideal"])
         line("render stage wall (s)", lambda a: a["render"])
-        line("SCHEDULING OVERHEAD (render - ideal) / ideal", lambda a: 100 * a["overhead"], "{:>13.2f}%")
-        line("  of which: scheduling (first start+gaps+drain)",
-             lambda a: 100 * (a["crit_first"] + a["crit_gaps"] + a["drain"]) / a["ideal"], "{:>13.2f}%")
+        line("SCHEDULING OVERHEAD (render - ideal) / ideal", lambda a: 100 * a["overhead"], "{:>17.2f}%")
+        line("  of which: scheduling (first start+gaps+collection)",
+             lambda a: 100 * (a["crit_first"] + a["crit_gaps"] + a["collect"]) / a["ideal"], "{:>17.2f}%")
+        line("  of which: driver tail (blend+encode last results)", lambda a: 100 * a["tail"] / a["ideal"],
+             "{:>17.2f}%")
         line("  of which: simulated windows' own cost beyond S", lambda a: 100 * a["crit_excess"] / a["ideal"],
-             "{:>13.2f}%")
+             "{:>17.2f}%")
         line("actor busy fraction", lambda a: a["busy_frac"])
         line("critical actor: first window start (s)", lambda a: a["crit_first"])
         line("critical actor: window cost beyond S, sum (s)", lambda a: a["crit_excess"])
         line("  of which its first window (s)", lambda a: a["crit_warm"])
         line("critical actor: gaps between its windows, sum (s)", lambda a: a["crit_gaps"])
         line("drain after its last window (s)", lambda a: a["drain"])
-        line("all windows: mean cost beyond S (ms)", lambda a: 1000 * a["excess_per_window"], "{:>14.1f}")
-        line("  each actor's first window: mean (ms)", lambda a: 1000 * a["first_cost"], "{:>14.1f}")
-        line("  later windows: mean (ms)", lambda a: 1000 * a["later_cost"], "{:>14.1f}")
+        line("  collecting the last results (s)", lambda a: a["collect"])
+        line("  driver tail: blending + encoding them (s)", lambda a: a["tail"])
+        line("all windows: mean cost beyond S (ms)", lambda a: 1000 * a["excess_per_window"], "{:>18.1f}")
+        line("  each actor's first window: mean (ms)", lambda a: 1000 * a["first_cost"], "{:>18.1f}")
+        line("  later windows: mean (ms)", lambda a: 1000 * a["later_cost"], "{:>18.1f}")
         line("last actor's first window start (s)", lambda a: a["first_start_last_actor"])
         line("machine CPU busy during render (all cores)", lambda a: a["machine_busy"])
         line("  CPU (cores) used by this job's processes", lambda a: a["ours_cpu"])
@@ -371,17 +388,17 @@ def main() -> None:
         line("driver busy: blend (s)", lambda a: a["blend"])
         line("driver busy: encode writes (s)", lambda a: a["encode"])
         line("driver busy: store bookkeeping, store off (s)", lambda a: a["store"])
-        line("1-min load average before the run", lambda a: a["load"], "{:>14.1f}")
-    if rows:
-        big = rows[-1]
-        print(f"target: scheduling overhead <= 2 % at {big['actors']} actors: "
-              f"{'MET' if big['overhead'] <= 0.02 else 'NOT MET'} ({100 * big['overhead']:.2f} %)")
-    if cap:
+        line("1-min load average before the run", lambda a: a["load"], "{:>18.1f}")
+    for big in rows:
+        if big["actors"] == args.actors:
+            print(f"target: scheduling overhead <= 2 % at {big['label']}: "
+                  f"{'MET' if big['overhead'] <= 0.02 else 'NOT MET'} ({100 * big['overhead']:.2f} %)")
+    for p, cap in caps.items():
         n = args.capacity_size
-        print(f"driver capacity at {n}x{n} (no Ray; windows of {args.length}/{args.overlap}): blend+flicker alone "
-              f"{cap['blend']:.1f} windows/s, encode alone {cap['encode']:.1f} windows/s, both as the driver runs them "
-              f"{cap['both']:.1f} windows/s -> one driver keeps up with about {cap['both']:.1f} x T actors "
-              f"whose windows take T seconds")
+        print(f"driver capacity at {n}x{n}, {p} encoder(s) (no Ray; windows of {args.length}/{args.overlap}): "
+              f"blend+flicker alone {cap['blend']:.1f} windows/s, encode alone {cap['encode']:.1f} windows/s, both "
+              f"as the driver runs them {cap['both']:.1f} windows/s -> one driver keeps up with about "
+              f"{cap['both']:.1f} x T actors whose windows take T seconds")
     if e2:
         print(f"simulated E(2) = T1 / (2 T2), 16 windows x 0.25 s: T1 {e2[0]:.3f} s, T2 {e2[1]:.3f} s, "
               f"E(2) = {e2[2]:.3f}  (real-model E(2): scripts/bench_overhead.py)")

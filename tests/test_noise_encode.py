@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from farm.encode import VideoWriter, probe, read_frames
+from farm.encode import ParallelVideoWriter, VideoWriter, open_writer, probe, read_frames
 from farm.errors import EncodeError
 from farm.noise import frame_noise, window_noise
 
@@ -78,3 +78,65 @@ def test_probe_rejects_a_truncated_file(tmp_path):
     out.write_bytes(data[: len(data) // 2])
     with pytest.raises(EncodeError):
         probe(out)
+
+
+# -- segments encoded in parallel (encode.parallel) -------------------------------------------
+
+def _numbered_frames(n, h=32, w=48):
+    """Flat frames whose colour says their index (red: i mod 11, green: i div 11, 20 levels
+    apart), so a dropped, repeated or swapped frame shows."""
+    assert n <= 121
+    return [np.full((h, w, 3), (16 + 20 * (i % 11), 16 + 20 * (i // 11), 128), np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("fps", [12.0, 7.5])
+def test_parallel_segments_join_into_the_same_frames_in_order(tmp_path, fps):
+    frames = _numbered_frames(100)
+    out = tmp_path / "v.mp4"
+    with ParallelVideoWriter(out, 48, 32, fps=fps, parallel=3, segment_frames=16) as w:
+        for f in frames:
+            w.write(f)
+    info = probe(out)  # decodes the whole file; raises on any decoding error
+    assert (info.frames, info.width, info.height, info.fps) == (100, 48, 32, fps)
+    decoded = read_frames(out)
+    colours = np.array([f.mean((0, 1)) for f in frames])
+    nearest = [int(np.linalg.norm(colours - d.mean((0, 1)), axis=1).argmin()) for d in decoded]
+    assert nearest == list(range(100))
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # segments and lists removed
+
+
+def test_parallel_segments_look_like_one_encoder(tmp_path):
+    frames = _gradient_frames(60)
+    single, parallel = tmp_path / "single.mp4", tmp_path / "parallel.mp4"
+    with VideoWriter(single, 48, 32, fps=12) as w:
+        for f in frames:
+            w.write(f)
+    with open_writer(parallel, 48, 32, 12, parallel=2, segment_frames=20) as w:
+        for f in frames:
+            w.write(f)
+    a, b = read_frames(single).astype(int), read_frames(parallel).astype(int)
+    assert a.shape == b.shape == (60, 32, 48, 3)
+    source = np.stack(frames).astype(int)
+    assert np.abs(b - source).mean() < 8 and np.abs(b - a).mean() < 2
+
+
+def test_a_parallel_encode_that_fails_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"previous good video")
+    with pytest.raises(RuntimeError):
+        with ParallelVideoWriter(out, 48, 32, fps=8, parallel=2, segment_frames=8) as w:
+            for f in _gradient_frames(30):  # four segments started
+                w.write(f)
+            raise RuntimeError("driver died")
+    with pytest.raises(EncodeError, match="frame 0 is"):
+        with ParallelVideoWriter(out, 48, 32, fps=8) as w:
+            w.write(np.zeros((10, 10, 3), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+    assert out.read_bytes() == b"previous good video"
+
+
+def test_parallel_queues_are_bounded_by_memory(tmp_path):
+    w = ParallelVideoWriter(tmp_path / "v.mp4", 1920, 1080, 24, parallel=4, segment_frames=240, queue_bytes=256 << 20)
+    w.abort()
+    assert w._queue_frames >= 2 and w._queue_frames * 4 * 1920 * 1080 * 3 <= 256 << 20  # ≤ 256 MiB queued
+    assert list(tmp_path.iterdir()) == []

@@ -72,8 +72,8 @@ def write_tiny_tokenizer_files(folder: Path) -> None:
 
 def _build_base(folder: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -113,6 +113,15 @@ def _build_base(folder: Path) -> None:
             vocab_size=_VOCAB_SIZE,
         )
     )
+    save_sd_pipeline(folder, unet, vae, text_encoder)
+
+
+def save_sd_pipeline(folder: Path, unet, vae, text_encoder, dtype=None) -> None:
+    """Save these models as an SD1.5-layout pipeline folder, with the tiny tokenizer and the
+    DDIM scheduler settings SD1.5 ships with (optionally cast to `dtype` first)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
     tok_dir = folder.parent / (folder.name + "-tokfiles")
     write_tiny_tokenizer_files(tok_dir)
     tokenizer = CLIPTokenizer(
@@ -131,6 +140,8 @@ def _build_base(folder: Path) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    if dtype is not None:
+        pipe.to(dtype)
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(tok_dir, ignore_errors=True)
 
