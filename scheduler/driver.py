@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from farm.blend import Reconciler
-from farm.encode import VideoWriter, probe
-from farm.errors import SeamCheckFailed, WindowFatal
+from farm.encode import VideoWriter, open_writer, probe
+from farm.errors import ClusterError, SeamCheckFailed, WindowFatal
 from farm.interpolate import retiming
 from farm.metrics import FlickerMeter, flicker_report
 from farm.plan import plan_windows
@@ -145,8 +145,8 @@ def render(
             def needed_from() -> int:  # once a window has failed, nothing more is encoded
                 return reconciler.first_unfinished_window if not ledger.failed else len(tasks)
 
-            with VideoWriter(local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
-                             spec.encode.preset) as out:
+            with open_writer(local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
+                             spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames) as out:
 
                 def encode(frames) -> None:
                     for frame in frames:
@@ -194,6 +194,13 @@ def render(
             clock.stop("encode")
             frames_out = out.frames_written
             ledger.job(JobState.DONE)
+        except ClusterError as err:  # the dispatcher ran out of actors: report what was done
+            if ledger.state is JobState.RUNNING:
+                stages["render"] = clock.elapsed() - t_render
+                ledger.job(JobState.FAILED)
+                _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock, workers,
+                              threads, actor_infos, extra={"error": str(err)})
+            raise
         finally:
             stop_actors(actors + rife_actors)
             if wants_gpus(session, gpus_per_worker):

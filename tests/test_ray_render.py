@@ -149,3 +149,47 @@ def test_deep_overlaps_render_every_frame(tmp_path):
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["windows"]) == 15
     assert probe(tmp_path / "out.mp4").frames == 30
+
+
+def test_the_warmup_window_changes_no_frame(tmp_path, local_ray):
+    from scheduler.driver import render
+
+    model = base_spec(tmp_path)["model"]
+    warm = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "warm.mp4")))
+    cold = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "cold.mp4"), model=model | {"warmup": False}))
+    with_warmup = render(warm, store=False, workers=1, threads=1)
+    without = render(cold, store=False, workers=1, threads=1)
+    assert with_warmup["actors"][0]["warmup_seconds"] > 0
+    assert without["actors"][0]["warmup_seconds"] is None
+    assert (tmp_path / "warm.mp4").read_bytes() == (tmp_path / "cold.mp4").read_bytes()
+
+
+def test_parallel_encoders_give_the_same_video(tmp_path, local_ray):
+    from scheduler.driver import render
+
+    sim = {"pipeline": "animatediff", "faults": {"simulate_seconds": 0}}  # cheap frames, same every run
+    one = parse_spec(base_spec(tmp_path, frames=88, model=sim, output=str(tmp_path / "one.mp4")))
+    three = parse_spec(base_spec(tmp_path, frames=88, model=sim, output=str(tmp_path / "three.mp4"),
+                                 encode={"parallel": 3, "segment_frames": 16}))
+    render(one, store=False, workers=1, threads=1)
+    report = render(three, store=False, workers=1, threads=1)
+    assert report["output_frames"] == 88 and probe(three.output).frames == 88
+    a, b = read_frames(one.output).astype(int), read_frames(three.output).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mp4") == ["one.mp4", "three.mp4"]
+
+
+def test_a_job_that_runs_out_of_actors_still_writes_its_report(tmp_path, local_ray):
+    from farm.errors import ClusterError
+    from scheduler.driver import render
+
+    model = {"pipeline": "animatediff", "faults": {"simulate_seconds": 0, "fail_windows": [0, 1, 2]}}
+    spec = parse_spec(base_spec(tmp_path, frames=52, model=model, retries=5))
+    with pytest.raises(ClusterError, match="no pipeline actor is left"):
+        render(spec, store=False, workers=1, threads=1)  # 3 failed windows blocklist the only actor
+    assert not (tmp_path / "out.mp4").exists()
+    report = json.loads((tmp_path / "out.mp4.report.json").read_text())
+    assert report["state"] == "FAILED" and "no pipeline actor is left" in report["error"]
+    assert [b["kind"] for b in report["blocklist"]] == ["actor", "node"]
+    assert {w["index"] for w in report["windows"] if w["failures"]} == {0, 1, 2}
+    assert (tmp_path / "out.mp4.report.html").exists()
