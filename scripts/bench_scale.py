@@ -27,6 +27,8 @@ functions are printed.
 Starting 64 actors takes 1.5-2.5 minutes on 2 cores (each imports torch); it is not
 counted. To see whether the overhead is a fixed cost per job or per window, run a longer
 job too, e.g. `--seconds 4 --windows 512 --small-actors 0 --no-e2 --capacity-size 0`.
+`--encoders 1,4` runs the 64-actor job and the driver capacity probe once per value of
+`encode.parallel`, side by side.
 """
 
 from __future__ import annotations
