@@ -16,8 +16,8 @@ from pathlib import Path
 
 import ray
 
-from farm.faults import FaultContext
-from farm.render import WindowResult, WindowTask, make_renderer, warmup_task
+from farm.tasks import FaultContext, WindowResult, WindowTask
+from farm.util import first_line
 from farm.spec import JobSpec
 
 
@@ -26,6 +26,8 @@ class PipelineActor:
 
     def __init__(self, spec: JobSpec, threads: int | None = None):
         import torch
+
+        from farm.renderers import make_renderer  # torch and diffusers load here, on the actor
 
         if threads:
             torch.set_num_threads(threads)
@@ -48,11 +50,13 @@ class PipelineActor:
         import torch
 
         try:
+            from farm.renderers import warmup_task
+
             self.warmup_seconds = round(self.renderer.warm_up(warmup_task(spec)), 3)
         except torch.OutOfMemoryError as err:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self.warmup_skipped = (str(err).strip() or "out of memory").splitlines()[0]
+            self.warmup_skipped = first_line(err)
 
     def info(self) -> dict:
         return {

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from farm.plan import Window
+from farm.util import levels_to_uint8
 
 SCHEMES = ("linear", "cosine", "hard")
 
@@ -120,8 +121,4 @@ class Reconciler:
                 continue
             term = self._parts[i][f - w.start].astype(np.float32) * np.float32(weight)
             acc = term if acc is None else acc + term
-        return to_uint8(acc)
-
-
-def to_uint8(frame) -> np.ndarray:
-    return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+        return levels_to_uint8(acc)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from farm.util import first_line
+
 #: The image files a control folder may hold (compared lower-case).
 CONTROL_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -44,7 +46,7 @@ def count_control_frames(path: str | Path) -> int:
     try:
         frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     except (RuntimeError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as a video: {_first_line(err)}") from None
+        raise ValueError(f"cannot read {str(path)!r} as a video: {first_line(err)}") from None
     if frames <= 0:
         raise ValueError(f"video {str(path)!r} has no frames")
     return int(frames)
@@ -78,24 +80,16 @@ def _load_image(path: Path):
 def _video_frames(path: Path, start: int, end: int) -> list:
     """Decode from the first frame and stop at `end`: ffmpeg is closed as soon as the last
     frame needed has arrived."""
-    import imageio_ffmpeg
     from PIL import Image
 
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    from farm.video import iter_frames
+
     frames = []
-    try:
-        try:
-            meta = next(reader)
-        except (RuntimeError, OSError, StopIteration) as err:
-            raise ValueError(f"cannot read {str(path)!r} as a video: {_first_line(err)}") from None
-        w, h = meta["size"]
-        for i, raw in enumerate(reader):
-            if i >= start:
-                frames.append(Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3)))
-            if i + 1 >= end:
-                break
-    finally:
-        reader.close()
+    for i, frame in enumerate(iter_frames(path)):
+        if i >= start:
+            frames.append(Image.fromarray(frame))
+        if i + 1 >= end:
+            break
     if len(frames) < end - start:
         raise ValueError(f"control video {str(path)!r} ended after {start + len(frames)} frames; "
                          f"frames [{start}, {end}) asked")
@@ -108,8 +102,3 @@ def _fit(image, width: int, height: int) -> np.ndarray:
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farm.blend import SCHEMES, Reconciler, to_uint8
+from farm.blend import SCHEMES, Reconciler
+from farm.util import levels_to_uint8
 from farm.metrics import FlickerMeter, seam_ratios, seam_summary
 from farm.plan import Window, split
 
@@ -59,7 +60,7 @@ def apply_drift(frames: np.ndarray, drift: Drift) -> np.ndarray:
     x = frames.astype(np.float32)
     x = _shift(_shift(x, drift.dx, axis=2), drift.dy, axis=1)
     x = x * np.asarray(drift.gain, dtype=np.float32) + np.float32(drift.offset)
-    return to_uint8(x)
+    return levels_to_uint8(x)
 
 
 def reconcile(parts: Sequence[np.ndarray], windows: Sequence[Window], blend: str) -> FlickerMeter:

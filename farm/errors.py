@@ -5,11 +5,17 @@
       WindowError             a window could not be rendered
         WindowFatal           the window failed every attempt; the job fails
       EncodeError             ffmpeg failed or the output could not be written
+      InterpolationError      a RIFE chunk failed on every attempt; the job fails
       ClusterError            Ray could not be started or reached, or no actor could be placed
+      WeightsError            the RIFE weights are missing or are not the file we expect
+      BackendError            an interpolation backend cannot be used here (says what is missing)
       SeamCheckFailed         the video was made, but a seam jumps more than `--check-seams` allows
 
-Ray's own exceptions are translated into these at the edge of the dispatcher, so the
-CLI and library users never need to import Ray to handle a failed job.
+Ray's own exceptions are translated into these at one edge, the actor pool
+(scheduler/pool.py), so the CLI and library users never need to import Ray to handle a
+failed job. Inside the actors a few exceptions carry meaning to the pool and never reach
+the caller: `RenderGaveUp` (farm/fallbacks.py: `retryable = False`, the window fails at
+once) and `InjectedFault` (farm/faults.py, fault injection in tests).
 """
 
 from __future__ import annotations
@@ -46,8 +52,20 @@ class EncodeError(FarmError):
     """ffmpeg failed, or the output could not be written."""
 
 
+class InterpolationError(FarmError):
+    """A chunk of frames could not be interpolated on any RIFE actor, so the job failed."""
+
+
 class ClusterError(FarmError):
     """Ray could not be started or reached, or the actors could not be placed."""
+
+
+class WeightsError(FarmError):
+    """The RIFE weights are missing or are not the file we expect."""
+
+
+class BackendError(FarmError):
+    """An interpolation backend cannot be used here; the message says exactly what is missing."""
 
 
 class SeamCheckFailed(FarmError):

@@ -14,25 +14,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from farm.noise import frame_seed
 from farm.spec import FaultSpec
+from farm.tasks import FaultContext
 
 
 class InjectedFault(RuntimeError):
     """Raised by FaultyRenderer on purpose."""
-
-
-@dataclass(frozen=True)
-class FaultContext:
-    """What the actor knows about where it runs."""
-
-    restarted: bool = False  # Ray restarted this actor (this is not its first life)
-    node_resources: dict = field(default_factory=dict)
 
 
 class SimulatedRenderer:

@@ -16,29 +16,10 @@ versions (upgrading torch or diffusers keeps the store; `farm store gc` clears i
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from farm.models.schedulers import SCHEDULERS
-from farm.models.tiny import TINY_BASE, TINY_CONTROLNET, TINY_MOTION_ADAPTER, TINY_SVD
-from farm.spec import TINY_LORAS, JobSpec, is_local_ref
-from farm.store import file_digest, folder_digest, frames_digest, window_key
-
-
-def _ref_identity(ref: str, tiny_name: str) -> str:
-    if ref == "tiny":
-        return f"tiny:{tiny_name}"
-    if is_local_ref(ref):
-        return f"folder-sha256:{folder_digest(ref)}"
-    return f"hub:{ref}"
-
-
-def _lora_identity(lora) -> dict:
-    source = f"hub:{lora.id}" if lora.id else _ref_identity(lora.path, "")
-    if lora.id in TINY_LORAS:
-        source = f"tiny:{lora.id}"
-    if lora.path and Path(lora.path).is_file():
-        source = f"file-sha256:{file_digest(lora.path)}"
-    return {"source": source, "weight_name": lora.weight_name, "name": lora.name, "weight": lora.weight}
+from farm.identity import ref_identity
+from farm.pipelines import descriptor
+from farm.spec import JobSpec
+from farm.store import frames_digest, window_key
 
 
 def model_identity(spec: JobSpec, device_kind: str) -> dict:
@@ -47,29 +28,16 @@ def model_identity(spec: JobSpec, device_kind: str) -> dict:
     model = spec.model
     if model.faults is not None and model.faults.simulate_seconds is not None:
         return {"pipeline": "simulation"}
-    identity = {
+    pipeline = descriptor(model.pipeline)
+    return {
         "pipeline": model.pipeline,
-        "base": _ref_identity(model.base, TINY_SVD if model.pipeline == "svd" else TINY_BASE),
+        "base": ref_identity(model.base, pipeline.tiny_base),
         "dtype": model.dtype_on(device_kind),
-    }
-    if model.pipeline == "svd":
-        identity["svd"] = spec.svd.model_dump(exclude={"image"})  # the image is keyed per window
-        identity["decode_chunk_size"] = model.memory.decode_chunk_size  # SVD's VAE decodes frames together
-        return identity
-    scheduler_class, settings = SCHEDULERS[model.scheduler_name]
-    identity |= {
-        "motion_adapter": _ref_identity(model.motion_adapter, TINY_MOTION_ADAPTER),
-        "scheduler": {"class": scheduler_class, **settings},
-        "loras": [_lora_identity(lora) for lora in model.loras],
-    }
-    if spec.control is not None:
-        identity["controlnet"] = _ref_identity(spec.control.model, TINY_CONTROLNET)
-        identity["control_scale"] = spec.control.scale
-    return identity
+    } | pipeline.key_fields(spec)
 
 
 def task_key(model_id: dict, task) -> str:
-    """The store key of a `farm.render.WindowTask` rendered by the model `model_id`, with
+    """The store key of a `farm.tasks.WindowTask` rendered by the model `model_id`, with
     its per-window inputs (SVD conditioning frame, control frames) by content."""
     w = task.window
     inputs = {name: frames_digest(getattr(task, name)) for name in ("image", "control")

@@ -9,8 +9,10 @@ exactly at the last frame, and its overlap with the one before grows instead.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from farm.spec import JobSpec
+if TYPE_CHECKING:  # the spec imports the planner (to check window indices), not the reverse
+    from farm.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,6 @@ def split(frames: int, length: int, overlap: int) -> tuple[Window, ...]:
     return tuple(windows)
 
 
-def plan_windows(spec: JobSpec) -> Plan:
+def plan_windows(spec: "JobSpec") -> Plan:
     """Compile a job spec into its windows."""
     return Plan(spec.frames, split(spec.frames, spec.window.length, spec.window.overlap), spec.steps)

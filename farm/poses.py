@@ -60,30 +60,26 @@ def check_annotator(annotator_dir: str | Path):
 def extract_poses(video: str | Path, out_dir: str | Path, annotator_dir: str | Path) -> int:
     """Detect the pose in every frame of `video` and write the skeletons to `out_dir` as
     00000.png, 00001.png, … at the video's size. Returns the number of frames."""
-    import imageio_ffmpeg
     from PIL import Image
+
+    from farm.video import iter_frames
 
     detector_class = check_annotator(annotator_dir)
     out_dir = Path(out_dir)
     _check_free(out_dir)
     detector = detector_class.from_pretrained(str(Path(annotator_dir).expanduser().resolve()))
-    reader = imageio_ffmpeg.read_frames(str(video), pix_fmt="rgb24")
     with _staging(out_dir) as tmp:
+        count = 0
         try:
-            try:
-                meta = next(reader)
-            except (RuntimeError, OSError, StopIteration) as err:
-                raise FarmError(f"cannot read {str(video)!r} as a video: {err}") from None
-            w, h = meta["size"]
-            count = 0
-            for raw in reader:
-                frame = Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
+            for array in iter_frames(video):
+                h, w = array.shape[:2]
+                frame = Image.fromarray(array)
                 pose = detector(frame, detect_resolution=min(512, max(64, min(w, h))), image_resolution=min(w, h))
                 pose = pose.resize((w, h), Image.Resampling.NEAREST)
                 pose.save(tmp / f"{count:05d}.png")
                 count += 1
-        finally:
-            reader.close()
+        except ValueError as err:  # ffmpeg cannot open it
+            raise FarmError(str(err)) from None
         if count == 0:
             raise FarmError(f"{str(video)!r} has no frames")
     return count

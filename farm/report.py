@@ -1,12 +1,20 @@
-"""The job report: `OUT.mp4.report.json`, written atomically next to the video."""
+"""The job report: one typed record, written as `OUT.mp4.report.json` (atomically, next to
+the video) and `OUT.mp4.report.html`, and printed by `farm render --json`.
+
+`Report` holds every field of a render's report; `to_dict()` is the JSON (the keys are a
+stable interface: scripts read them), and a `Report` also reads like that mapping
+(`report["windows"]`), so code written against the JSON works on the object too.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from farm.report_html import html_report_path, write_html_report
+from farm.util import write_json_atomic
 
 
 def report_path(output: str | Path) -> Path:
@@ -25,23 +33,67 @@ def versions() -> dict:
     return out
 
 
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    """Write JSON to a temp file in the same folder, then `os.replace` it onto `path`."""
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+#: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
+_OPTIONAL = ("failed", "error", "flicker", "seams", "seam_ratio_max", "seam_ratio_median", "interpolate",
+             "seam_check")
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text to a temp file in the same folder, then `os.replace` it onto `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+@dataclass
+class Report(Mapping):
+    """Everything a render job reports. Built by the driver (scheduler/driver.py) on every
+    ending, DONE or FAILED."""
+
+    output: str
+    state: str  # farm.states.JobState value
+    frames: int
+    output_frames: int
+    output_fps: float
+    width: int
+    height: int
+    blend: str
+    windows: list[dict]  # one record per window, in index order
+    windows_rendered: int
+    windows_cached: int
+    store: dict  # {path, reused, corrupt_removed}
+    blocklist: list[dict]
+    stages: dict[str, float]  # seconds per stage
+    plan: dict
+    actors: list[dict]  # each pipeline actor's info()
+    workers: int | None
+    threads_per_actor: int | None
+    spec: dict
+    versions: dict = field(default_factory=versions)
+    failed: dict | None = None  # {window, attempts, error}: the first window that failed
+    error: str | None = None  # why the job failed, when no window did (cluster, interpolation)
+    # measured on the finished video (farm.metrics.flicker_report)
+    flicker: dict | None = None
+    seams: list[dict] | None = None
+    seam_ratio_max: float | None = None
+    seam_ratio_median: float | None = None
+    interpolate: dict | None = None
+    seam_check: dict | None = None
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in _OPTIONAL:
+                continue
+            out[f.name] = value
+        return out
+
+    def write(self, local_output: str | Path) -> None:
+        """The html page, then the JSON (last: a JSON report means the rest is in place)."""
+        data = self.to_dict()
+        write_html_report(data, html_report_path(local_output))
+        write_json_atomic(report_path(local_output), data)
+
+    # read-only mapping view of the JSON
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())

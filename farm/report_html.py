@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from farm.report import report_path, write_text_atomic
+from farm.util import write_text_atomic
 
 WIDTH = 920  # px, every figure
 LABEL = 190  # px, left column of the Gantt
@@ -39,7 +39,7 @@ COLOURS = {"ok": "#4c78a8", "retried": "#f58518", "failed": "#d93b3b", "cached":
 
 def html_report_path(output: str | Path) -> Path:
     """`OUT.mp4.report.html`, next to `OUT.mp4.report.json`."""
-    return report_path(output).with_suffix(".html")
+    return Path(str(output) + ".report.html")
 
 
 def write_html_report(report: dict, path: str | Path | None = None) -> Path:

@@ -1,44 +1,67 @@
 """The job spec: one YAML file that says everything about a render.
 
 Validation happens here and only here, before any Ray work starts. Every problem is
-reported as `field.path: rule`, so a user can fix the file without reading code.
-The models forbid unknown keys: a typo such as `window.lenght` is an error, never ignored.
+reported as `field.path: rule`, so a user can fix the file without reading code, and every
+problem is reported at once:
 
-Relative paths (the output) are taken against the current working directory, as a
-command-line tool would.
+1. field rules: each field on its own (type, range, a folder that must exist), checked by
+   pydantic; every number has an upper bound that no real job reaches but a typo does
+   (`frames: 1000000000000`), so nothing is ever sized by an unchecked number;
+2. rules that compare fields (`window.length <= frames`, `prompt` or `prompts`, …): each
+   model's `_rules`, run by the root model (JobSpec, InterpolateJob) on every field that
+   passed step 1, even when others failed.
+
+The models forbid unknown keys: a typo such as `window.lenght` is an error, never ignored,
+and the message suggests the nearest field. Relative paths (the output) are taken against
+the current working directory, as a command-line tool would.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from farm.errors import SpecError
+from farm.errors import EncodeError, SpecError
 
+# Upper bounds: far above any real job, far below what a typo asks for.
+MAX_FRAMES = 1_000_000        # frames of a job (about 35 h at 8 fps)
+MAX_WINDOW = 10_000           # frames of one window, or decoded at once
+MAX_SIZE = 8192               # pixels a side
+MAX_STEPS = 1000              # denoising steps
+MAX_GUIDANCE = 100.0
+MAX_LORA_WEIGHT = 10.0
+MAX_RIFE_WORKERS = 256
+MAX_CHUNK = 256               # frame pairs per RIFE chunk
+MAX_CALLS = 1_000_000         # render calls an actor makes (fault injection)
+MAX_LIST = 1000               # entries of a fault list
+MAX_SECONDS = 3600.0          # injected delays
+
+
+# --- field rules: each looks at its own value only --------------------------------------
 
 def check_output(v: str) -> str:
     """An output path must end in .mp4 and its folder must exist. Returns it absolute.
-    An object-storage URI (s3://bucket/key.mp4, gs://…) is checked by farm.storage."""
-    from farm import storage
+    An object-storage URI (s3://bucket/key.mp4, gs://…) is checked by farm.outputs."""
+    from farm import outputs
 
-    if storage.is_uri(v):
-        return storage.check_output_uri(v)
+    if outputs.is_uri(v):
+        return outputs.check_output_uri(v)
     path = Path(v).expanduser()
     if path.suffix.lower() != ".mp4":
-        raise ValueError(f"output must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
+        raise ValueError(f"must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
     parent = path.resolve().parent
     if not parent.is_dir():
-        raise ValueError(f"output folder {str(parent)!r} does not exist; create it first")
+        raise ValueError(f"folder {str(parent)!r} does not exist; create it first")
     if path.is_dir():
-        raise ValueError(f"output {v!r} is a folder, not a file")
+        raise ValueError(f"{v!r} is a folder, not a file")
     return str(path.resolve())
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def is_local_ref(ref: str) -> bool:
@@ -46,163 +69,39 @@ def is_local_ref(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir()
 
 
-class FaultSpec(_Strict):
-    """Fault injection, for testing the farm's own failure handling; never needed for real
-    jobs. The faults wrap the real pipeline (see farm/faults.py); none changes the frames of
-    a window that succeeds, so they are not part of the window key."""
-
-    fail_windows: list[int] = []  # these windows raise on every attempt (a poison window)
-    crash_on_call: int | None = Field(None, ge=1)  # each actor's process exits on its k-th window, first life only
-    fail_on_resource: str | None = None  # actors on nodes with this custom resource raise on every window
-    delay: float = Field(0.0, ge=0)  # seconds of sleep before each window
-    simulate_seconds: float | None = Field(None, ge=0)  # replace the pipeline by a fixed-cost SIMULATION
-    oom_on_calls: list[int] = []  # these render calls of each actor (1-based) raise torch's CUDA OOM error
-    nan_on_calls: list[int] = []  # these render calls of each actor decode to NaN frames
+def _model_ref(ref: str) -> str:
+    """`tiny`, a hub id, or a local folder that exists (made absolute)."""
+    if ref != "tiny" and is_local_ref(ref):
+        folder = Path(ref).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"folder {ref!r} does not exist")
+        return str(folder.resolve())
+    return ref
 
 
-#: LoRA ids that name tiny LoRAs built offline (farm/models/tiny_lora.py), for tests and demos.
-TINY_LORAS = {"tiny-motion-lora": "motion", "tiny-sd-lora": "sd"}
+def _existing_path(v: str | None) -> str | None:
+    if v is None:
+        return None
+    path = Path(v).expanduser()
+    if not path.exists():
+        raise ValueError(f"nothing at {v!r}")
+    return str(path.resolve())
 
 
-class LoraSpec(_Strict):
-    """A LoRA loaded with `load_lora_weights`, then weighted with `set_adapters`."""
-
-    path: str | None = None  # a local .safetensors file, or a folder holding one
-    id: str | None = None  # or a hub id (or tiny-motion-lora / tiny-sd-lora)
-    weight_name: str | None = None  # the file inside a folder or hub repo, when there are several
-    weight: float = 1.0
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "LoraSpec":
-        if (self.path is None) == (self.id is None):
-            raise ValueError(f"model.loras[{self.name}]: give exactly one of `path` (a local file or folder) or `id`")
-        if self.path is not None:
-            path = Path(self.path).expanduser()
-            if not path.exists():
-                raise ValueError(f"model.loras[{self.name}].path: nothing at {self.path!r}")
-            object.__setattr__(self, "path", str(path.resolve()))
-        return self
+def _existing_file(v: str | None) -> str | None:
+    if v is not None and not Path(v).expanduser().is_file():
+        raise ValueError(f"no file at {v!r}")
+    return v
 
 
-class MemorySpec(_Strict):
-    """GPU memory knobs from the diffusers guides, applied once when an actor loads."""
-
-    cpu_offload: bool = False  # enable_model_cpu_offload(): whole models move to the GPU in turn
-    forward_chunking: bool = False  # unet.enable_forward_chunking(): feed-forward layers in chunks
-    vae_slicing: bool = False  # vae.enable_slicing(): decode one image at a time
-    decode_chunk_size: int | None = Field(None, ge=1)  # frames decoded by the VAE at once
+def _absolute(v: str) -> str:
+    return str(Path(v).expanduser().resolve())
 
 
-class ModelSpec(_Strict):
-    """Which pipeline renders the windows, and from which weights.
-
-    `base` and `motion_adapter` are each `tiny` (a tiny random-weight model built offline),
-    a local folder in diffusers layout, or a hub id such as `emilianJR/epiCRealism`. For
-    `svd`, `base` is the Stable Video Diffusion checkpoint and there is no motion adapter.
-    """
-
-    pipeline: Literal["animatediff", "animatediff-controlnet", "svd"]
-    base: str = Field("tiny", min_length=1)
-    motion_adapter: str = Field("tiny", min_length=1)
-    scheduler: Literal["ddim", "euler", "lcm"] | None = None  # AnimateDiff; default ddim
-    loras: list[LoraSpec] = []
-    memory: MemorySpec = MemorySpec()
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
-    # Each actor renders one throwaway 1-step window of the job's shape while it starts, so
-    # first-call costs (loading and selecting kernels, allocator growth) are paid there.
-    warmup: bool = True
-    faults: FaultSpec | None = None
-
-    @property
-    def scheduler_name(self) -> str | None:
-        if self.pipeline == "svd":
-            return None
-        return self.scheduler or "ddim"
-
-    @model_validator(mode="after")
-    def _fits_the_pipeline(self) -> "ModelSpec":
-        if self.pipeline == "svd":
-            if self.scheduler is not None:
-                raise ValueError("model.scheduler: svd uses its own EulerDiscreteScheduler; remove model.scheduler")
-            if self.loras:
-                raise ValueError("model.loras: LoRAs apply to the AnimateDiff pipelines, not to svd")
-            if self.memory.vae_slicing:
-                raise ValueError("model.memory.vae_slicing: the SVD VAE (a temporal decoder) cannot decode in "
-                                 "slices; use model.memory.decode_chunk_size")
-        names = [lora.name for lora in self.loras]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"model.loras: adapter names must be unique; repeated: {dupes}")
-        return self
-
-    def dtype_on(self, device: str) -> str:
-        """The dtype this model runs in on `device`: `auto` is fp16 on CUDA, fp32 on CPU."""
-        if self.dtype == "auto":
-            return "fp16" if device.startswith("cuda") else "fp32"
-        return self.dtype
-
-    @field_validator("base", "motion_adapter")
-    @classmethod
-    def _folder_exists(cls, ref: str, info) -> str:
-        if ref != "tiny" and is_local_ref(ref):
-            folder = Path(ref).expanduser()
-            if not folder.is_dir():
-                raise ValueError(f"model.{info.field_name}: folder {ref!r} does not exist")
-            return str(folder.resolve())
-        return ref
-
-
-class WindowSpec(_Strict):
-    """How the video is cut into overlapping windows and how the overlaps are blended."""
-
-    length: int = Field(16, gt=0)
-    overlap: int = Field(4, ge=0)
-    blend: Literal["linear", "cosine", "hard"] = "linear"
-
-    @field_validator("overlap")
-    @classmethod
-    def _overlap_below_length(cls, overlap: int, info) -> int:
-        length = info.data.get("length")
-        if length is not None and overlap >= length:
-            raise ValueError(f"window.overlap must be < window.length ({length}); got {overlap}")
-        return overlap
-
-
-class EncodeSpec(_Strict):
-    """H.264 settings of the output mp4."""
-
-    crf: int = Field(18, ge=0, le=51)
-    preset: Literal[
-        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
-    ] = "medium"
-    # ffmpeg processes encoding consecutive segments at once, joined without re-encoding at
-    # the end; for drivers whose one encoder cannot keep up with many GPUs (docs/benchmarks.md)
-    parallel: int = Field(1, ge=1, le=16)
-    segment_frames: int = Field(120, ge=8)  # frames per segment when parallel > 1
-
-
-class InterpolateSpec(_Strict):
-    """Frame interpolation after blending (RIFE): `fps` or `factor`, exactly one."""
-
-    fps: float | None = Field(None, gt=0, le=240)
-    factor: Literal[2, 4, 8] | None = None
-    backend: Literal["torch", "ncnn"] = "torch"
-    weights: str | None = None  # torch backend: a flownet.pkl; default the pulled, verified copy
-    model_dir: str | None = None  # ncnn backend: a rife-ncnn-vulkan model folder
-    gpuid: int = Field(0, ge=-1)  # ncnn backend: -1 = CPU
-    scene_threshold: float = Field(0.2, ge=0, le=1)
-    cuts: list[int] = []  # frames that start a new shot: the pair (f-1, f) is never interpolated
-    workers: int = Field(2, ge=1)
-    chunk: int = Field(8, ge=1)
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "InterpolateSpec":
-        if (self.fps is None) == (self.factor is None):
-            raise ValueError("interpolate: give exactly one of interpolate.fps or interpolate.factor")
-        if self.weights is not None and not Path(self.weights).expanduser().is_file():
-            raise ValueError(f"interpolate.weights: no file at {self.weights!r}")
-        return self
+def _multiple_of_8(v: int) -> int:
+    if v % 8:
+        raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8); got {v}")
+    return v
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -217,70 +116,235 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"cannot be opened as an image: {err}") from None
 
 
+def _image_opens(v: str) -> str:
+    path = Path(v).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no file at {v!r}")
+    try:
+        w, h = _image_size(path)
+    except ValueError as err:
+        raise ValueError(f"{v!r} {err}") from None
+    if min(w, h) < 16:
+        raise ValueError(f"{v!r} is {w}×{h}; it must be at least 16 pixels on each side")
+    return str(path.resolve())
+
+
+ModelRef = Annotated[str, Field(min_length=1), AfterValidator(_model_ref)]
+Frame = Annotated[int, Field(ge=0, le=MAX_FRAMES)]
+Call = Annotated[int, Field(ge=1, le=MAX_CALLS)]
+Pixels = Annotated[int, Field(gt=0, le=MAX_SIZE), AfterValidator(_multiple_of_8)]
+
+
+# --- the models -----------------------------------------------------------------------------
+
+Rules = Iterator[tuple[str, str]]  # (field path relative to the model, rule); "" is the model itself
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        """Rules that compare this model's fields. `v` holds the fields that passed their own
+        rules (a sub-model as a dict of its passing fields); a field that failed is absent."""
+        return iter(())
+
+
+class FaultSpec(_Strict):
+    """Fault injection, for testing the farm's own failure handling; never needed for real
+    jobs. The faults wrap the real pipeline (see farm/faults.py); none changes the frames of
+    a window that succeeds, so they are not part of the window key."""
+
+    fail_windows: list[Frame] = Field([], max_length=MAX_LIST)  # these windows raise on every attempt
+    crash_on_call: Call | None = None  # each actor's process exits on its k-th window, first life only
+    fail_on_resource: str | None = None  # actors on nodes with this custom resource raise on every window
+    delay: float = Field(0.0, ge=0, le=MAX_SECONDS)  # seconds of sleep before each window
+    simulate_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)  # replace the pipeline by a SIMULATION
+    oom_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls (1-based) raise CUDA OOM
+    nan_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls decode to NaN frames
+    fail_chunks: list[Frame] = Field([], max_length=MAX_LIST)  # these RIFE chunks raise on every attempt
+
+
+#: LoRA ids that name tiny LoRAs built offline (farm/models/tiny_lora.py), for tests and demos.
+TINY_LORAS = {"tiny-motion-lora": "motion", "tiny-sd-lora": "sd"}
+
+
+class LoraSpec(_Strict):
+    """A LoRA loaded with `load_lora_weights`, then weighted with `set_adapters`."""
+
+    path: Annotated[str | None, AfterValidator(_existing_path)] = None  # a .safetensors file or a folder
+    id: str | None = None  # or a hub id (or tiny-motion-lora / tiny-sd-lora)
+    weight_name: str | None = None  # the file inside a folder or hub repo, when there are several
+    weight: float = Field(1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        if "path" in v and "id" in v and (v["path"] is None) == (v["id"] is None):
+            yield "", "give exactly one of `path` (a local file or folder) or `id`"
+
+
+class MemorySpec(_Strict):
+    """GPU memory knobs from the diffusers guides, applied once when an actor loads."""
+
+    cpu_offload: bool = False  # enable_model_cpu_offload(): whole models move to the GPU in turn
+    forward_chunking: bool = False  # unet.enable_forward_chunking(): feed-forward layers in chunks
+    vae_slicing: bool = False  # vae.enable_slicing(): decode one image at a time
+    decode_chunk_size: int | None = Field(None, ge=1, le=MAX_WINDOW)  # frames decoded by the VAE at once
+
+
+class ModelSpec(_Strict):
+    """Which pipeline renders the windows, and from which weights.
+
+    `base` and `motion_adapter` are each `tiny` (a tiny random-weight model built offline),
+    a local folder in diffusers layout, or a hub id such as `emilianJR/epiCRealism`. For
+    `svd`, `base` is the Stable Video Diffusion checkpoint and there is no motion adapter.
+    """
+
+    pipeline: Literal["animatediff", "animatediff-controlnet", "svd"]
+    base: ModelRef = "tiny"
+    motion_adapter: ModelRef = "tiny"
+    scheduler: Literal["ddim", "euler", "lcm"] | None = None  # AnimateDiff; default ddim
+    loras: list[LoraSpec] = Field([], max_length=MAX_LIST)
+    memory: MemorySpec = MemorySpec()
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    # Each actor renders one throwaway 1-step window of the job's shape while it starts, so
+    # first-call costs (loading and selecting kernels, allocator growth) are paid there.
+    warmup: bool = True
+    faults: FaultSpec | None = None
+
+    @property
+    def scheduler_name(self) -> str | None:
+        if self.pipeline == "svd":
+            return None
+        return self.scheduler or "ddim"
+
+    def dtype_on(self, device: str) -> str:
+        """The dtype this model runs in on `device`: `auto` is fp16 on CUDA, fp32 on CPU."""
+        if self.dtype == "auto":
+            return "fp16" if device.startswith("cuda") else "fp32"
+        return self.dtype
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        if v.get("pipeline") == "svd":
+            if v.get("scheduler") is not None:
+                yield "scheduler", "svd uses its own EulerDiscreteScheduler; remove model.scheduler"
+            if v.get("loras"):
+                yield "loras", "LoRAs apply to the AnimateDiff pipelines, not to svd"
+            if _get(v, "memory.vae_slicing"):
+                yield "memory.vae_slicing", ("the SVD VAE (a temporal decoder) cannot decode in slices; "
+                                             "use model.memory.decode_chunk_size")
+        names = [lora.get("name") for lora in v.get("loras") or [] if lora and lora.get("name")]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            yield "loras", f"adapter names must be unique; repeated: {dupes}"
+
+
+class WindowSpec(_Strict):
+    """How the video is cut into overlapping windows and how the overlaps are blended."""
+
+    length: int = Field(16, gt=0, le=MAX_WINDOW)
+    overlap: int = Field(4, ge=0, lt=MAX_WINDOW)
+    blend: Literal["linear", "cosine", "hard"] = "linear"
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        if "length" in v and "overlap" in v and v["overlap"] >= v["length"]:
+            yield "overlap", f"must be < window.length ({v['length']}); got {v['overlap']}"
+
+
+class EncodeSpec(_Strict):
+    """H.264 settings of the output mp4."""
+
+    crf: int = Field(18, ge=0, le=51)
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+    ] = "medium"
+    # ffmpeg processes encoding consecutive segments at once, joined without re-encoding at
+    # the end; for drivers whose one encoder cannot keep up with many GPUs (docs/benchmarks.md)
+    parallel: int = Field(1, ge=1, le=16)
+    segment_frames: int = Field(120, ge=8, le=MAX_FRAMES)  # frames per segment when parallel > 1
+
+
+class InterpolateSpec(_Strict):
+    """Frame interpolation after blending (RIFE): `fps` or `factor`, exactly one."""
+
+    fps: float | None = Field(None, gt=0, le=240)
+    factor: Literal[2, 4, 8] | None = None
+    backend: Literal["torch", "ncnn"] = "torch"
+    # torch backend: a flownet.pkl; default the pulled, verified copy
+    weights: Annotated[str | None, AfterValidator(_existing_file)] = None
+    model_dir: str | None = None  # ncnn backend: a rife-ncnn-vulkan model folder
+    gpuid: int = Field(0, ge=-1, le=255)  # ncnn backend: -1 = CPU
+    scene_threshold: float = Field(0.2, ge=0, le=1)
+    # frames that start a new shot: the pair (f-1, f) is never interpolated
+    cuts: list[Annotated[int, Field(ge=1, le=MAX_FRAMES)]] = Field([], max_length=MAX_FRAMES)
+    workers: int = Field(2, ge=1, le=MAX_RIFE_WORKERS)
+    chunk: int = Field(8, ge=1, le=MAX_CHUNK)
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        if "fps" in v and "factor" in v and (v["fps"] is None) == (v["factor"] is None):
+            yield "", "give exactly one of interpolate.fps or interpolate.factor"
+
+
 class SvdSpec(_Strict):
     """Stable Video Diffusion (image → video). Windows are chained: each window after the
     first is conditioned on the last frame of the window before."""
 
-    image: str  # the starting picture
+    image: Annotated[str, AfterValidator(_image_opens)]  # the starting picture
     motion_bucket_id: int = Field(127, ge=1, le=255)  # more motion with higher values
     fps: int = Field(7, ge=1, le=60)  # SVD's fps micro-conditioning; not the output fps
     noise_aug_strength: float = Field(0.02, ge=0, le=1)
-
-    @field_validator("image")
-    @classmethod
-    def _image_opens(cls, v: str) -> str:
-        path = Path(v).expanduser()
-        if not path.is_file():
-            raise ValueError(f"svd.image: no file at {v!r}")
-        try:
-            w, h = _image_size(path)
-        except ValueError as err:
-            raise ValueError(f"svd.image: {v!r} {err}") from None
-        if min(w, h) < 16:
-            raise ValueError(f"svd.image: {v!r} is {w}×{h}; it must be at least 16 pixels on each side")
-        return str(path.resolve())
 
 
 class ControlSpec(_Strict):
     """ControlNet conditioning: one control image (e.g. an OpenPose skeleton) per frame."""
 
-    video: str  # an mp4, or a folder of frames (sorted by name)
+    video: Annotated[str, AfterValidator(_existing_path)]  # an mp4, or a folder of frames (sorted by name)
     scale: float = Field(0.7, ge=0, le=2)
-    model: str = Field("tiny", min_length=1)  # `tiny`, a folder, or a hub id (e.g. lllyasviel/sd-controlnet-openpose)
+    model: ModelRef = "tiny"  # `tiny`, a folder, or a hub id (e.g. lllyasviel/sd-controlnet-openpose)
 
-    @field_validator("video")
+
+class _Root(_Strict):
+    """A whole job. Validating one runs every field rule, then every model's `_rules` on the
+    fields that passed, and raises one SpecError listing every problem."""
+
     @classmethod
-    def _exists(cls, v: str) -> str:
-        path = Path(v).expanduser()
-        if not path.exists():
-            raise ValueError(f"control.video: nothing at {v!r}")
-        return str(path.resolve())
+    def _prepare(cls, data: Any) -> Any:
+        return data
 
-    @field_validator("model")
+    @model_validator(mode="wrap")
     @classmethod
-    def _folder_exists(cls, ref: str) -> str:
-        if ref != "tiny" and is_local_ref(ref):
-            folder = Path(ref).expanduser()
-            if not folder.is_dir():
-                raise ValueError(f"control.model: folder {ref!r} does not exist")
-            return str(folder.resolve())
-        return ref
+    def _every_rule(cls, data: Any, handler):
+        if not isinstance(data, dict):
+            raise SpecError(["the spec must be a YAML mapping of fields (model:, prompt:, frames:, …)"])
+        data = cls._prepare(data)
+        try:
+            job = handler(data)
+        except ValidationError as err:
+            raise SpecError(_format_errors(err, cls) + _rule_problems(cls, _parsed(cls, data))) from None
+        problems = _rule_problems(cls, job.model_dump())
+        if problems:
+            raise SpecError(problems)
+        return job
 
 
-class JobSpec(_Strict):
+class JobSpec(_Root):
     """A whole render job. See README.md, "Job spec reference", for every field."""
 
     model: ModelSpec
     prompt: str | None = Field(None, min_length=1)
     prompts: dict[int, str] | None = None  # a schedule {first frame: text}; instead of `prompt`
-    prompt_transition: int = Field(8, ge=1)  # frames over which a scheduled change blends in
+    prompt_transition: int = Field(8, ge=1, le=MAX_FRAMES)  # frames over which a scheduled change blends in
     negative_prompt: str = ""
-    frames: int = Field(gt=0)
+    frames: int = Field(gt=0, le=MAX_FRAMES)
     fps: float = Field(8, gt=0, le=240)
-    width: int = Field(512, gt=0)
-    height: int = Field(512, gt=0)
-    steps: int = Field(25, gt=0)
-    guidance: float = Field(7.5, ge=0)
+    width: Pixels = 512
+    height: Pixels = 512
+    steps: int = Field(25, gt=0, le=MAX_STEPS)
+    guidance: float = Field(7.5, ge=0, le=MAX_GUIDANCE)
     seed: int = Field(0, ge=0, lt=2**63)
     window: WindowSpec = WindowSpec()
     encode: EncodeSpec = EncodeSpec()
@@ -288,93 +352,7 @@ class JobSpec(_Strict):
     svd: SvdSpec | None = None  # model.pipeline: svd
     control: ControlSpec | None = None  # model.pipeline: animatediff-controlnet
     retries: int = Field(3, ge=0, le=100)
-    output: str = Field(min_length=1)
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, v: int, info) -> int:
-        if v % 8:
-            raise ValueError(f"{info.field_name} must be a multiple of 8 (the VAE downsamples by 8); got {v}")
-        return v
-
-    @field_validator("output")
-    @classmethod
-    def _output_is_writable_mp4(cls, v: str) -> str:
-        return check_output(v)
-
-    @model_validator(mode="after")
-    def _window_fits(self) -> "JobSpec":
-        if self.window.length > self.frames:
-            raise ValueError(
-                f"window.length must be <= frames ({self.frames}); got {self.window.length}. "
-                f"To render the whole video as one window, set window.length: {self.frames}"
-            )
-        ip = self.interpolate
-        if ip is not None:
-            if ip.fps is not None and ip.fps <= self.fps:
-                raise ValueError(f"interpolate.fps must be > fps ({self.fps:g}); got {ip.fps:g}")
-            bad = [f for f in ip.cuts if not 0 < f < self.frames]
-            if bad:
-                raise ValueError(f"interpolate.cuts must be frames in 1..{self.frames - 1}; got {bad}")
-        return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _svd_defaults(cls, data: Any) -> Any:
-        """svd's own defaults: chained windows share exactly one frame, and guidance is
-        SVD's max_guidance_scale, 3.0 in diffusers."""
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("pipeline") == "svd":
-            window = data.get("window") or {}
-            if isinstance(window, dict) and "overlap" not in window:
-                data = {**data, "window": {**window, "overlap": 1}}
-            data.setdefault("guidance", 3.0)
-        return data
-
-    @model_validator(mode="after")
-    def _pipeline_inputs(self) -> "JobSpec":
-        pipeline = self.model.pipeline
-        if pipeline == "svd":
-            if self.svd is None:
-                raise ValueError("svd: model.pipeline svd needs an `svd:` block with at least `image:`")
-            if self.window.overlap != 1:
-                raise ValueError(f"window.overlap must be 1 for svd (each window starts from the last frame "
-                                 f"of the one before); got {self.window.overlap}")
-        elif self.svd is not None:
-            raise ValueError(f"svd: the `svd:` block is only for model.pipeline svd; this job uses {pipeline}")
-        if pipeline == "animatediff-controlnet":
-            if self.control is None:
-                raise ValueError("control: model.pipeline animatediff-controlnet needs a `control:` block with `video:`")
-            from farm.control import count_control_frames  # reads the folder or probes the video
-
-            try:
-                have = count_control_frames(self.control.video)
-            except ValueError as err:
-                raise ValueError(f"control.video: {err}") from None
-            if have < self.frames:
-                raise ValueError(f"control.video: has {have} frames but the job renders {self.frames}; "
-                                 "give at least one control frame per output frame")
-        elif self.control is not None:
-            raise ValueError(f"control: the `control:` block is only for animatediff-controlnet; this job uses {pipeline}")
-        return self
-
-    @model_validator(mode="after")
-    def _one_prompt_source(self) -> "JobSpec":
-        if self.model.pipeline == "svd":
-            if self.prompt is not None or self.prompts is not None:
-                raise ValueError("prompt: svd is conditioned on svd.image, not on text; remove prompt/prompts")
-            return self
-        if (self.prompt is None) == (self.prompts is None):
-            raise ValueError("prompt: give exactly one of `prompt` (one text) or `prompts` (a {frame: text} schedule)")
-        if self.prompts is not None:
-            if 0 not in self.prompts:
-                raise ValueError(f"prompts: the schedule must say what frame 0 shows; got frames {sorted(self.prompts)}")
-            bad = [f for f in self.prompts if not 0 <= f < self.frames]
-            if bad:
-                raise ValueError(f"prompts: frames must be in 0..{self.frames - 1}; got {sorted(bad)}")
-            empty = [f for f, text in self.prompts.items() if not text.strip()]
-            if empty:
-                raise ValueError(f"prompts: the text at frame(s) {sorted(empty)} is empty")
-        return self
+    output: Annotated[str, Field(min_length=1), AfterValidator(check_output)]
 
     @property
     def schedule(self) -> dict[int, str]:
@@ -383,18 +361,6 @@ class JobSpec(_Strict):
             return dict(self.prompts)
         return {0: self.prompt or ""}
 
-    @model_validator(mode="after")
-    def _faults_name_real_windows(self) -> "JobSpec":
-        faults = self.model.faults
-        if faults is not None and faults.fail_windows:
-            from farm.plan import split  # plan imports spec: import here, after both exist
-
-            n = len(split(self.frames, self.window.length, self.window.overlap))
-            bad = [i for i in faults.fail_windows if not 0 <= i < n]
-            if bad:
-                raise ValueError(f"model.faults.fail_windows must be window indices in 0..{n - 1}; got {bad}")
-        return self
-
     @property
     def output_fps(self) -> float:
         ip = self.interpolate
@@ -402,77 +368,306 @@ class JobSpec(_Strict):
             return self.fps
         return ip.fps if ip.fps is not None else self.fps * ip.factor
 
+    @classmethod
+    def _prepare(cls, data: dict) -> dict:
+        """svd's own defaults: chained windows share exactly one frame, and guidance is
+        SVD's max_guidance_scale, 3.0 in diffusers."""
+        if isinstance(data.get("model"), dict) and data["model"].get("pipeline") == "svd":
+            window = data.get("window") or {}
+            if isinstance(window, dict) and "overlap" not in window:
+                data = {**data, "window": {**window, "overlap": 1}}
+            data = {"guidance": 3.0, **data}
+        return data
 
-def _format_errors(err: ValidationError) -> list[str]:
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        yield from _window_fits(v)
+        yield from _interpolation_fits(v)
+        yield from _pipeline_inputs(v)
+        yield from _prompt_source(v)
+        yield from _faults_name_real_windows(v)
+
+
+def _window_fits(v: dict) -> Rules:
+    frames, length = v.get("frames"), _get(v, "window.length")
+    if frames is not None and length is not None and length > frames:
+        yield "window.length", (f"must be <= frames ({frames}); got {length}. "
+                                f"To render the whole video as one window, set window.length: {frames}")
+
+
+def _interpolation_fits(v: dict) -> Rules:
+    fps, target, cuts = v.get("fps"), _get(v, "interpolate.fps"), _get(v, "interpolate.cuts")
+    if fps is not None and target is not None and target <= fps:
+        yield "interpolate.fps", f"must be > fps ({fps:g}); got {target:g}"
+    frames = v.get("frames")
+    bad = [f for f in cuts or [] if frames is not None and not 0 < f < frames]
+    if bad:
+        yield "interpolate.cuts", f"must be frames in 1..{frames - 1}; got {bad}"
+
+
+def _pipeline_inputs(v: dict) -> Rules:
+    """svd needs an `svd:` block, controlnet a `control:` block with enough frames; no
+    other pipeline takes either. A block that failed its own rules is absent from `v`."""
+    pipeline = _get(v, "model.pipeline")
+    if pipeline is None:
+        return
+    if "svd" in v:
+        if pipeline == "svd" and v["svd"] is None:
+            yield "svd", "model.pipeline svd needs an `svd:` block with at least `image:`"
+        elif pipeline != "svd" and v["svd"] is not None:
+            yield "svd", f"the `svd:` block is only for model.pipeline svd; this job uses {pipeline}"
+    overlap = _get(v, "window.overlap")
+    if pipeline == "svd" and overlap is not None and overlap != 1:
+        yield "window.overlap", (f"must be 1 for svd (each window starts from the last frame of the one "
+                                 f"before); got {overlap}")
+    if "control" in v:
+        if pipeline == "animatediff-controlnet" and v["control"] is None:
+            yield "control", "model.pipeline animatediff-controlnet needs a `control:` block with `video:`"
+        elif pipeline != "animatediff-controlnet" and v["control"] is not None:
+            yield "control", f"the `control:` block is only for animatediff-controlnet; this job uses {pipeline}"
+    video, frames = _get(v, "control.video"), v.get("frames")
+    if pipeline == "animatediff-controlnet" and video is not None and frames is not None:
+        yield from _control_frames(video, frames)
+
+
+def _control_frames(video: str, frames: int) -> Rules:
+    from farm.control import count_control_frames  # reads the folder or probes the video
+
+    try:
+        have = count_control_frames(video)
+    except ValueError as err:
+        yield "control.video", str(err)
+        return
+    if have < frames:
+        yield "control.video", (f"has {have} frames but the job renders {frames}; "
+                                "give at least one control frame per output frame")
+
+
+def _prompt_source(v: dict) -> Rules:
+    pipeline, prompt, prompts = _get(v, "model.pipeline"), v.get("prompt"), v.get("prompts")
+    if pipeline == "svd":
+        if prompt is not None or prompts is not None:
+            yield "prompt", "svd is conditioned on svd.image, not on text; remove prompt/prompts"
+        return
+    if pipeline is not None and "prompt" in v and "prompts" in v and (prompt is None) == (prompts is None):
+        yield "prompt", "give exactly one of `prompt` (one text) or `prompts` (a {frame: text} schedule)"
+    if prompts is not None:
+        yield from _schedule_fits(prompts, v.get("frames"))
+
+
+def _schedule_fits(prompts: dict[int, str], frames: int | None) -> Rules:
+    if 0 not in prompts:
+        yield "prompts", f"the schedule must say what frame 0 shows; got frames {sorted(prompts)}"
+    bad = [f for f in prompts if frames is not None and not 0 <= f < frames]
+    if bad:
+        yield "prompts", f"frames must be in 0..{frames - 1}; got {sorted(bad)}"
+    empty = [f for f, text in prompts.items() if not text.strip()]
+    if empty:
+        yield "prompts", f"the text at frame(s) {sorted(empty)} is empty"
+
+
+def _faults_name_real_windows(v: dict) -> Rules:
+    indices = _get(v, "model.faults.fail_windows")
+    frames, length, overlap = v.get("frames"), _get(v, "window.length"), _get(v, "window.overlap")
+    if not indices or None in (frames, length, overlap) or not 0 <= overlap < length <= frames:
+        return
+    n = window_count(frames, length, overlap)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        yield "model.faults.fail_windows", f"must be window indices in 0..{n - 1}; got {bad}"
+
+
+def window_count(frames: int, length: int, overlap: int) -> int:
+    """How many windows farm.plan.split makes, computed without making them."""
+    return 1 + max(0, math.ceil((frames - length) / (length - overlap)))
+
+
+class InterpolateJob(_Root):
+    """`farm interpolate IN.mp4 -o OUT.mp4`: an existing video through the RIFE pool."""
+
+    input: Annotated[str, AfterValidator(_existing_file), AfterValidator(_absolute)]
+    output: Annotated[str, AfterValidator(check_output)]
+    interpolate: InterpolateSpec
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        """The input must decode, and the target fps be above the input's (only the file says)."""
+        from farm.util import first_line
+        from farm.video import probe
+
+        if v.get("input") is None:
+            return
+        try:
+            source = probe(v["input"])
+        except EncodeError as err:
+            yield "input", f"cannot be read as a video: {first_line(err)}"
+            return
+        target = _get(v, "interpolate.fps")
+        if target is not None and target <= source.fps:
+            yield "interpolate.fps", f"must be above the input's frame rate ({source.fps:g} fps); got {target:g}"
+
+
+# --- the machinery: partial values, rules, messages -------------------------------------------
+
+def _get(values: Any, path: str) -> Any:
+    """values["a"]["b"] for "a.b"; None when any step is missing or not a mapping."""
+    for step in path.split("."):
+        if not isinstance(values, dict):
+            return None
+        values = values.get(step)
+    return values
+
+
+def _submodel(annotation: Any) -> type[_Strict] | None:
+    """The spec model inside a field's type (`M`, `M | None`, `list[M]`), if there is one."""
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, _Strict):
+            return t
+    return None
+
+
+@cache
+def _field_adapter(cls: type[_Strict], name: str) -> TypeAdapter:
+    """Validates one field of `cls` on its own, with all of its field rules."""
+    field = cls.model_fields[name]
+    annotated = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    if _submodel(field.annotation) is not None:
+        return TypeAdapter(annotated)
+    return TypeAdapter(annotated, config=ConfigDict(allow_inf_nan=False))
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def _parsed(cls: type[_Strict], data: dict) -> dict:
+    """The fields of `data` that pass their own rules, validated (sub-models field by field,
+    as dicts); absent fields take their defaults; failed ones are left out."""
+    values = {}
+    for name, field in cls.model_fields.items():
+        if name not in data:
+            if not field.is_required():
+                values[name] = _plain(field.get_default(call_default_factory=True))
+            continue
+        value, sub = data[name], _submodel(field.annotation)
+        if sub is not None and isinstance(value, dict):
+            values[name] = _parsed(sub, value)
+        elif sub is not None and isinstance(value, list):
+            values[name] = [_parsed(sub, item) if isinstance(item, dict) else None for item in value]
+        else:
+            try:
+                values[name] = _plain(_field_adapter(cls, name).validate_python(value))
+            except ValidationError:
+                pass
+    return values
+
+
+def _rule_problems(cls: type[_Strict], values: dict, where: str = "") -> list[str]:
+    """`field: rule` for every rule of `cls` and of its sub-models that `values` breaks."""
+    problems = [f"{'.'.join(p for p in (where, field) if p)}: {rule}" for field, rule in cls._rules(values)]
+    for name, field in cls.model_fields.items():
+        sub, value = _submodel(field.annotation), values.get(name)
+        if sub is None:
+            continue
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, dict):
+                path = ".".join(str(p) for p in (where, name, i) if p not in ("", None))
+                problems += _rule_problems(sub, item, path)
+    return problems
+
+
+def _model_at(cls: type[_Strict], loc: tuple) -> type[_Strict] | None:
+    """The model that holds the field at `loc` (list indices skipped)."""
+    for step in loc:
+        if isinstance(step, int):
+            continue
+        field = cls.model_fields.get(step)
+        cls = _submodel(field.annotation) if field else None
+        if cls is None:
+            return None
+    return cls
+
+
+def _unknown_field(loc: tuple, root: type[_Strict]) -> str:
+    model = _model_at(root, loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
+    hint = f"did you mean {close[0]}?" if close else "check the spelling; see the job spec reference"
+    return f"unknown field; {hint}"
+
+
+def _format_errors(err: ValidationError, root: type[_Strict]) -> list[str]:
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "value_error":
-            # Our own rules already name their field(s) in full.
-            problems.append(msg.removeprefix("Value error, "))
-            continue
-        if e["type"] == "missing":
+            msg = msg.removeprefix("Value error, ")
+            problems.append(msg if msg.startswith(loc) else f"{loc}: {msg}")  # some rules name their field
+        elif e["type"] == "missing":
             problems.append(f"{loc}: field required")
-            continue
-        if e["type"] == "extra_forbidden":
-            problems.append(f"{loc}: unknown field (check the spelling; see the job spec reference)")
-            continue
-        got = e.get("input")
-        shown = "" if isinstance(got, dict) else f"; got {got!r}"
-        problems.append(f"{loc}: {msg[0].lower() + msg[1:]}{shown}")
+        elif e["type"] == "extra_forbidden":
+            problems.append(f"{loc}: {_unknown_field(e['loc'], root)}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f"; got {got!r}"
+            problems.append(f"{loc}: {msg[0].lower() + msg[1:]}{shown}")
     return problems
 
 
+def renamed(problems: list[str], names: dict[str, str]) -> list[str]:
+    """Problems with their field named as the user gave it, e.g. {"output": "-o/--output"}."""
+    out = []
+    for p in problems:
+        for field in sorted(names, key=len, reverse=True):
+            if p.startswith(field) and p[len(field):len(field) + 1] in (":", " ", "."):
+                p = names[field] + p[len(field):]
+                break
+        out.append(p)
+    return out
+
+
+# --- entry points -------------------------------------------------------------------------------
+
 def parse_spec(data: Any, source: str | None = None, output: str | None = None) -> JobSpec:
-    """Validate a spec given as a mapping. `output` (e.g. from `-o`) overrides the file's."""
-    if not isinstance(data, dict):
-        raise SpecError(["the spec must be a YAML mapping of fields (model:, prompt:, frames:, …)"], source)
-    if output is not None:
+    """Validate a spec given as a mapping. `output` (e.g. from `-o`) overrides the file's,
+    and its problems are named `-o/--output`."""
+    if isinstance(data, dict) and output is not None:
         data = {**data, "output": output}
     try:
         return JobSpec.model_validate(data)
-    except ValidationError as err:
-        raise SpecError(_format_errors(err), source) from None
+    except SpecError as err:
+        problems = renamed(err.problems, {"output": "-o/--output"}) if output is not None else err.problems
+        raise SpecError(problems, source) from None
 
 
-class InterpolateJob(_Strict):
-    """`farm interpolate IN.mp4 -o OUT.mp4`: an existing video through the RIFE pool."""
-
-    input: str
-    output: str
-    interpolate: InterpolateSpec
-
-    @field_validator("input")
-    @classmethod
-    def _input_exists(cls, v: str) -> str:
-        path = Path(v).expanduser()
-        if not path.is_file():
-            raise ValueError(f"input: no file at {v!r}")
-        return str(path.resolve())
-
-    @field_validator("output")
-    @classmethod
-    def _output_ok(cls, v: str) -> str:
-        return check_output(v)
-
-
-def parse_interpolate_job(data: dict) -> InterpolateJob:
+def parse_interpolate_job(data: dict, names: dict[str, str] | None = None) -> InterpolateJob:
+    """Validate a `farm interpolate` job; `names` renames fields in the messages (to options)."""
     try:
         return InterpolateJob.model_validate(data)
-    except ValidationError as err:
-        raise SpecError(_format_errors(err)) from None
+    except SpecError as err:
+        raise SpecError(renamed(err.problems, names or {})) from None
 
 
 def load_spec(path: str | Path, output: str | None = None) -> JobSpec:
     """Read and validate a YAML job file. Raises SpecError naming every bad field."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)  # the file object gives YAML's messages the file's name
     except OSError as err:
         raise SpecError([f"cannot read job file: {err.strerror}"], str(path)) from None
-    try:
-        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+        raise SpecError([_yaml_problem(err)], str(path)) from None
     return parse_spec(data, source=str(path), output=output)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: where the YAML breaks (file:line:column) and what YAML says."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    context = getattr(err, "context", None)
+    what = f"{context}: {problem}" if context else problem
+    return f"not valid YAML at {mark.name}:{mark.line + 1}:{mark.column + 1}: {what}"

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from farm.cache import cache_dir
+from farm.util import cache_dir, replace_atomically, sha256_file, write_bytes_atomic
 
 #: Bump when the meaning of a key or the file layout changes; old entries are then ignored.
 STORE_FORMAT = 1
@@ -69,14 +67,6 @@ def frames_digest(frames: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def folder_digest(folder: str | Path) -> str:
     """sha256 over the relative paths and contents of every file under `folder`.
 
@@ -94,12 +84,12 @@ def folder_digest(folder: str | Path) -> str:
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
         entry = memo.get(str(path.resolve()))
         if entry is None or entry[0] != stamp:
-            entry = [stamp, file_digest(path)]
+            entry = [stamp, sha256_file(path)]
             memo[str(path.resolve())] = entry
             changed = True
         h.update(f"{path.relative_to(folder).as_posix()}\0{entry[1]}\n".encode())
     if changed:
-        _write_atomic(memo_path, json.dumps(memo).encode())
+        write_bytes_atomic(memo_path, json.dumps(memo).encode(), fsync=True)
     return h.hexdigest()
 
 
@@ -193,41 +183,59 @@ class WindowStore:
                       created=time.time())
         table = pa.Table.from_pylist([asdict(entry)], schema=_MANIFEST_SCHEMA)
         path = self._manifest_path(key)
-        _replace_into(path, lambda tmp: pq.write_table(table, tmp))
+        replace_atomically(path, lambda tmp: pq.write_table(table, tmp), fsync=True)
         return entry
 
     def remove(self, key: str) -> None:
         self._manifest_path(key).unlink(missing_ok=True)  # uncommit first
         self._frames_path(key).unlink(missing_ok=True)
 
-    def gc(self, older_than: float | None = None, dry_run: bool = False) -> tuple[int, int]:
+    def gc(self, older_than: float | None = None, dry_run: bool = False) -> "Removed":
         """Remove windows created more than `older_than` seconds ago (None: keep them all),
         plus leftovers of interrupted writes: frames without a manifest row and temp
-        files, once they are older than IN_PROGRESS_GRACE_S. Returns (files, bytes)."""
-        now, removed, freed = time.time(), 0, 0
-        doomed: list[Path] = []
-        if older_than is not None:
-            for e in self.entries():
-                if now - e.created > older_than:
-                    doomed += [self._manifest_path(e.key), self._frames_path(e.key)]
+        files, once they are older than IN_PROGRESS_GRACE_S. Says what it removed (or, with
+        `dry_run`, would remove): windows, as `entries` counts them, and leftover files."""
+        now = time.time()
+        old = [e.key for e in self.entries() if older_than is not None and now - e.created > older_than]
+        windows = [p for key in old for p in (self._manifest_path(key), self._frames_path(key))]
+        leftovers = [p for p in self._leftovers(now) if p not in set(windows)]
+        freed = sum(_remove(p, dry_run) for p in windows) + sum(_remove(p, dry_run) for p in leftovers)
+        return Removed(windows=len(old), leftovers=len(leftovers), bytes=freed)
+
+    def _leftovers(self, now: float) -> list[Path]:
+        """Frames with no manifest row, and temp files, older than IN_PROGRESS_GRACE_S."""
         committed = {p.stem for p in (self.root / "manifest").glob("*.parquet")}
-        for path in (self.root / "windows").rglob("*") if (self.root / "windows").is_dir() else []:
-            if not path.is_file() or now - path.stat().st_mtime < IN_PROGRESS_GRACE_S:
-                continue
-            if path.name.startswith(".") or path.stem not in committed:
-                doomed.append(path)
-        for path in (self.root / "manifest").glob(".*") if (self.root / "manifest").is_dir() else []:
-            if now - path.stat().st_mtime >= IN_PROGRESS_GRACE_S:
-                doomed.append(path)
-        for path in dict.fromkeys(doomed):
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                continue
-            if not dry_run:
-                path.unlink(missing_ok=True)
-            removed, freed = removed + 1, freed + size
-        return removed, freed
+        frames = (self.root / "windows").rglob("*") if (self.root / "windows").is_dir() else []
+        temps = (self.root / "manifest").glob(".*") if (self.root / "manifest").is_dir() else []
+        found = [p for p in frames if p.is_file() and (p.name.startswith(".") or p.stem not in committed)]
+        return [p for p in [*found, *temps] if _age(p, now) >= IN_PROGRESS_GRACE_S]
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What `WindowStore.gc` removed: whole windows, leftover files, and the bytes freed."""
+
+    windows: int
+    leftovers: int
+    bytes: int
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _remove(path: Path, dry_run: bool) -> int:
+    """Remove `path` (unless `dry_run`); its size, or 0 if it was already gone."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if not dry_run:
+        path.unlink(missing_ok=True)
+    return size
 
 
 def _write_frames(path: Path, frames: np.ndarray) -> int:
@@ -243,7 +251,7 @@ def _write_frames(path: Path, frames: np.ndarray) -> int:
         ) as writer:
             writer.write_table(table)
 
-    _replace_into(path, write)
+    replace_atomically(path, write, fsync=True)
     return path.stat().st_size
 
 
@@ -254,28 +262,6 @@ def _read_frames(path: Path) -> np.ndarray:
         table = reader.read_all()
     data = b"".join(table.column("frame").to_pylist())
     return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
-
-
-def _replace_into(path: Path, write) -> None:
-    """`write(tmp)` into a temp file next to `path`, fsync it, then `os.replace` it onto path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_bytes(data)
-
-    _replace_into(path, write)
 
 
 class NoStore:

@@ -17,14 +17,8 @@ from farm import __version__
 from farm.errors import FarmError, SpecError
 from farm.plan import plan_windows
 from farm.spec import load_spec
-
-EXIT_FAILED = 1
-EXIT_BAD_SPEC = 2
-
-
-def _fail(err: FarmError) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(EXIT_BAD_SPEC if isinstance(err, SpecError) else EXIT_FAILED)
+from scheduler.cli_jobs import MAX_GPUS_PER_WORKER, MAX_THREADS, MAX_WORKERS, EnvOption
+from scheduler.cli_jobs import fail as _fail
 
 
 def _parse_resources(ctx, param, values) -> dict:
@@ -42,7 +36,8 @@ def _parse_resources(ctx, param, values) -> dict:
 
 def _render_options(f):
     f = click.option(
-        "--gpus-per-worker", type=click.FloatRange(min=0), envvar="FARM_GPUS_PER_WORKER",
+        "--gpus-per-worker", type=click.FloatRange(0, MAX_GPUS_PER_WORKER), envvar="FARM_GPUS_PER_WORKER",
+        cls=EnvOption,
         help="GPUs each pipeline actor asks for (e.g. 1). Default: 1 on a cluster with GPUs, else 0. "
              "Set it on an autoscaling cluster that has no GPU node yet: the autoscaler is asked for them.",
     )(f)
@@ -56,7 +51,7 @@ def _render_options(f):
         help="A custom Ray resource every pipeline actor requires (repeatable), to pin them to a node type.",
     )(f)
     f = click.option(
-        "--store", type=click.Path(file_okay=False), envvar="FARM_STORE",
+        "--store", type=click.Path(file_okay=False), envvar="FARM_STORE", cls=EnvOption,
         help="Window store folder: finished windows are kept there and never rendered twice. "
              "Default: <FARM_CACHE>/store.",
     )(f)
@@ -68,15 +63,15 @@ def _render_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout; no progress bars.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
     f = click.option(
-        "--threads", type=click.IntRange(min=1), envvar="FARM_THREADS",
+        "--threads", type=click.IntRange(1, MAX_THREADS), envvar="FARM_THREADS", cls=EnvOption,
         help="Torch threads per CPU actor. Default: the cluster's CPUs divided by the workers.",
     )(f)
     f = click.option(
-        "--workers", "-w", type=click.IntRange(min=1), envvar="FARM_WORKERS",
+        "--workers", "-w", type=click.IntRange(1, MAX_WORKERS), envvar="FARM_WORKERS", cls=EnvOption,
         help="Pipeline actors. Default: one per GPU; on CPU-only clusters half the cores, at most 4.",
     )(f)
     f = click.option(
-        "--address", envvar="FARM_ADDRESS",
+        "--address", envvar="FARM_ADDRESS", cls=EnvOption,
         help="Ray cluster to join (e.g. ray://host:10001 or auto). Default: start a local Ray for this job.",
     )(f)
     f = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output mp4; overrides the spec's `output`.")(f)
@@ -137,7 +132,7 @@ def _execute(work, quiet: bool, as_json: bool) -> dict | None:
         progress.close()
         _fail(err)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_dict() if hasattr(report, "to_dict") else report, indent=2))
         return None
     return None if quiet else report
 
@@ -155,20 +150,22 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
     if report is None:
         return
     click.echo(
-        f"rendered {report['windows_rendered']} windows, reused {report['windows_cached']} from the store "
-        f"→ {report['output_frames']} frames at {report['output_fps']:g} fps in {report['stages']['total']:.1f}s"
+        f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
+        f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
     )
-    if report.get("seam_ratio_max") is not None:
-        click.echo(f"flicker score {report['flicker']['score']:.4f}; seam jump ratio max "
-                   f"{report['seam_ratio_max']:.3f}, median {report['seam_ratio_median']:.3f}")
-    for b in report["blocklist"]:
+    if report.seam_ratio_max is not None:
+        click.echo(f"flicker score {report.flicker['score']:.4f}; seam jump ratio max "
+                   f"{report.seam_ratio_max:.3f}, median {report.seam_ratio_median:.3f}")
+    for b in report.blocklist:
         click.echo(f"blocklisted {b['kind']} {b['id']} after {b['failures']} failed windows: {b['last_error']}")
-    if "interpolate" in report:
-        ip = report["interpolate"]
+    if report.interpolate is not None:
+        ip = report.interpolate
         click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames "
                    f"({ip['backend']}, {len(ip['cuts'])} scene cuts held)")
-    click.echo(f"video:  {report['output']}")
-    click.echo(f"report: {report['output']}.report.json, {report['output']}.report.html")
+        for line in _hint_on_cuts(ip, "interpolate.scene_threshold", spec.interpolate.scene_threshold):
+            click.echo(line)
+    click.echo(f"video:  {report.output}")
+    click.echo(f"report: {report.output}.report.json, {report.output}.report.html")
 
 
 @main.command()
@@ -206,12 +203,14 @@ def plan(job, output, as_json):
 @main.command()
 @click.argument("video", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Output mp4.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Exact target frame rate, e.g. 60.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
+              help="Exact target frame rate, above the input's, e.g. 60.")
 @click.option("--factor", type=click.Choice(["2", "4", "8"]), help="Multiply the frame rate by 2, 4 or 8.")
 @click.option("--workers", "-w", type=click.IntRange(min=1), default=2, show_default=True, help="RIFE actors.")
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
               help="SSIM of 32×32 thumbnails below which a pair is a scene cut (0 = never).")
-@click.option("--address", envvar="FARM_ADDRESS", help="Ray cluster to join. Default: a local Ray for this command.")
+@click.option("--address", envvar="FARM_ADDRESS", cls=EnvOption,
+              help="Ray cluster to join. Default: a local Ray for this command.")
 @click.option("--rife-weights", type=click.Path(exists=True, dir_okay=False), help="Your own flownet.pkl.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -220,13 +219,18 @@ def interpolate(video, output, fps, factor, workers, scene_threshold, address, r
     from farm.spec import parse_interpolate_job
     from scheduler.driver import interpolate_file
 
+    if fps is not None and factor is not None:
+        raise click.UsageError("--fps and --factor conflict: --fps sets the exact frame rate, --factor "
+                               "multiplies the input's; give one of them")
+    if fps is None and factor is None:
+        raise click.UsageError("give the target frame rate: --fps F (e.g. 60) or --factor 2|4|8")
     try:
         job = parse_interpolate_job({
             "input": video,
             "output": output,
             "interpolate": {"fps": fps, "factor": int(factor) if factor else None, "workers": workers,
                             "scene_threshold": scene_threshold},
-        })
+        }, names=_INTERPOLATE_OPTIONS)
     except SpecError as err:
         _fail(err)
     report = _execute(
@@ -234,10 +238,33 @@ def interpolate(video, output, fps, factor, workers, scene_threshold, address, r
         quiet, as_json,
     )
     if report is not None:
-        ip = report["interpolate"]
-        click.echo(f"interpolated {ip['frames_in']} → {ip['frames_out']} frames at {report['output_fps']:g} fps "
-                   f"({len(ip['cuts'])} scene cuts held) in {report['stages']['total']:.1f}s")
-        click.echo(f"video:  {report['output']}")
+        click.echo("\n".join(interpolation_summary(report, scene_threshold)))
+
+
+#: The job field each `farm interpolate` option sets, so a problem names the option.
+_INTERPOLATE_OPTIONS = {
+    "input": "VIDEO", "output": "-o/--output", "interpolate": "--fps/--factor", "interpolate.fps": "--fps",
+    "interpolate.factor": "--factor", "interpolate.workers": "--workers",
+    "interpolate.scene_threshold": "--scene-threshold",
+}
+
+
+def interpolation_summary(report: dict, scene_threshold: float) -> list[str]:
+    """What `farm interpolate` prints when it is done."""
+    ip = report["interpolate"]
+    lines = [f"interpolated {ip['frames_in']} → {ip['frames_out']} frames at {report['output_fps']:g} fps "
+             f"({len(ip['cuts'])} scene cuts held) in {report['stages']['total']:.1f}s"]
+    lines += _hint_on_cuts(ip, "--scene-threshold", scene_threshold)
+    return lines + [f"video:  {report['output']}", f"report: {report['output']}.report.json"]
+
+
+def _hint_on_cuts(ip: dict, knob: str, threshold: float) -> list[str]:
+    """When most frame pairs were held as scene cuts (noise, fast motion), say which knob to turn."""
+    pairs = ip["frames_in"] - 1
+    if pairs > 0 and len(ip["cuts"]) > pairs / 2:
+        return [f"hint: {len(ip['cuts'])} of {pairs} frame pairs were held as scene cuts, not interpolated; "
+                f"if the video has few real cuts, lower {knob} (now {threshold:g}; 0 turns detection off)"]
+    return []
 
 
 @main.group()
@@ -289,8 +316,8 @@ def _parse_age(ctx, param, value: str | None) -> float | None:
 
 def _store_option(f):
     return click.option(
-        "--store", type=click.Path(file_okay=False), envvar="FARM_STORE",
-        help="Window store folder. Default: <FARM_CACHE>/store.",
+        "--store", type=click.Path(exists=True, file_okay=False), envvar="FARM_STORE", cls=EnvOption,
+        help="Window store folder (it must exist). Default: <FARM_CACHE>/store.",
     )(f)
 
 
@@ -346,9 +373,16 @@ def store_gc(store, older_than, dry_run):
     """Remove leftovers of interrupted writes and, with --older-than, old windows."""
     from farm.store import WindowStore
 
-    files, size = WindowStore(store).gc(older_than=older_than, dry_run=dry_run)
+    gone = WindowStore(store).gc(older_than=older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {files} files, {size / 1e6:.1f} MB")
+    what = _count(gone.windows, "window")
+    if gone.leftovers:
+        what += f" and {_count(gone.leftovers, 'leftover file')} of interrupted writes"
+    click.echo(f"{verb} {what} ({gone.bytes / 1e6:.1f} MB)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _age(seconds: float) -> str:

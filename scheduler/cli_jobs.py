@@ -18,19 +18,59 @@ import sys
 from datetime import datetime
 
 import click
+from click.core import ParameterSource
 
 from farm.errors import FarmError, SpecError
 
 EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
+#: Upper bounds of the actor options: far above a real cluster, far below a typo.
+MAX_WORKERS = 1024
+MAX_THREADS = 1024
+MAX_GPUS_PER_WORKER = 64
 
 _ADDRESS_HELP = ("The cluster's jobs API (its dashboard), e.g. http://127.0.0.1:8265. Default: $FARM_JOBS_ADDRESS, "
                  "$RAY_API_SERVER_ADDRESS, $RAY_ADDRESS if http(s), else http://127.0.0.1:8265.")
 
 
-def _fail(err: FarmError) -> None:
+def fail(err: FarmError) -> None:
+    """Print `err` and exit: 2 for a bad spec or command line, 1 for anything else."""
+    if isinstance(err, SpecError):
+        for line in spec_error_lines(err):
+            click.echo(line, err=True)
+        sys.exit(EXIT_BAD_SPEC)
     click.echo(f"error: {err}", err=True)
-    sys.exit(EXIT_BAD_SPEC if isinstance(err, SpecError) else EXIT_FAILED)
+    sys.exit(EXIT_FAILED)
+
+
+def spec_error_lines(err: SpecError) -> list[str]:
+    """A problem with a command-line option or argument (`-o/--output: …`, `VIDEO: …`) on a
+    line of its own; the spec file's problems under the file's name."""
+    def on_command_line(problem: str) -> bool:
+        name = problem.split(":", 1)[0]
+        return name.startswith("-") or name.isupper()
+
+    options = [p for p in err.problems if on_command_line(p)]
+    in_spec = [p for p in err.problems if not on_command_line(p)]
+    lines = [f"error: {p}" for p in options]
+    if in_spec or not options:
+        lines.append(f"error: {SpecError(in_spec, err.source)}")
+    return lines
+
+
+class EnvOption(click.Option):
+    """An option with an environment variable: `--help` lists the variable, and a bad value
+    taken from it is reported as coming from it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("show_envvar", True)
+        super().__init__(*args, **kwargs)
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        hint = click.Parameter.get_error_hint(self, ctx)  # click.Option's always adds the variable
+        if ctx is not None and ctx.get_parameter_source(self.name) is ParameterSource.ENVIRONMENT:
+            hint += f" (set by the environment variable {self.envvar})"
+        return hint
 
 
 def _address_option(f):
@@ -48,7 +88,7 @@ def _client(address: str | None):
     try:
         client = JobsClient(address)
     except FarmError as err:
-        _fail(err)
+        fail(err)
     for note in client.warnings():
         click.secho(note, err=True, fg="red", bold=True)
     return client
@@ -69,7 +109,7 @@ def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def _when(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+    return datetime.fromtimestamp(ms / 1000).strftime("%m-%d %H:%M") if ms else "-"
 
 
 def _follow(client, job_id: str) -> None:
@@ -79,8 +119,13 @@ def _follow(client, job_id: str) -> None:
             click.echo(chunk, nl=False)
         info = client.wait(job_id, timeout=60)
     except FarmError as err:
-        _fail(err)
-    click.echo(f"{job_id}: {info['status']}", err=True)
+        fail(err)
+    from scheduler.jobs import failure_hint
+
+    click.echo(f"{job_id}: {info['status']}", err=True)  # the log above has said the rest
+    hint = failure_hint(info)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
     sys.exit(0 if info["status"] == "SUCCEEDED" else EXIT_FAILED)
 
 
@@ -89,9 +134,10 @@ def _follow(client, job_id: str) -> None:
 @click.option("--output", "-o", metavar="URI|PATH",
               help="Where the cluster writes the mp4: s3://bucket/key.mp4, gs://bucket/key.mp4, or an absolute "
                    "path on the head node. Overrides the spec's `output`.")
-@click.option("--workers", "-w", type=click.IntRange(min=1), help="Pipeline actors (as for `farm render`).")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch threads per CPU actor (as for `farm render`).")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0),
+@click.option("--workers", "-w", type=click.IntRange(1, MAX_WORKERS), help="Pipeline actors (as for `farm render`).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS),
+              help="Torch threads per CPU actor (as for `farm render`).")
+@click.option("--gpus-per-worker", type=click.FloatRange(0, MAX_GPUS_PER_WORKER),
               help="GPUs per pipeline actor (as for `farm render`); set 1 on an autoscaling cluster whose GPU "
                    "workers start at 0, so the autoscaler is asked for them.")
 @click.option("--env", "env_items", multiple=True, metavar="NAME[=VALUE]",
@@ -115,13 +161,13 @@ def submit(job, output, workers, threads, gpus_per_worker, env_items, submission
         sub = prepare_submission(job, output, workers=workers, threads=threads, gpus_per_worker=gpus_per_worker,
                                  env=env, submission_id=submission_id)
     except SpecError as err:
-        _fail(err)
+        fail(err)
     try:
         client = _client(address)
         try:
-            job_id = client.submit(sub)
+            job_id = client.submit(sub, on_wait=lambda note: click.echo(f"farm submit: {note}", err=True))
         except FarmError as err:
-            _fail(err)
+            fail(err)
     finally:
         sub.cleanup()
     where = "on the head node" if not sub.output.startswith(("s3://", "gs://", "gcs://")) else ""
@@ -148,12 +194,13 @@ def status(job_id, as_json, wait, timeout, address):
     try:
         info = client.wait(job_id, timeout=timeout) if wait else client.info(job_id)
     except FarmError as err:
-        _fail(err)
+        fail(err)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        message = f" — {info['message']}" if info.get("message") else ""
-        click.echo(f"{job_id}: {info['status']}{message}")
+        from scheduler.jobs import describe
+
+        click.echo(describe(job_id, info))
     if wait and info["status"] != "SUCCEEDED":
         sys.exit(EXIT_FAILED)
 
@@ -170,7 +217,7 @@ def logs(job_id, follow, address):
     try:
         click.echo(client.logs(job_id), nl=False)
     except FarmError as err:
-        _fail(err)
+        fail(err)
 
 
 @click.command()
@@ -186,7 +233,7 @@ def stop(job_id, wait, timeout, address):
         was_running = client.stop(job_id)
         state = client.wait(job_id, timeout=timeout)["status"] if wait else client.status(job_id)
     except FarmError as err:
-        _fail(err)
+        fail(err)
     note = "" if was_running else " (it was not running)"
     click.echo(f"{job_id}: {state}{note}")
 
@@ -200,7 +247,7 @@ def list_jobs(as_json, address):
     try:
         jobs = client.list()
     except FarmError as err:
-        _fail(err)
+        fail(err)
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
@@ -208,16 +255,36 @@ def list_jobs(as_json, address):
         click.echo(f"no jobs on {client.address}")
         return
     from rich.console import Console
+
+    Console().print(jobs_table(jobs, client.address))
+
+
+def jobs_table(jobs: list[dict], address: str):
+    """The table `farm list` prints. The id never wraps (it is what the other commands
+    take); the other columns fold to fit."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"jobs on {client.address}")
-    for col in ("id", "status", "started", "spec", "output", "message"):
+    table = Table(title=f"jobs on {address}", box=box.SIMPLE_HEAD, title_justify="left")
+    rows = [_job_row(j) for j in jobs]
+    for i, col in enumerate(("id", "status", "started")):
+        table.add_column(col, no_wrap=True, min_width=max(len(r[i]) for r in rows))
+    for col in ("output", "message"):
         table.add_column(col, overflow="fold")
-    for j in jobs:
-        meta = j.get("metadata") or {}
-        table.add_row(j["submission_id"] or j["job_id"] or "-", j["status"], _when(j["start_time"]),
-                      meta.get("spec", "-"), meta.get("output", "-"), (j.get("message") or "")[:80])
-    Console().print(table)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _job_row(job: dict) -> tuple[str, ...]:
+    meta = job.get("metadata") or {}
+    message = (job.get("message") or "").strip().splitlines()
+    return (_job_id(job), job["status"], _when(job["start_time"]), meta.get("output", "-"),
+            message[0][:80] if message else "")
+
+
+def _job_id(job: dict) -> str:
+    return job.get("submission_id") or job.get("job_id") or "-"
 
 
 COMMANDS = (submit, status, logs, stop, list_jobs)

@@ -14,6 +14,7 @@ import sys
 import click
 
 from farm.errors import FarmError
+from scheduler.cli_jobs import EnvOption
 
 EXIT_FAILED = 1
 
@@ -23,8 +24,8 @@ def register(main: click.Group) -> None:
     @click.argument("video", type=click.Path(exists=True, dir_okay=False))
     @click.argument("out_dir", type=click.Path(file_okay=False))
     @click.option("--annotator-dir", required=True, type=click.Path(file_okay=False), envvar="FARM_ANNOTATOR_DIR",
-                  help="Folder holding body_pose_model.pth, hand_pose_model.pth and facenet.pth "
-                       "(from lllyasviel/Annotators). Default: $FARM_ANNOTATOR_DIR.")
+                  cls=EnvOption, help="Folder holding body_pose_model.pth, hand_pose_model.pth and facenet.pth "
+                                      "(from lllyasviel/Annotators).")
     def poses(video: str, out_dir: str, annotator_dir: str) -> None:
         """Write the OpenPose skeleton of every frame of VIDEO to OUT_DIR (00000.png, …),
         ready for `control.video` of an animatediff-controlnet job."""

@@ -47,6 +47,9 @@ def connect(address: str | None, cpus_wanted: int = 1) -> Session:
         token = Path.home() / ".ray" / "auth_token"
         had_token = token.exists()
         ray.init(
+            # a private cluster, even when a `ray start` head runs on this machine (which a
+            # bare ray.init() would join); RAY_ADDRESS, when set, is still honoured
+            address=None if os.environ.get("RAY_ADDRESS") else "local",
             num_cpus=cpus,
             include_dashboard=False,  # no dashboard, no jobs API: nothing listens for HTTP
             logging_level=logging.ERROR,
@@ -110,12 +113,14 @@ def start_pipeline_actors(spec: JobSpec, session: Session, workers: int, threads
     return actors, _wait_ready(actors, opts, "pipeline", on_wait)
 
 
-def start_rife_actors(ip, weights: bytes | None, session: Session) -> tuple[list, list[dict]]:
-    """Start the RIFE pool: `ip.workers` actors, each holding a loaded interpolation model."""
+def start_rife_actors(ip, weights: bytes | None, session: Session,
+                      fail_chunks: tuple[int, ...] = ()) -> tuple[list, list[dict]]:
+    """Start the RIFE actors: `ip.workers` actors, each holding a loaded interpolation model.
+    `fail_chunks` injects faults (tests): those chunks raise on every attempt."""
     opts = {"num_gpus": RIFE_GPU_SHARE, "num_cpus": 1} if session.gpus else {"num_cpus": 1}
     weights_ref = ray.put(weights) if weights is not None else None  # shipped once, to any node
     actors = [
-        rife_actor_class().options(**opts).remote(ip.backend, weights_ref, ip.model_dir, ip.gpuid, 1)
+        rife_actor_class().options(**opts).remote(ip.backend, weights_ref, ip.model_dir, ip.gpuid, 1, fail_chunks)
         for _ in range(ip.workers)
     ]
     return actors, _wait_ready(actors, opts, "RIFE")

@@ -2,36 +2,39 @@
 
     spec ─► plan ─► actors ─► dispatch ─► reconcile overlaps ─► interpolate ─► encode ─► report
 
-Rendering, blending, interpolation and encoding overlap: each window is blended as soon as
-its neighbours are back, finished frames go to the RIFE pool in chunks, and interpolated
-frames stream to ffmpeg in order. The driver holds only the windows and chunks around the
-front of the video, never the whole video.
+`RenderJob.run` is the whole flow on one screen; each numbered step is one method, and the
+job's state lives on the object. Rendering, blending, interpolation and encoding overlap:
+each window is blended as soon as its neighbours are back, finished frames go to the RIFE
+actors in chunks, and interpolated frames stream to ffmpeg in order. The driver holds only
+the windows and chunks around the front of the video, never the whole video.
+
+What is specific to a pipeline (chained windows, per-window inputs, what may be stored)
+comes from its descriptor (farm/pipelines/); the driver never asks for a pipeline's name.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from farm.blend import Reconciler
-from farm.encode import VideoWriter, open_writer, probe
-from farm.errors import ClusterError, SeamCheckFailed, WindowFatal
+from farm.encode import VideoWriter, open_writer
+from farm.errors import FarmError, SeamCheckFailed, WindowFatal
 from farm.interpolate import retiming
+from farm.keys import model_identity, task_key
 from farm.metrics import FlickerMeter, flicker_report
+from farm.outputs import check_destination, is_uri, staged_output
+from farm.pipelines import descriptor
 from farm.plan import plan_windows
 from farm.prompts import window_prompts
-from farm.keys import model_identity, task_key
-from farm.render import WindowResult, WindowTask
-from farm.report import report_path, versions, write_json_atomic
-from farm.report_html import html_report_path, write_html_report
+from farm.report import Report, report_path, versions
 from farm.rife import backends, weights
 from farm.spec import InterpolateJob, JobSpec
 from farm.states import JobState, Ledger, WindowState
-from farm.storage import check_destination, is_uri, staged_output
 from farm.store import NoStore, WindowStore
+from farm.tasks import WindowResult, WindowTask
+from farm.util import write_json_atomic
+from farm.video import iter_frames, probe
 from scheduler.cluster import (
     connect,
     pool_shape,
@@ -41,201 +44,261 @@ from scheduler.cluster import (
     stop_actors,
     wants_gpus,
 )
-from scheduler.dispatch import Dispatcher
-from scheduler.interp import InterpolationStage, PassThrough
+from scheduler.dispatch import WindowDispatcher
+from scheduler.pool import ActorPool
 from scheduler.progress import NullProgress
+from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
 
 
-def render(
-    spec: JobSpec,
-    *,
-    address: str | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    rife_weights: str | None = None,
-    store: str | Path | bool | None = None,
-    actor_resources: dict | None = None,
-    gpus_per_worker: float | None = None,
-    check_seams: float | None = None,
-    progress: NullProgress | None = None,
-) -> dict:
-    """Render `spec` to `spec.output` and write its report (json and html). Returns the report.
+def render(spec: JobSpec, **options) -> Report:
+    """Render `spec` to `spec.output` and write its report (json and html). Returns the
+    report. The options are `RenderJob`'s."""
+    return RenderJob(spec, **options).run()
 
-    Every finished window is kept in the window store (`store`, default under the farm
-    cache; `False` turns it off) under a key of everything that determines its frames;
-    windows already there are read back instead of rendered. A window that fails all its attempts fails the job
-    (WindowFatal) after the other windows have been rendered and stored. With `check_seams`,
-    a video whose worst seam jump ratio is above it raises SeamCheckFailed (after the video
-    and report are written)."""
-    progress = progress or NullProgress()
-    clock = Stopwatch()
-    stages: dict[str, float] = {}
-    ip = spec.interpolate
 
-    # 1. Validate: the spec arrives validated; check what lives outside it (weights, ncnn).
-    if not isinstance(spec, JobSpec):
-        raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
-    rife_bytes = _interpolation_inputs(ip, rife_weights)
-    store = NoStore() if store is False else WindowStore(store)
-    if is_uri(spec.output):
-        check_destination(spec.output)  # the bucket exists and is ours, before any GPU time
+class RenderJob:
+    """One render job. Every finished window is kept in the window store (`store`, default
+    under the farm cache; `False` turns it off) under a key of everything that determines
+    its frames; windows already there are read back instead of rendered. A window that
+    fails all its attempts fails the job (WindowFatal) after the other windows have been
+    rendered and stored. With `check_seams`, a video whose worst seam jump ratio is above
+    it raises SeamCheckFailed (after the video and report are written). Any FarmError
+    after planning ends the job FAILED, with a report that says what was done."""
 
-    # 2. Plan the windows (pure).
-    with clock.lap("plan"):
-        plan = plan_windows(spec)
-        tasks = [WindowTask.from_spec(spec, w) for w in plan.windows]
-    ledger = Ledger([w.index for w in plan.windows], retries=spec.retries)
-    chained = spec.model.pipeline == "svd"  # each SVD window starts from the last frame of the one before
-    inputs = _WindowInputs(spec)
+    def __init__(self, spec: JobSpec, *, address: str | None = None, workers: int | None = None,
+                 threads: int | None = None, rife_weights: str | None = None, store: str | Path | bool | None = None,
+                 actor_resources: dict | None = None, gpus_per_worker: float | None = None,
+                 check_seams: float | None = None, progress: NullProgress | None = None):
+        if not isinstance(spec, JobSpec):
+            raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
+        self.spec, self.pipeline = spec, descriptor(spec.model.pipeline)
+        self.address, self.workers, self.threads = address, workers, threads
+        self.rife_weights, self.actor_resources = rife_weights, actor_resources
+        self.gpus_per_worker, self.check_seams = gpus_per_worker, check_seams
+        self.store = NoStore() if store is False else WindowStore(store)
+        self.progress = progress or NullProgress()
+        self.clock = Stopwatch()
+        self.stages: dict[str, float] = {}
+        self.records: dict[int, dict] = {}
+        self.session = self.pool = None
+        self.actors, self.actor_infos, self.rife_actors = [], [], []
+        self.t_render: float | None = None
+        self.frames_out = 0
 
-    # 3-8 write into `local_out`: the output itself, or a temp file uploaded to the bucket
-    # (with its report) once the video is complete.
-    with staged_output(spec.output) as local_out:
-        # 3. Start the actors: join or start Ray; load one pipeline per actor, unless the store
-        #    already holds every window; and the RIFE pool.
+    def run(self) -> Report:
+        # 1. Validate what lives outside the spec (RIFE weights, ncnn, the bucket).
+        self.validate()
+        # 2. Plan the windows (pure).
+        self.plan_windows()
+        # 3-8 write into `local_out`: the output itself, or a temp file uploaded to the
+        #     bucket (with its report) once the video is complete.
+        with staged_output(self.spec.output) as self.local_out:
+            try:
+                # 3. Start the actors: pipelines (unless the store holds every window) and RIFE.
+                self.start_actors()
+                # 4-7. Dispatch and collect; reconcile the overlaps; interpolate; encode.
+                self.render_and_encode()
+            except FarmError as err:  # the one failure path: the report says what was done
+                self.write_failure_report(err)
+                raise
+            finally:
+                self.stop_actors()
+            # 8. Measure the flicker and the seams; write the report next to the video.
+            report = self.write_report()
+        self.progress.close()
+        if report.seam_check is not None and not report.seam_check["passed"]:
+            worst = report.seam_check["worst"]
+            raise SeamCheckFailed(worst["frame"], worst["jump_ratio"], self.check_seams)
+        return report
+
+    # 1. ------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        self.rife_bytes = _interpolation_inputs(self.spec.interpolate, self.rife_weights)
+        if is_uri(self.spec.output):
+            check_destination(self.spec.output)  # the bucket exists and is ours, before any GPU time
+
+    # 2. ------------------------------------------------------------------------------------
+    def plan_windows(self) -> None:
+        with self.clock.lap("plan"):
+            self.plan = plan_windows(self.spec)
+            self.tasks = [WindowTask.from_spec(self.spec, w) for w in self.plan.windows]
+        self.ledger = Ledger([w.index for w in self.plan.windows], retries=self.spec.retries)
+        self.inputs = _WindowInputs(self.spec)
+
+    # 3. ------------------------------------------------------------------------------------
+    def start_actors(self) -> None:
+        spec, ip, progress = self.spec, self.spec.interpolate, self.progress
         progress.stage("starting actors")
         rife_cpus = ip.workers if ip else 0
-        clock.start("startup")
-        session = connect(address, cpus_wanted=(workers or 1) * (threads or 1) + rife_cpus)
-        actors, actor_infos, rife_actors = [], [], []
-        try:
-            keys = _Keys(spec, "cuda" if wants_gpus(session, gpus_per_worker) else "cpu")
-            workers, threads = pool_shape(session, workers, threads, reserved_cpus=rife_cpus,
-                                          gpus_per_worker=gpus_per_worker)
-            if chained:
-                workers = 1  # a chain runs one window at a time: leave the other GPUs free
-            if not _all_stored(store, keys, tasks, inputs):
-                actors, actor_infos = start_pipeline_actors(
-                    spec, session, workers, threads, share_gpu=bool(ip), resources=actor_resources,
-                    gpus_per_worker=gpus_per_worker,
-                    on_wait=lambda ready, total: progress.stage(f"starting actors: {ready}/{total} ready "
-                                                                "(waiting for nodes or model loads)"))
-                keys.use_devices(info["device"] for info in actor_infos)
-            if ip:
-                rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
-                retime = retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor)
-                stage = InterpolationStage(rife_actors, retime, ip.chunk, ip.scene_threshold, ip.cuts,
-                                           backend=ip.backend)
-            else:
-                stage = PassThrough()
-            clock.stop("startup")
-            ledger.job(JobState.RUNNING)
-
-            # 4-6. Dispatch and collect (or read from the store); store each window as soon as
-            #      it is back; reconcile each overlap once both sides are in; feed the finished
-            #      prefix to interpolation and its output to the encoder.
-            progress.stage("rendering")
-            progress.windows_total(len(tasks))
-            progress.frames_total(retime.frames_out if ip else spec.frames)
-            reconciler = Reconciler(plan.windows, spec.window.blend)
-            meter = FlickerMeter()  # measured on the blended frames, where the seams are
-            dispatcher = Dispatcher(actors, actor_infos, ledger, per_actor=PER_ACTOR_IN_FLIGHT,
-                                    on_failure=progress.window_failed)
-            records: dict[int, dict] = {}
-            t_render, epoch0 = clock.elapsed(), time.time()
-            job_name = Path(spec.output).name
-
-            def from_store(task: WindowTask) -> WindowResult | None:
-                with clock.lap("store"):
-                    return _read_window(store, keys.get(task), task)
-
-            def needed_from() -> int:  # once a window has failed, nothing more is encoded
-                return reconciler.first_unfinished_window if not ledger.failed else len(tasks)
-
-            with open_writer(local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
-                             spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames) as out:
-
-                def encode(frames) -> None:
-                    for frame in frames:
-                        with clock.lap("encode"):
-                            out.write(frame)
-                    progress.frames_written(out.frames_written)
-
-                for result in dispatcher.run(tasks, limit=needed_from, cached=from_store, prepare=inputs.prepare,
-                                             chained=chained):
-                    inputs.finished(result.index, result.frames)
-                    status = ledger.windows[result.index]
-                    task = inputs.prepared(result.index)
-                    if status.state is WindowState.CACHED:
-                        key = keys.get(task)
-                        progress.window_cached(result.index)
-                    else:
-                        key = keys.put(task, result.device)
-                        if _storable(spec, result):
-                            with clock.lap("store"):
-                                store.put(key, result.frames, job=job_name, index=result.index, start=result.start,
-                                          end=result.end, attempts=status.attempts, node=result.node,
-                                          actor=result.actor, seconds=result.seconds)
-                        progress.window_done(result)
-                    records[result.index] = _window_record(result, status, task, key, epoch0,
-                                                           clock.elapsed() - t_render)
-                    records[result.index] |= inputs.describe(result.index)
-                    if ledger.failed:
-                        continue  # the job will fail: keep rendering into the store, stop encoding
-                    reconciler.add(result.index, result.frames)
-                    for frame in clock.timed_iter("blend", reconciler.ready()):
-                        meter.add(frame)
-                        stage.push(frame)
-                    encode(stage.ready())
-                stages["render"] = clock.elapsed() - t_render
-                if ledger.failed:
-                    ledger.job(JobState.FAILED)
-                    _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock,
-                                  workers, threads, actor_infos)
-                    raise _job_failed(ledger, store, spec.output)  # no partial video; an older one is kept
-
-                # 7. Interpolate the tail and encode: closing the stream moves the file into place.
-                progress.stage("finishing")
-                encode(stage.finish())
-                clock.start("encode")
-            clock.stop("encode")
-            frames_out = out.frames_written
-            ledger.job(JobState.DONE)
-        except ClusterError as err:  # the dispatcher ran out of actors: report what was done
-            if ledger.state is JobState.RUNNING:
-                stages["render"] = clock.elapsed() - t_render
-                ledger.job(JobState.FAILED)
-                _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock, workers,
-                              threads, actor_infos, extra={"error": str(err)})
-            raise
-        finally:
-            stop_actors(actors + rife_actors)
-            if wants_gpus(session, gpus_per_worker):
-                release_request()
-            session.close()
-
-        # 8. Measure the flicker and the seams; write the report next to the video.
-        extra = flicker_report(meter.curve, plan.windows)
+        self.clock.start("startup")
+        self.session = connect(self.address, cpus_wanted=(self.workers or 1) * (self.threads or 1) + rife_cpus)
+        gpus = wants_gpus(self.session, self.gpus_per_worker)
+        self.keys = _Keys(spec, "cuda" if gpus else "cpu")
+        self.workers, self.threads = pool_shape(self.session, self.workers, self.threads, reserved_cpus=rife_cpus,
+                                                gpus_per_worker=self.gpus_per_worker)
+        if self.pipeline.chained:
+            self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
+        if not self._all_stored():
+            self.actors, self.actor_infos = start_pipeline_actors(
+                spec, self.session, self.workers, self.threads, share_gpu=bool(ip),
+                resources=self.actor_resources, gpus_per_worker=self.gpus_per_worker,
+                on_wait=lambda ready, total: progress.stage(f"starting actors: {ready}/{total} ready "
+                                                            "(waiting for nodes or model loads)"))
+            self.keys.use_devices(info["device"] for info in self.actor_infos)
+        self.pool = ActorPool(self.actors, self.actor_infos, self.ledger, method="render",
+                              per_actor=PER_ACTOR_IN_FLIGHT, on_failure=progress.window_failed)
+        self.interp = PassThrough()
         if ip:
-            extra["interpolate"] = stage.summary() | {
-                "actors": rife_infos,
-                "first_chunk_at": round(stage.first_submit_at - clock.t0 - t_render, 4),
+            faults = spec.model.faults
+            self.rife_actors, self.rife_infos, self.interp = _start_interpolation(
+                ip, self.rife_bytes, self.session, spec.frames, spec.fps, spec.retries,
+                fail_chunks=tuple(faults.fail_chunks) if faults else ())
+        self.clock.stop("startup")
+        self.ledger.job(JobState.RUNNING)
+
+    # 4-7. ----------------------------------------------------------------------------------
+    def render_and_encode(self) -> None:
+        """Windows come back (or out of the store) in any order; each is stored at once,
+        each overlap is reconciled once both sides are in, and the finished prefix goes to
+        interpolation and on to the encoder."""
+        spec, progress = self.spec, self.progress
+        progress.stage("rendering")
+        progress.windows_total(len(self.tasks))
+        progress.frames_total(self.interp.retime.frames_out if spec.interpolate else spec.frames)
+        self.reconciler = Reconciler(self.plan.windows, spec.window.blend)
+        self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
+        self.t_render, self.epoch0 = self.clock.elapsed(), time.time()
+        dispatcher = WindowDispatcher(self.pool, self.ledger)
+        with open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
+                         spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames) as self.out:
+            for result in dispatcher.run(self.tasks, limit=self._needed_from, cached=self._from_store,
+                                         prepare=self.inputs.prepare, chained=self.pipeline.chained):
+                self._keep(result)
+                if not self.ledger.failed:  # once a window has failed, nothing more is encoded
+                    self._blend_and_encode(result)
+            self.stages["render"] = self.clock.elapsed() - self.t_render
+            if self.ledger.failed:
+                raise _job_failed(self.ledger, self.store, spec.output)  # no partial video; an older one is kept
+            progress.stage("finishing")
+            self._encode(self.interp.finish())  # the tail of the interpolation
+            self.clock.start("encode")  # closing the stream moves the file into place
+        self.clock.stop("encode")
+        self.frames_out = self.out.frames_written
+        self.ledger.job(JobState.DONE)
+
+    def _needed_from(self) -> int:
+        return self.reconciler.first_unfinished_window if not self.ledger.failed else len(self.tasks)
+
+    def _from_store(self, task: WindowTask) -> WindowResult | None:
+        with self.clock.lap("store"):
+            return _read_window(self.store, self.keys.get(task), task)
+
+    def _keep(self, result: WindowResult) -> None:
+        """Store a rendered window under its key and record it for the report."""
+        self.inputs.finished(result.index, result.frames)
+        status = self.ledger.windows[result.index]
+        task = self.inputs.prepared(result.index)
+        if status.state is WindowState.CACHED:
+            key = self.keys.get(task)
+            self.progress.window_cached(result.index)
+        else:
+            key = self.keys.put(task, result.device)
+            if self.pipeline.storable(result):
+                with self.clock.lap("store"):
+                    self.store.put(key, result.frames, job=Path(self.spec.output).name, index=result.index,
+                                   start=result.start, end=result.end, attempts=status.attempts, node=result.node,
+                                   actor=result.actor, seconds=result.seconds)
+            self.progress.window_done(result)
+        record = _window_record(result, status, task, key, self.epoch0, self.clock.elapsed() - self.t_render)
+        self.records[result.index] = record | self.inputs.describe(result.index)
+
+    def _blend_and_encode(self, result: WindowResult) -> None:
+        self.reconciler.add(result.index, result.frames)
+        for frame in self.clock.timed_iter("blend", self.reconciler.ready()):
+            self.meter.add(frame)
+            self.interp.push(frame)
+        self._encode(self.interp.ready())
+
+    def _encode(self, frames) -> None:
+        for frame in frames:
+            with self.clock.lap("encode"):
+                self.out.write(frame)
+        self.progress.frames_written(self.out.frames_written)
+
+    def stop_actors(self) -> None:
+        stop_actors(self.actors + self.rife_actors)
+        if self.session is not None:
+            if wants_gpus(self.session, self.gpus_per_worker):
+                release_request()
+            self.session.close()
+
+    # 8. ------------------------------------------------------------------------------------
+    def write_report(self) -> Report:
+        metrics = flicker_report(self.meter.curve, self.plan.windows)
+        if self.spec.interpolate:
+            metrics["interpolate"] = self.interp.summary() | {
+                "actors": self.rife_infos,
+                "first_chunk_at": round(self.interp.first_submit_at - self.clock.t0 - self.t_render, 4),
             }
-        worst = max(extra["seams"], key=lambda seam: seam["jump_ratio"], default=None)
-        if check_seams is not None:
-            extra["seam_check"] = {"limit": check_seams, "passed": worst is None or worst["jump_ratio"] <= check_seams,
-                                   "worst": worst}
-        report = _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock, workers,
-                               threads, actor_infos, frames_out=frames_out, extra=extra)
-    progress.close()
-    if check_seams is not None and not report["seam_check"]["passed"]:
-        raise SeamCheckFailed(worst["frame"], worst["jump_ratio"], check_seams)
-    return report
+        if self.check_seams is not None:
+            worst = max(metrics["seams"], key=lambda seam: seam["jump_ratio"], default=None)
+            metrics["seam_check"] = {"limit": self.check_seams, "worst": worst,
+                                     "passed": worst is None or worst["jump_ratio"] <= self.check_seams}
+        return self._report(**metrics)
+
+    def write_failure_report(self, err: FarmError) -> None:
+        if self.t_render is not None:
+            self.stages.setdefault("render", self.clock.elapsed() - self.t_render)
+        if self.ledger.state is not JobState.FAILED:
+            self.ledger.job(JobState.FAILED)
+        self._report(error=None if isinstance(err, WindowFatal) else str(err))  # a window's error is in `failed`
+
+    def _report(self, **fields) -> Report:
+        ledger, clock = self.ledger, self.clock
+        self.stages.update({name: clock.totals[name] for name in ("plan", "startup", "blend", "encode", "store")},
+                           total=clock.elapsed())
+        for index, status in ledger.windows.items():  # windows that never came back
+            self.records.setdefault(index, {"index": index, "state": status.state.value, "cached": False,
+                                            "attempts": status.attempts,
+                                            "failures": [f.to_dict() for f in status.failures]})
+        if ledger.failed:
+            w = ledger.failed[0]
+            fields["failed"] = {"window": w.index, "attempts": w.attempts, "error": w.last_error}
+        spec, cached = self.spec, ledger.in_state(WindowState.CACHED)
+        report = Report(
+            output=spec.output, state=ledger.state.value, frames=spec.frames, output_frames=self.frames_out,
+            output_fps=spec.output_fps, width=spec.width, height=spec.height, blend=spec.window.blend,
+            windows=[self.records[i] for i in sorted(self.records)],
+            windows_rendered=len(ledger.in_state(WindowState.DONE)), windows_cached=len(cached),
+            store={"path": str(self.store.root), "reused": cached, "corrupt_removed": list(self.store.corrupt)},
+            blocklist=self.pool.blocklist.report() if self.pool else [],
+            stages={k: round(v, 4) for k, v in self.stages.items()},
+            plan=self.plan.to_dict() | {"windows": len(self.plan.windows)}, actors=self.actor_infos,
+            workers=self.workers, threads_per_actor=self.threads, spec=spec.model_dump(mode="json"), **fields)
+        report.write(self.local_out)
+        return report
+
+    def _all_stored(self) -> bool:
+        """True if every window is in the store and passes its check (read one at a time).
+        Windows with inputs (control frames, a chained frame) are prepared to find their keys;
+        a scratch `_WindowInputs` keeps this from touching the job's own."""
+        scratch = _WindowInputs(self.spec)
+        for task in self.tasks:
+            task = scratch.prepare(task)
+            frames = self.store.get(self.keys.get(task))
+            if frames is None:
+                return False
+            scratch.finished(task.window.index, frames)
+            scratch.describe(task.window.index)
+        return True
 
 
-def interpolate_file(
-    job: InterpolateJob,
-    *,
-    address: str | None = None,
-    rife_weights: str | None = None,
-    progress: NullProgress | None = None,
-) -> dict:
-    """`farm interpolate`: stream an existing video through the RIFE pool into a new mp4."""
-    import imageio_ffmpeg
-
+def interpolate_file(job: InterpolateJob, *, address: str | None = None, rife_weights: str | None = None,
+                     progress: NullProgress | None = None) -> dict:
+    """`farm interpolate`: stream an existing video through the RIFE actors into a new mp4."""
     progress = progress or NullProgress()
     clock = Stopwatch()
     ip = job.interpolate
@@ -243,29 +306,25 @@ def interpolate_file(
     # 1. Validate: the job arrives validated; the input must decode; find the weights.
     source = probe(job.input)
     rife_bytes = _interpolation_inputs(ip, rife_weights)
-    retime = retiming(source.frames, source.fps, fps=ip.fps, factor=ip.factor)
 
-    # 2. Start the RIFE pool.
+    # 2. Start the RIFE actors.
     progress.stage("starting actors")
     session = connect(address, cpus_wanted=ip.workers)
     rife_actors = []
     try:
-        rife_actors, rife_infos = start_rife_actors(ip, rife_bytes, session)
-        stage = InterpolationStage(rife_actors, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
+        rife_actors, rife_infos, stage = _start_interpolation(ip, rife_bytes, session, source.frames, source.fps)
 
         # 3. Read, interpolate and encode, streaming.
         progress.stage("interpolating")
-        progress.frames_total(retime.frames_out)
-        reader = imageio_ffmpeg.read_frames(job.input, pix_fmt="rgb24")
-        next(reader)  # metadata
-        with VideoWriter(job.output, source.width, source.height, retime.fps_out) as out:
-            for buf in reader:
-                stage.push(np.frombuffer(buf, np.uint8).reshape(source.height, source.width, 3))
-                for frame in stage.ready():
-                    out.write(frame)
+        progress.frames_total(stage.retime.frames_out)
+        with VideoWriter(job.output, source.width, source.height, stage.retime.fps_out) as out:
+            for frame in iter_frames(job.input):
+                stage.push(frame)
+                for done in stage.ready():
+                    out.write(done)
                 progress.frames_written(out.frames_written)
-            for frame in stage.finish():
-                out.write(frame)
+            for done in stage.finish():
+                out.write(done)
             progress.frames_written(out.frames_written)
     finally:
         stop_actors(rife_actors)
@@ -277,7 +336,7 @@ def interpolate_file(
         "output": job.output,
         "frames": source.frames,
         "output_frames": out.frames_written,
-        "output_fps": retime.fps_out,
+        "output_fps": stage.retime.fps_out,
         "stages": {"total": round(clock.elapsed(), 4)},
         "interpolate": stage.summary() | {"actors": rife_infos},
         "versions": versions(),
@@ -298,55 +357,44 @@ def _interpolation_inputs(ip, rife_weights: str | None) -> bytes | None:
     return Path(weights.resolve(rife_weights or ip.weights)).read_bytes()
 
 
+def _start_interpolation(ip, rife_bytes: bytes | None, session, frames: int, fps: float, retries: int = 3,
+                         fail_chunks: tuple[int, ...] = ()) -> tuple[list, list[dict], InterpolationStage]:
+    """Start the RIFE actors and the stage that feeds them `frames` frames at `fps`."""
+    actors, infos = start_rife_actors(ip, rife_bytes, session, fail_chunks)
+    retime = retiming(frames, fps, fps=ip.fps, factor=ip.factor)
+    pool = rife_pool(actors, infos, retime, ip.chunk, retries, per_actor=PER_ACTOR_IN_FLIGHT)
+    return actors, infos, InterpolationStage(pool, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
+
+
 class _WindowInputs:
-    """Each window's own inputs, added just before it is looked up or sent: its control
-    frames (ControlNet), or its conditioning frame (SVD: the spec's image for the first
-    window, then the last frame of the window before). Holds only what is in flight."""
+    """Each window's own inputs, added by its pipeline's descriptor just before it is looked
+    up or sent (control frames; a chained pipeline's frame from the window before). Holds
+    only what is in flight."""
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
+        self.pipeline = descriptor(spec.model.pipeline)
         self._tasks: dict[int, WindowTask] = {}
-        self._last_frames: dict[int, np.ndarray] = {}
+        self._last_frames: dict = {}
 
     def prepare(self, task: WindowTask) -> WindowTask:
         """The task with its inputs; asked again while it waits, it returns the same one."""
-        spec, w = self.spec, task.window
-        if w.index in self._tasks:
-            return self._tasks[w.index]
-        if spec.control is not None:
-            from farm.control import read_control_frames
-
-            task = replace(task, control=read_control_frames(spec.control.video, w.start, w.end,
-                                                             spec.width, spec.height))
-        if spec.svd is not None:
-            image = self._last_frames.pop(w.index - 1) if w.index else _read_image(spec.svd.image)
-            task = replace(task, image=image)
-        self._tasks[w.index] = task
-        return task
+        index = task.window.index
+        if index not in self._tasks:
+            before = self._last_frames.pop(index - 1) if self.pipeline.chained and index else None
+            self._tasks[index] = self.pipeline.window_inputs(self.spec, task, before)
+        return self._tasks[index]
 
     def prepared(self, index: int) -> WindowTask:
         return self._tasks[index]
 
-    def finished(self, index: int, frames: np.ndarray) -> None:
-        if self.spec.svd is not None:
+    def finished(self, index: int, frames) -> None:
+        if self.pipeline.chained:
             self._last_frames[index] = frames[-1]
 
     def describe(self, index: int) -> dict:
         """What the report says about a window's inputs; the window's task is then dropped."""
-        task = self._tasks.pop(index)
-        if self.spec.svd is None:
-            return {}
-        if index == 0:
-            return {"conditioned_on": {"image": self.spec.svd.image}}
-        # chained windows share one frame: the last of the window before is this one's first
-        return {"conditioned_on": {"window": index - 1, "frame": task.window.start}}
-
-
-def _read_image(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return self.pipeline.describe_inputs(self.spec, self._tasks.pop(index))
 
 
 class _Keys:
@@ -379,27 +427,6 @@ def _device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _all_stored(store: WindowStore, keys: _Keys, tasks: list[WindowTask], inputs: _WindowInputs) -> bool:
-    """True if every window is in the store and passes its check (read one at a time).
-    Windows with inputs (control frames, a chained frame) are prepared to find their keys;
-    a scratch `_WindowInputs` keeps this from touching the job's own."""
-    scratch = _WindowInputs(inputs.spec)
-    for task in tasks:
-        task = scratch.prepare(task)
-        frames = store.get(keys.get(task))
-        if frames is None:
-            return False
-        scratch.finished(task.window.index, frames)
-        scratch.describe(task.window.index)
-    return True
-
-
-def _storable(spec: JobSpec, result: WindowResult) -> bool:
-    """SVD's temporal VAE makes a window decoded in smaller chunks (the OOM fallback)
-    differ slightly from the one its key promises: such a window is used, not kept."""
-    return not (spec.model.pipeline == "svd" and any(step.startswith("oom") for step in result.fallbacks))
-
-
 def _read_window(store: WindowStore, key: str, task: WindowTask) -> WindowResult | None:
     frames = store.get(key)
     if frames is None:
@@ -420,45 +447,6 @@ def _job_failed(ledger: Ledger, store: WindowStore, output: str) -> WindowFatal:
         f"The job FAILED; {kept} other windows are kept in the store at {store.root} "
         f"and will not be rendered again. Report: {output}.report.json",
     )
-
-
-def _write_report(spec, local_out, plan, ledger, records, dispatcher, store, stages, clock, workers, threads,
-                  actor_infos, frames_out: int = 0, extra: dict | None = None) -> dict:
-    stages.update(plan=clock.totals["plan"], startup=clock.totals["startup"], blend=clock.totals["blend"],
-                  encode=clock.totals["encode"], store=clock.totals["store"], total=clock.elapsed())
-    for index, status in ledger.windows.items():  # windows that never came back
-        records.setdefault(index, {"index": index, "state": status.state.value, "cached": False,
-                                   "attempts": status.attempts, "failures": [f.to_dict() for f in status.failures]})
-    cached = ledger.in_state(WindowState.CACHED)
-    report = {
-        "output": spec.output,
-        "state": ledger.state.value,
-        "frames": spec.frames,
-        "output_frames": frames_out,
-        "output_fps": spec.output_fps,
-        "width": spec.width,
-        "height": spec.height,
-        "blend": spec.window.blend,
-        "windows": [records[i] for i in sorted(records)],
-        "windows_rendered": len(ledger.in_state(WindowState.DONE)),
-        "windows_cached": len(cached),
-        "store": {"path": str(store.root), "reused": cached, "corrupt_removed": list(store.corrupt)},
-        "blocklist": dispatcher.blocklist.report(),
-        "stages": {k: round(v, 4) for k, v in stages.items()},
-        "plan": plan.to_dict() | {"windows": len(plan.windows)},
-        "actors": actor_infos,
-        "workers": workers,
-        "threads_per_actor": threads,
-        "spec": spec.model_dump(mode="json"),
-        "versions": versions(),
-    }
-    if ledger.failed:
-        w = ledger.failed[0]
-        report["failed"] = {"window": w.index, "attempts": w.attempts, "error": w.last_error}
-    report.update(extra or {})
-    write_html_report(report, html_report_path(local_out))
-    write_json_atomic(report_path(local_out), report)
-    return report
 
 
 def _window_record(result: WindowResult, status, task: WindowTask, key: str, epoch0: float,

@@ -28,6 +28,7 @@ This module imports Ray only when it talks to a cluster.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -37,6 +38,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +46,19 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from farm import __version__, storage
+from farm import __version__, outputs
 from farm.errors import ClusterError, SpecError
-from farm.spec import is_local_ref, load_spec
+from farm.spec import JobSpec, is_local_ref, load_spec
 
 #: Where the jobs API is when neither --address nor the environment says.
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_NAME = "job.yaml"
 INPUTS_DIR = "inputs"
+#: What the dashboard answers (HTTP 500) while no job agent is up to take a job.
+NO_AGENT = "No available agent to submit job"
+#: How long `submit` waits for a job agent before it gives up.
+AGENT_WAIT_S = 60.0
 
 
 # --- addresses and tokens ------------------------------------------------------------
@@ -260,24 +266,25 @@ def _mib(n: int) -> str:
 
 # --- outputs ---------------------------------------------------------------------------
 
-def cluster_output(output: str | None, source: str | None = None) -> str:
+def cluster_output(output: str | None, source: str | None = None, name: str = "output") -> str:
     """Where the job writes on the cluster: an object-storage URI (checked) or an absolute
-    path on the head node. Raises SpecError for anything else."""
+    path on the head node. Raises SpecError for anything else, naming the field or option
+    `name` the output came from (`-o/--output` when it came from the command line)."""
     if not output:
         raise SpecError([
-            "output: farm submit needs an output the cluster can write: "
+            f"{name}: farm submit needs an output the cluster can write: "
             "-o s3://bucket/key.mp4 (or gs://…), or -o /absolute/path/on/the/head.mp4"
         ], source)
-    if storage.is_uri(output):
+    if outputs.is_uri(output):
         try:
-            return storage.check_output_uri(output)
+            return outputs.check_output_uri(output)
         except ValueError as err:
-            raise SpecError([str(err)], source) from None
+            raise SpecError([f"{name}: {str(err).removeprefix('output ')}"], source) from None
     if not output.lower().endswith(".mp4"):
-        raise SpecError([f"output must end in .mp4 (the farm writes H.264 in mp4); got {output!r}"], source)
+        raise SpecError([f"{name}: must end in .mp4 (the farm writes H.264 in mp4); got {output!r}"], source)
     if not os.path.isabs(output):
         raise SpecError([
-            f"output: {output!r} is a path on this machine, which the cluster cannot write. "
+            f"{name}: {output!r} is a path on this machine, which the cluster cannot write. "
             "Give -o s3://bucket/key.mp4 (or gs://…) or an absolute path on the head node, "
             "e.g. -o /home/ubuntu/renders/video.mp4"
         ], source)
@@ -303,6 +310,14 @@ class Submission:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _mapping(job: Path) -> dict | None:
+    try:
+        data = yaml.safe_load(job.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _submission_id(job_path: Path) -> str:
     stem = re.sub(r"[^a-z0-9]+", "-", job_path.stem.lower()).strip("-")[:40] or "job"
     return f"farm-{stem}-{secrets.token_hex(4)}"
@@ -317,43 +332,14 @@ def prepare_submission(job: str | Path, output: str | None = None, *, workers: i
     Raises SpecError (nothing was sent) for a bad spec, an output the cluster cannot
     write, or inputs over the upload limit."""
     job = Path(job)
-    # 1. Validate everything but the output, which names a place on the cluster, not here.
-    with tempfile.TemporaryDirectory(prefix="farm-check-") as scratch:
-        spec = load_spec(job, output=str(Path(scratch) / "out.mp4"))
-    raw = yaml.safe_load(job.read_text())
-    target = cluster_output(output or raw.get("output"), str(job))
-
+    # 1. Validate the spec and its cluster output.
+    spec, raw, target = _validate_for_cluster(job, output)
     # 2. The local files the spec names, and whether they fit in one upload.
     inputs = local_inputs(spec.model_dump(mode="json"))
-    unique = {i.path: i.size for i in inputs}  # two fields may name one folder: it travels once
-    size = sum(unique.values()) + len(yaml.safe_dump(raw))
-    limit = upload_limit()
-    if size >= limit - 2**20:
-        raise SpecError(
-            [f"{i.field}: {i.path} is {_mib(i.size)}" for i in inputs]
-            + [f"the job's local inputs come to {_mib(size)}; Ray's job upload limit is {_mib(limit)}. "
-               "Put large inputs where the cluster can read them instead: a hub id for models, "
-               "or object storage / the nodes' disks (see docs/cluster.md)"],
-            str(job),
-        )
-
+    size = _upload_size(job, inputs, raw)
     # 3. Stage: job.yaml with the inputs renamed into inputs/, and links to the inputs.
-    folder = Path(tempfile.mkdtemp(prefix="farm-submit-"))
-    try:
-        (folder / INPUTS_DIR).mkdir()
-        staged: dict[Path, str] = {}
-        for item in inputs:
-            if item.path not in staged:
-                staged[item.path] = f"{len(staged)}-{item.path.name}"
-                link = folder / INPUTS_DIR / staged[item.path]
-                link.symlink_to(item.path, target_is_directory=item.path.is_dir())
-            _set(raw, item.location, f"./{INPUTS_DIR}/{staged[item.path]}")
-        raw["output"] = target
-        (folder / SPEC_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-
+    folder = _stage(raw, inputs, target)
+    # 4. The entrypoint: `farm render` on the cluster, joining its Ray.
     argv = ["farm", "render", SPEC_NAME, "--address", "auto"]
     if workers:
         argv += ["--workers", str(workers)]
@@ -376,15 +362,75 @@ def prepare_submission(job: str | Path, output: str | None = None, *, workers: i
     )
 
 
+def _validate_for_cluster(job: Path, output: str | None) -> tuple[JobSpec, dict, str]:
+    """(spec, the raw mapping, the cluster output). Everything but the output is validated
+    here; the output names a place on the cluster, not here. Both are checked, so every
+    problem is reported at once."""
+    problems: list[str] = []
+    spec = target = None
+    with tempfile.TemporaryDirectory(prefix="farm-check-") as scratch:
+        try:
+            spec = load_spec(job, output=str(Path(scratch) / "out.mp4"))
+        except SpecError as err:
+            problems += err.problems
+    raw = _mapping(job)  # None when load_spec could not read one (and has said so)
+    if output or raw is not None:
+        try:
+            target = cluster_output(output or raw.get("output"), str(job), "-o/--output" if output else "output")
+        except SpecError as err:
+            problems += err.problems
+    if problems:
+        raise SpecError(problems, str(job))
+    return spec, raw, target
+
+
+def _upload_size(job: Path, inputs: list, raw: dict) -> int:
+    """Bytes the job sends to the cluster; SpecError when they do not fit in one upload."""
+    unique = {i.path: i.size for i in inputs}  # two fields may name one folder: it travels once
+    size = sum(unique.values()) + len(yaml.safe_dump(raw))
+    limit = upload_limit()
+    if size >= limit - 2**20:
+        raise SpecError(
+            [f"{i.field}: {i.path} is {_mib(i.size)}" for i in inputs]
+            + [f"the job's local inputs come to {_mib(size)}; Ray's job upload limit is {_mib(limit)}. "
+               "Put large inputs where the cluster can read them instead: a hub id for models, "
+               "or object storage / the nodes' disks (see docs/cluster.md)"],
+            str(job),
+        )
+    return size
+
+
+def _stage(raw: dict, inputs: list, target: str) -> Path:
+    """A fresh folder holding job.yaml (its inputs renamed into inputs/) and links to them."""
+    folder = Path(tempfile.mkdtemp(prefix="farm-submit-"))
+    try:
+        (folder / INPUTS_DIR).mkdir()
+        staged: dict[Path, str] = {}
+        for item in inputs:
+            if item.path not in staged:
+                staged[item.path] = f"{len(staged)}-{item.path.name}"
+                link = folder / INPUTS_DIR / staged[item.path]
+                link.symlink_to(item.path, target_is_directory=item.path.is_dir())
+            _set(raw, item.location, f"./{INPUTS_DIR}/{staged[item.path]}")
+        raw["output"] = target
+        (folder / SPEC_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
 # --- the client --------------------------------------------------------------------------
 
 class JobsClient:
     """The Ray Jobs API at one address, with the farm's token handling and error messages."""
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, *, submission_client=None):
+        """`submission_client`: anything with JobSubmissionClient's methods (tests pass a
+        fake); default a real one, made on first use."""
         self.address = resolve_address(address)
         self.token = resolve_token()
-        self._client = None
+        self._client = submission_client
 
     def warnings(self) -> list[str]:
         return security_warnings(self.address, self.token)
@@ -403,7 +449,8 @@ class JobsClient:
         from ray.exceptions import AuthenticationError
 
         try:
-            return fn()
+            with quiet_ray_logs():
+                return fn()
         except AuthenticationError as err:
             raise self._auth_error(str(err)) from None
         except (ClusterError, StopAsyncIteration):
@@ -434,13 +481,37 @@ class JobsClient:
                 "running? For a cluster from `ray up cluster.yaml`, run `ray dashboard cluster.yaml` "
                 "to forward it to http://127.0.0.1:8265"
             )
+        if NO_AGENT in text:
+            return ClusterError(
+                f"the Ray jobs API at {self.address} has no job agent up to take the job ({NO_AGENT}). "
+                "The head may still be starting or be overloaded: try again in a minute; `ray status` "
+                "on the head shows whether its node is up"
+            )
         if isinstance(err, ValueError) and "size" in text.lower():
             return ClusterError(f"Ray refused the job's files: {text}")
         return ClusterError(f"the Ray jobs API at {self.address} failed: {text}")
 
     # --- operations ----------------------------------------------------------------
 
-    def submit(self, sub: Submission) -> str:
+    def submit(self, sub: Submission, *, agent_wait: float = AGENT_WAIT_S, poll: float = 2.0,
+               on_wait=lambda note: None) -> str:
+        """Submit; while the head answers that no job agent is up yet (a head that has just
+        started, or a busy one), wait and retry for up to `agent_wait` seconds, calling
+        `on_wait(note)` once, when the waiting starts."""
+        deadline = time.monotonic() + agent_wait
+        waiting = False
+        while True:
+            try:
+                return self._submit_once(sub)
+            except ClusterError as err:
+                if NO_AGENT not in str(err) or time.monotonic() + poll > deadline:
+                    raise
+            if not waiting:
+                on_wait(f"the cluster's job agent is not up yet; retrying for up to {agent_wait:.0f}s")
+                waiting = True
+            time.sleep(poll)
+
+    def _submit_once(self, sub: Submission) -> str:
         # The staging folder is ours, so every file in it must travel: a .gitignore inside a
         # model folder must not drop its weights (Ray reads this variable when it zips).
         saved = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE")
@@ -512,3 +583,55 @@ def _details(d) -> dict:
     out = {k: getattr(d, k, None) for k in keys}
     out["status"] = str(out["status"].value if hasattr(out["status"], "value") else out["status"])
     return out
+
+
+class _WarningsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextmanager
+def quiet_ray_logs():
+    """Only Ray's warnings and errors reach the terminal while the block runs: its job
+    client logs each step of an upload at INFO. (Ray's modules set their own loggers to
+    INFO, so the filter sits on the handler they all write through, the `ray` logger's.)"""
+    import ray.job_submission  # noqa: F401 - Ray sets up its handler on import
+
+    quiet = _WarningsOnly()
+    handlers = list(logging.getLogger("ray").handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+# --- what a job's status means -------------------------------------------------------------
+
+#: What the head's shell says when it cannot find the entrypoint's `farm` (exit 127).
+FARM_NOT_FOUND = ("farm: not found", "farm: command not found")
+
+
+def failure_hint(info: dict) -> str | None:
+    """What a failed job's end means, when the farm can tell; None otherwise."""
+    message = info.get("message") or ""
+    if info.get("status") != "FAILED":
+        return None
+    if info.get("driver_exit_code") == 127 or any(s in message for s in FARM_NOT_FOUND):
+        return ("the head could not run `farm` (exit 127: command not found). The Python environment "
+                "where the head's `ray` runs has no farm: install the project there (pip install -e . "
+                "with that environment's pip), or start the head from the farm's environment, activated "
+                "(`source .venv/bin/activate`, then `ray start --head` or scripts/local_head.sh) or with "
+                "its bin folder first on PATH; then submit again")
+    return None
+
+
+def describe(job_id: str, info: dict) -> str:
+    """What `farm status` prints: the status, Ray's message, and a hint for a known failure."""
+    text = f"{job_id}: {info['status']}"
+    if info.get("message"):
+        text += f" — {info['message'].rstrip()}"
+    hint = failure_hint(info)
+    return f"{text}\nhint: {hint}" if hint else text

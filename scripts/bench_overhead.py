@@ -63,7 +63,8 @@ def plain_loop(spec, threads: int, renderer=None) -> tuple[float, object]:
     from farm.blend import Reconciler
     from farm.encode import VideoWriter
     from farm.plan import plan_windows
-    from farm.render import WindowTask, make_renderer
+    from farm.renderers import make_renderer
+    from farm.tasks import WindowTask
 
     torch.set_num_threads(threads)
     renderer = renderer or make_renderer(spec)

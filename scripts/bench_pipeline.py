@@ -10,7 +10,7 @@ each of its three stages is timed ALONE on the same input, side by side in the s
 - render alone: the same job without `interpolate`, `report["stages"]["render"]` (the
   pipeline actors' windows; blending and the 1× encode run inside that loop as in any job);
 - interpolate alone: the rendered video's frames (decoded into memory first) pushed
-  through `scheduler.interp.InterpolationStage` on already-started RIFE actors, the same
+  through `scheduler.rife_stage.InterpolationStage` on already-started RIFE actors, the same
   pool size and chunk the job uses; timed from the first push to the last output frame;
 - encode alone: `farm.encode.VideoWriter` (same crf and preset) over those interpolated
   frames held in memory, including closing the file.
@@ -93,12 +93,13 @@ def cpu_used(cpu: CpuSampler, t0: float, t1: float) -> tuple[float, float]:
 def interpolate_alone(frames, ip, wbytes: bytes, fps: float) -> tuple[float, tuple, list]:
     from farm.interpolate import retiming
     from scheduler.cluster import Session, start_rife_actors, stop_actors
-    from scheduler.interp import InterpolationStage
+    from scheduler.rife_stage import InterpolationStage, rife_pool
 
-    pool, _ = start_rife_actors(ip, wbytes, Session(False, 0, os.cpu_count() or 1))
+    pool, infos = start_rife_actors(ip, wbytes, Session(False, 0, os.cpu_count() or 1))
     try:
         r = retiming(len(frames), fps, factor=ip.factor)
-        stage = InterpolationStage(pool, r, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
+        stage = InterpolationStage(rife_pool(pool, infos, r, ip.chunk, retries=0), r, ip.chunk, ip.scene_threshold,
+                                   ip.cuts, backend=ip.backend)
         out = []
         with CpuSampler() as cpu:
             t0 = time.perf_counter()
@@ -141,7 +142,7 @@ def main() -> None:
 
     import ray
 
-    from farm.encode import read_frames
+    from farm.video import read_frames
     from farm.rife import weights
     from scheduler.driver import render
 

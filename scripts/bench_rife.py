@@ -28,14 +28,14 @@ def pool_fps(clip: np.ndarray, actors: int, weights: bytes) -> float:
     from farm.interpolate import retiming
     from farm.spec import InterpolateSpec
     from scheduler.cluster import Session, start_rife_actors, stop_actors
-    from scheduler.interp import InterpolationStage
+    from scheduler.rife_stage import InterpolationStage, rife_pool
 
     ip = InterpolateSpec(factor=2, workers=actors, scene_threshold=0)
-    pool, _ = start_rife_actors(ip, weights, Session(False, 0, os.cpu_count() or 1))
+    pool, infos = start_rife_actors(ip, weights, Session(False, 0, os.cpu_count() or 1))
     try:
         r = retiming(len(clip), 8, factor=2)
         chunk = max(1, (len(clip) - 1) // (2 * actors))
-        stage = InterpolationStage(pool, r, chunk, 0.0)
+        stage = InterpolationStage(rife_pool(pool, infos, r, chunk, retries=0), r, chunk, 0.0)
         t0 = time.perf_counter()
         n = 0
         for f in clip:

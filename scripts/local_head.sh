@@ -3,8 +3,12 @@
 #   - token auth on (RAY_AUTH_MODE=token) with a token file of mode 0600, created if missing;
 #   - the dashboard and its jobs API bound to 127.0.0.1 only;
 #   - its own temp dir, so it does not touch another Ray on the machine.
-# It runs in the foreground (ray start --block): stop it with Ctrl-C, or by killing its
-# process group. Do not use `ray stop`, which stops every Ray on the machine.
+# It runs in the foreground (ray start --block): stop it with Ctrl-C, or with SIGTERM to the
+# script or its process group (`kill -- -PGID`); either stops the head cleanly in seconds.
+# `ray start` runs in a process group of its own, so a signal to the script's group reaches
+# only the script, which asks Ray to shut down in order (SIGINT, as Ctrl-C does). Sent to
+# Ray's own processes at once, SIGTERM kills the GCS first and the node then waits 30 s for
+# it. Do not use `ray stop`, which stops every Ray on the machine.
 #
 # Usage: scripts/local_head.sh [extra `ray start` options, e.g. --num-cpus 4]
 # Environment (all optional):
@@ -33,8 +37,28 @@ gcs_port="${FARM_GCS_PORT:-6379}"
 dashboard_port="${FARM_DASHBOARD_PORT:-8265}"
 echo "farm head: jobs API http://127.0.0.1:${dashboard_port} (token auth), GCS port ${gcs_port}" >&2
 echo "farm head: clients need RAY_AUTH_TOKEN_PATH=${token_file}" >&2
-exec ray start --head --block --disable-usage-stats \
+set -m  # job control: `ray start` and its children get a process group of their own
+ray start --head --block --disable-usage-stats \
   --port "$gcs_port" \
   --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
   --temp-dir "$dir/ray" \
-  "$@"
+  "$@" &
+ray_pid=$!
+# Ctrl-C, SIGTERM and SIGHUP all become one SIGINT to `ray start`, which stops its
+# processes in order (its children ignore SIGINT themselves).
+stopping=0
+trap 'stopping=1; kill -INT "$ray_pid" 2>/dev/null || true' INT TERM HUP
+set +e
+while kill -0 "$ray_pid" 2>/dev/null; do
+  wait "$ray_pid"  # returns early when a trapped signal arrives; then wait again
+done
+wait "$ray_pid"  # its exit status (bash keeps it after the process is reaped)
+status=$?
+# Anything of Ray's still up once `ray start` is gone (its runtime-env agent can outlive it)
+# is in Ray's process group, which is ours alone.
+kill -TERM -- -"$ray_pid" 2>/dev/null || true
+if [ "$stopping" = 1 ]; then
+  echo "farm head: stopped" >&2
+  exit 0
+fi
+exit "$status"

@@ -41,6 +41,21 @@ def write_spec(tmp_path, data: dict, name: str = "job.yaml"):
     return path
 
 
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One local Ray for a test module's renders: `farm render` and `render()` join a Ray
+    that is already running instead of starting their own (seconds each on 2 cores). The
+    tests that check what a render does with a Ray it started itself do not use it."""
+    import logging
+
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def spec_dict(tmp_path):
     return base_spec(tmp_path)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from farm.encode import probe
+from farm.video import probe
 from tests import ray_heads
 from tests.conftest import base_spec, write_spec
 from tests.ray_heads import resources

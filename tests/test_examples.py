@@ -11,11 +11,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from farm.encode import probe
+from farm.video import probe
 from farm.spec import parse_spec
 from scheduler.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the module
+
 RECIPES = ["svd_product", "lcm_watch", "pose_dance", "scheduled_30s"]
 
 

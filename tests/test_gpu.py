@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from farm.encode import probe, read_frames
+from farm.video import probe, read_frames
 from farm.keys import model_identity, task_key
 from farm.plan import plan_windows
-from farm.render import WindowTask, make_renderer
+from farm.renderers import make_renderer
+from farm.tasks import WindowTask
 from farm.spec import parse_spec
 from tests.conftest import base_spec
 

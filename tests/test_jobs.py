@@ -17,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from farm.encode import probe, read_frames
+from farm.video import probe, read_frames
 from farm.errors import ClusterError, SpecError
 from scheduler import jobs
 from scheduler.cli_jobs import register
@@ -158,7 +158,7 @@ def test_a_bad_spec_exits_2_and_never_reaches_the_cluster(tmp_path, token_head):
     bad = write_spec(tmp_path, base_spec(tmp_path, frames=0, width=65))
     result = CliRunner().invoke(jobs_group(), ["submit", str(bad), "--address", token_head.dashboard_url])
     assert result.exit_code == 2
-    assert "frames" in result.output and "width must be a multiple of 8" in result.output
+    assert "frames" in result.output and "width: must be a multiple of 8" in result.output
     relative = write_spec(tmp_path, base_spec(tmp_path, output="out.mp4"), name="rel.yaml")
     result = CliRunner().invoke(jobs_group(), ["submit", str(relative), "--address", token_head.dashboard_url])
     assert result.exit_code == 2 and "a path on this machine" in result.output

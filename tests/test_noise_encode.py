@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from farm.encode import ParallelVideoWriter, VideoWriter, open_writer, probe, read_frames
+from farm.encode import ParallelVideoWriter, VideoWriter, open_writer
+from farm.video import probe, read_frames
 from farm.errors import EncodeError
 from farm.noise import frame_noise, window_noise
 

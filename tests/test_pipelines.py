@@ -17,7 +17,8 @@ from farm.errors import FarmError, SpecError
 from farm.models.tiny_lora import tiny_lora_path
 from farm.plan import split
 from farm.poses import ANNOTATOR_FILES, draw_stick_figure, extract_poses, write_pose_frames
-from farm.render import Overrides, WindowTask, make_renderer
+from farm.renderers import make_renderer
+from farm.tasks import Overrides, WindowTask
 from farm.spec import parse_spec
 from tests.conftest import base_spec
 

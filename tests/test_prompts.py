@@ -9,7 +9,7 @@ from farm.errors import SpecError
 from farm.keys import model_identity, task_key
 from farm.plan import plan_windows
 from farm.prompts import frame_conditioning, window_prompts
-from farm.render import WindowTask
+from farm.tasks import WindowTask
 from farm.spec import parse_spec
 from tests.conftest import base_spec
 

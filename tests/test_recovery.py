@@ -15,11 +15,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from farm.encode import read_frames
+from farm.video import read_frames
 from farm.errors import WindowFatal
 from farm.keys import model_identity, task_key
 from farm.plan import plan_windows
-from farm.render import WindowTask
+from farm.tasks import WindowTask
 from farm.spec import parse_spec
 from farm.store import WindowStore
 from scheduler.driver import render

@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
-from farm.encode import read_frames
+from farm.video import read_frames
 from farm.store import WindowStore
 from scheduler.cli import main
 from tests.conftest import base_spec, write_spec
 
 FARM = [str(Path(sys.executable).parent / "farm")]
+
+pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the in-process renders
 
 
 def _render(job, out, store, *extra):

@@ -21,6 +21,7 @@ from farm.rife.backends import (
     preflight,
 )
 from farm.rife.ifnet import load_ifnet
+from farm.util import sha256_file
 from tests.clips import hard_cut, pan_zoom
 
 
@@ -38,7 +39,7 @@ def rife(rife_path):
 
 def test_pull_verifies_and_is_idempotent(rife_path):
     assert rife_path.stat().st_size == weights.SIZE
-    assert weights.sha256_of(rife_path) == weights.SHA256
+    assert sha256_file(rife_path) == weights.SHA256
     mtime = rife_path.stat().st_mtime_ns
     assert weights.pull() == rife_path and rife_path.stat().st_mtime_ns == mtime
 

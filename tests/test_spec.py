@@ -58,7 +58,7 @@ def test_frames_must_be_positive(tmp_path, frames):
 @pytest.mark.parametrize("overlap", [16, 20])
 def test_overlap_must_be_below_length(tmp_path, overlap):
     msg = problems(base_spec(tmp_path, window={"length": 16, "overlap": overlap}))
-    assert f"window.overlap must be < window.length (16); got {overlap}" in msg
+    assert f"window.overlap: must be < window.length (16); got {overlap}" in msg
 
 
 def test_overlap_must_not_be_negative(tmp_path):
@@ -68,13 +68,13 @@ def test_overlap_must_not_be_negative(tmp_path):
 
 def test_length_longer_than_video_is_an_error_that_says_what_to_do(tmp_path):
     msg = problems(base_spec(tmp_path, frames=8))
-    assert "window.length must be <= frames (8); got 16" in msg
+    assert "window.length: must be <= frames (8); got 16" in msg
     assert "window.length: 8" in msg  # tells the user how to get one window
 
 
 @pytest.mark.parametrize("field", ["width", "height"])
 def test_size_must_be_multiple_of_8(tmp_path, field):
-    assert f"{field} must be a multiple of 8" in problems(base_spec(tmp_path, **{field: 60}))
+    assert f"{field}: must be a multiple of 8" in problems(base_spec(tmp_path, **{field: 60}))
 
 
 @pytest.mark.parametrize("steps", [0, -1])
@@ -96,12 +96,12 @@ def test_unknown_blend(tmp_path):
 
 def test_output_folder_must_exist(tmp_path):
     msg = problems(base_spec(tmp_path, output=str(tmp_path / "nope" / "out.mp4")))
-    assert "output folder" in msg and "does not exist" in msg
+    assert "output: folder" in msg and "does not exist" in msg
 
 
 def test_output_must_be_mp4(tmp_path):
     msg = problems(base_spec(tmp_path, output=str(tmp_path / "out.avi")))
-    assert "output must end in .mp4" in msg
+    assert "output: must end in .mp4" in msg
 
 
 def test_typo_is_an_unknown_field_not_ignored(tmp_path):
@@ -133,11 +133,11 @@ def test_cli_bad_spec_exits_2_names_field_and_writes_nothing(tmp_path):
     before = set(tmp_path.iterdir())
     result = CliRunner().invoke(main, ["render", str(job)])
     assert result.exit_code == 2
-    assert "window.overlap must be < window.length" in result.output
+    assert "window.overlap: must be < window.length" in result.output
     assert set(tmp_path.iterdir()) == before  # no mp4, no report, no temp file
 
 
 def test_cli_output_override_is_validated(tmp_path):
     job = write_spec(tmp_path, base_spec(tmp_path))
     result = CliRunner().invoke(main, ["plan", str(job), "-o", str(tmp_path / "x.webm")])
-    assert result.exit_code == 2 and "output must end in .mp4" in result.output
+    assert result.exit_code == 2 and "-o/--output: must end in .mp4" in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from farm.states import Failure, IllegalTransition, JobState, Ledger, WindowState
-from scheduler.dispatch import Blocklist
+from scheduler.pool import Blocklist
 
 
 def _fail(ledger, index, actor="a", node="n"):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from farm.keys import model_identity, task_key
 from farm.plan import plan_windows
-from farm.render import WindowTask
+from farm.tasks import WindowTask
 from farm.spec import parse_spec
 from farm.store import WindowStore
 from scheduler.cli import main
@@ -110,11 +110,11 @@ def test_gc_removes_old_windows_and_stale_leftovers_but_not_fresh_ones(tmp_path)
 
     result = CliRunner().invoke(main, ["store", "gc", "--store", str(tmp_path / "store"), "--older-than", "2d",
                                        "--dry-run"])
-    assert result.exit_code == 0 and "would remove 4 files" in result.output
+    assert result.exit_code == 0 and "would remove 1 window and 2 leftover files" in result.output
     assert store.has("old") and orphan.exists()
 
     result = CliRunner().invoke(main, ["store", "gc", "--store", str(tmp_path / "store"), "--older-than", "2d"])
-    assert result.exit_code == 0 and "removed 4 files" in result.output, result.output
+    assert result.exit_code == 0 and "removed 1 window and 2 leftover files" in result.output, result.output
     assert [e.key for e in store.entries()] == ["new"]
     assert not orphan.exists() and not stale.exists() and fresh_temp.exists()
 

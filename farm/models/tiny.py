@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from farm.cache import cache_dir
+from farm.util import cache_dir
 
 #: Bump when a tiny config changes, so stale cached builds are never reused.
 TINY_VERSION = "v1"

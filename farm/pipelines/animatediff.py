@@ -9,28 +9,48 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from farm.models.load import load_animatediff
-from farm.noise import frame_seed, window_noise
-from farm.pipelines._fallbacks import decode_in_fp32, offload_once
-from farm.render import Overrides, WindowTask
-from farm.spec import JobSpec
+from farm.identity import lora_identity, ref_identity
+from farm.models.schedulers import SCHEDULERS
+from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER
+from farm.pipelines._base import Pipeline
+from farm.tasks import Overrides, WindowTask
+
+if TYPE_CHECKING:
+    from farm.spec import JobSpec
+
+
+class AnimateDiff(Pipeline):
+    name = "animatediff"
+    renderer = "farm.pipelines.animatediff:AnimateDiffRenderer"
+    tiny_base = TINY_BASE
+
+    def key_fields(self, spec: "JobSpec") -> dict:
+        model = spec.model
+        scheduler_class, settings = SCHEDULERS[model.scheduler_name]
+        return {
+            "motion_adapter": ref_identity(model.motion_adapter, TINY_MOTION_ADAPTER),
+            "scheduler": {"class": scheduler_class, **settings},
+            "loras": [lora_identity(lora) for lora in model.loras],
+        }
 
 
 class AnimateDiffRenderer:
     """Holds one loaded AnimateDiffPipeline and renders windows with it."""
 
-    def __init__(self, spec: JobSpec, device: str):
+    def __init__(self, spec: "JobSpec", device: str):
         self.device = device
         self.spec = spec
         t0 = time.perf_counter()
         self.pipe, self.memory = self.load(spec, device)
         self.load_seconds = time.perf_counter() - t0
 
-    def load(self, spec: JobSpec, device: str):
+    def load(self, spec: "JobSpec", device: str):
+        from farm.models.load import load_animatediff
+
         return load_animatediff(spec.model, device)
 
     def extra_args(self, task: WindowTask) -> dict:
@@ -42,6 +62,11 @@ class AnimateDiffRenderer:
         return [self.pipe.unet]
 
     def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
+        import torch
+
+        from farm.noise import frame_seed, window_noise
+        from farm.pipelines._fallback_steps import decode_in_fp32, offload_once
+
         pipe, w = self.pipe, task.window
         if overrides.cpu_offload:
             offload_once(self.pipe, self.device, self.memory)
@@ -87,6 +112,8 @@ class AnimateDiffRenderer:
         positive under guidance, frame-major as the UNet folds frames into the batch);
         a forward pre-hook on each of `text_modules()` swaps in the per-frame tensor of
         exactly that layout."""
+        import torch
+
         pipe = self.pipe
         cfg = task.guidance > 1.0
         with torch.inference_mode():

@@ -8,20 +8,49 @@ weighted by `control.scale`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from farm.models.load import _load, finish_animatediff, load_motion_adapter, quiet_progress, resolve_dtype, resolve_ref
+from farm.identity import ref_identity
 from farm.models.tiny import TINY_BASE, TINY_CONTROLNET
-from farm.pipelines.animatediff import AnimateDiffRenderer
-from farm.render import WindowTask
-from farm.spec import JobSpec
+from farm.pipelines._base import blank_frames
+from farm.pipelines.animatediff import AnimateDiff, AnimateDiffRenderer
+from farm.tasks import WindowTask
+
+if TYPE_CHECKING:
+    from farm.spec import JobSpec
 
 
-def load_animatediff_controlnet(spec: JobSpec, device: str):
+class AnimateDiffControlNet(AnimateDiff):
+    name = "animatediff-controlnet"
+    renderer = "farm.pipelines.controlnet:AnimateDiffControlNetRenderer"
+
+    def key_fields(self, spec: "JobSpec") -> dict:
+        return super().key_fields(spec) | {
+            "controlnet": ref_identity(spec.control.model, TINY_CONTROLNET),
+            "control_scale": spec.control.scale,
+        }
+
+    def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
+        """The window's slice of `control.video`, resized to the job's size."""
+        from farm.control import read_control_frames
+
+        w = task.window
+        return replace(task, control=read_control_frames(spec.control.video, w.start, w.end, spec.width, spec.height))
+
+    def warmup_inputs(self, spec: "JobSpec", task: WindowTask) -> WindowTask:
+        return replace(task, control=blank_frames(task))
+
+
+def load_animatediff_controlnet(spec: "JobSpec", device: str):
     """AnimateDiffControlNetPipeline = an SD1.5 base + a motion adapter + a ControlNet
     (`control.model`), then what every AnimateDiff variant shares (scheduler, LoRAs, memory,
     placement). Returns (pipe, applied memory knobs)."""
     from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
+    from farm.models.load import _load, finish_animatediff, load_motion_adapter, quiet_progress, resolve_dtype, resolve_ref
 
     model, control = spec.model, spec.control
     quiet_progress()
@@ -43,7 +72,7 @@ def load_animatediff_controlnet(spec: JobSpec, device: str):
 class AnimateDiffControlNetRenderer(AnimateDiffRenderer):
     """Holds one loaded AnimateDiffControlNetPipeline and renders windows with it."""
 
-    def load(self, spec: JobSpec, device: str):
+    def load(self, spec: "JobSpec", device: str):
         return load_animatediff_controlnet(spec, device)
 
     def extra_args(self, task: WindowTask) -> dict:

@@ -17,23 +17,66 @@ SVD's reference sampler; a `guidance` below 1.0 is used for both ends.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from farm.errors import FarmError
-from farm.models.load import _load, apply_memory, place, quiet_progress, resolve_dtype, resolve_ref
 from farm.models.tiny import TINY_SVD
-from farm.noise import frame_seed, window_noise
-from farm.pipelines._fallbacks import decode_in_fp32, offload_once
-from farm.render import Overrides, WindowTask
-from farm.spec import JobSpec
+from farm.pipelines._base import Pipeline
+from farm.tasks import Overrides, WindowResult, WindowTask
+
+if TYPE_CHECKING:
+    from farm.spec import JobSpec
 
 
-def load_svd(spec: JobSpec, device: str):
+class Svd(Pipeline):
+    """Chained windows: each window is conditioned on the last frame of the one before,
+    and the first on `svd.image`."""
+
+    name = "svd"
+    renderer = "farm.pipelines.svd:SvdRenderer"
+    tiny_base = TINY_SVD
+    chained = True
+
+    def key_fields(self, spec: "JobSpec") -> dict:
+        return {
+            "svd": spec.svd.model_dump(exclude={"image"}),  # the image is keyed per window, by content
+            "decode_chunk_size": spec.model.memory.decode_chunk_size,  # SVD's VAE decodes frames together
+        }
+
+    def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
+        return replace(task, image=_read_image(spec.svd.image) if task.window.index == 0 else before)
+
+    def describe_inputs(self, spec: "JobSpec", task: WindowTask) -> dict:
+        if task.window.index == 0:
+            return {"conditioned_on": {"image": spec.svd.image}}
+        # chained windows share one frame: the last of the window before is this one's first
+        return {"conditioned_on": {"window": task.window.index - 1, "frame": task.window.start}}
+
+    def warmup_inputs(self, spec: "JobSpec", task: WindowTask) -> WindowTask:
+        return replace(task, image=np.full((task.height, task.width, 3), 128, np.uint8))  # mid-grey
+
+    def storable(self, result: WindowResult) -> bool:
+        """SVD's temporal VAE makes a window decoded in smaller chunks (the OOM fallback)
+        differ slightly from the one its key promises: such a window is used, not kept."""
+        return not any(step.startswith("oom") for step in result.fallbacks)
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def load_svd(spec: "JobSpec", device: str):
     """StableVideoDiffusionPipeline from `model.base` with the memory knobs. Returns
     (pipe, applied memory knobs)."""
     from diffusers import StableVideoDiffusionPipeline
+
+    from farm.models.load import _load, apply_memory, place, quiet_progress, resolve_dtype, resolve_ref
 
     model = spec.model
     if model.memory.vae_slicing:
@@ -51,7 +94,7 @@ def load_svd(spec: JobSpec, device: str):
 class SvdRenderer:
     """Holds one loaded StableVideoDiffusionPipeline and renders windows with it."""
 
-    def __init__(self, spec: JobSpec, device: str):
+    def __init__(self, spec: "JobSpec", device: str):
         self.device = device
         self.spec = spec
         t0 = time.perf_counter()
@@ -59,6 +102,11 @@ class SvdRenderer:
         self.load_seconds = time.perf_counter() - t0
 
     def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
+        import torch
+
+        from farm.noise import frame_seed, window_noise
+        from farm.pipelines._fallback_steps import decode_in_fp32, offload_once
+
         pipe, w, svd = self.pipe, task.window, self.spec.svd
         if overrides.cpu_offload:
             offload_once(self.pipe, self.device, self.memory)

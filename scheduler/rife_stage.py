@@ -1,11 +1,15 @@
 """The interpolation stage between the blend and the encoder.
 
 Frames arrive in order from the reconciler (`push`). Every `chunk` pairs, the stage sends
-the chunk's frames to the RIFE pool and keeps the chunk's last frame as the first of the
+the chunk's frames to the RIFE actors and keeps the chunk's last frame as the first of the
 next one. Results come back in any order and leave in order (`ready`, `finish`), so the
 encoder sees one ordered stream. Interpolation therefore starts on the finished prefix
-while later windows are still rendering. At most `per_actor` chunks wait on each actor;
-beyond that `push` blocks on the oldest chunk, which keeps memory bounded.
+while later windows are still rendering.
+
+The RIFE actors are an `ActorPool` (scheduler/pool.py) like the pipeline actors: at most
+`per_actor` chunks wait on each actor (beyond that `push` blocks on the oldest, which keeps
+memory bounded), a chunk whose actor raised or was lost is retried on another actor, and a
+chunk that fails every attempt fails the job (InterpolationError), as a window does.
 
 `PassThrough` has the same interface and is used when the job does not interpolate.
 """
@@ -16,10 +20,11 @@ import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import ray
 
-from farm.errors import FarmError
+from farm.errors import InterpolationError
 from farm.interpolate import Retiming, plan_chunks
+from farm.states import Ledger
+from scheduler.pool import ActorPool
 
 
 class PassThrough:
@@ -40,22 +45,26 @@ class PassThrough:
         return None
 
 
+def rife_pool(actors: Sequence, infos: Sequence[dict], retime: Retiming, chunk: int, retries: int,
+              per_actor: int = 2) -> ActorPool:
+    """An ActorPool of RIFE actors with a ledger over the chunks of `retime`."""
+    ledger = Ledger(range(len(plan_chunks(retime, chunk))), retries=retries)
+    return ActorPool(actors, infos, ledger, method="interpolate", what="RIFE", per_actor=per_actor)
+
+
 class InterpolationStage:
-    def __init__(self, actors: Sequence, retime: Retiming, chunk: int, threshold: float,
-                 declared_cuts: Sequence[int] = (), per_actor: int = 2, backend: str = "torch"):
-        self.actors = list(actors)
+    def __init__(self, pool: ActorPool, retime: Retiming, chunk: int, threshold: float,
+                 declared_cuts: Sequence[int] = (), backend: str = "torch"):
+        self.pool = pool
         self.retime = retime
         self.chunks = plan_chunks(retime, chunk)
         self.threshold = threshold
         self.declared = tuple(sorted(declared_cuts))
-        self.limit = per_actor * len(self.actors)
         self.backend = backend
         self._buffer: list[np.ndarray] = []
         self._next_submit = 0
         self._next_emit = 0
-        self._pending: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref → (chunk, actor slot)
         self._done: dict[int, object] = {}
-        self._load = [0] * len(self.actors)
         self.cuts: list[int] = []
         self.frames_in = 0
         self.frames_out = 0
@@ -73,38 +82,30 @@ class InterpolationStage:
             self._submit(c)
 
     def _submit(self, chunk) -> None:
-        while len(self._pending) >= self.limit:  # backpressure: wait for the oldest chunk
-            self._collect(block=True)
         frames = np.stack(self._buffer[: chunk.last - chunk.first + 1])
-        a = min(range(len(self.actors)), key=lambda i: self._load[i])
         declared = tuple(f for f in self.declared if chunk.first < f <= chunk.last)
-        ref = self.actors[a].interpolate.remote(frames, chunk, self.retime.level, self.threshold, declared)
-        self._pending[ref] = (chunk.index, a)
-        self._load[a] += 1
+        while not self.pool.submit(chunk.index, frames, chunk, self.retime.level, self.threshold, declared):
+            self._keep(self.pool.collect(waiting=True))  # backpressure: wait for a chunk to come back
         if self.first_submit_at is None:
             self.first_submit_at = time.perf_counter()
         self._buffer = [self._buffer[chunk.last - chunk.first]]  # the shared frame starts the next chunk
         self._next_submit += 1
 
     # -- output --------------------------------------------------------------------------
-    def _collect(self, block: bool) -> None:
-        if not self._pending:
-            return
-        done, _ = ray.wait(list(self._pending), num_returns=1, timeout=None if block else 0)
-        for ref in done:
-            index, a = self._pending.pop(ref)
-            self._load[a] -= 1
-            try:
-                self._done[index] = ray.get(ref)
-            except ray.exceptions.RayError as err:
-                raise FarmError(f"interpolation of chunk {index} failed: {err}") from err
+    def _keep(self, done: tuple[int, object] | None) -> None:
+        failed = self.pool.ledger.failed
+        if failed:
+            c = self.chunks[failed[0].index]
+            raise InterpolationError(
+                f"interpolation of chunk {c.index} (input frames {c.first}–{c.last}) failed all "
+                f"{failed[0].attempts} attempts; last error: {failed[0].last_error}")
+        if done is not None:
+            self._done[done[0]] = done[1]
 
     def ready(self) -> Iterator[np.ndarray]:
-        while self._pending:
-            before = len(self._pending)
-            self._collect(block=False)
-            if len(self._pending) == before:
-                break
+        for done in self.pool.poll():
+            self._keep(done)
+        self._keep(None)
         while self._next_emit in self._done:
             out = self._done.pop(self._next_emit)
             self.cuts.extend(out.cuts)
@@ -117,12 +118,13 @@ class InterpolationStage:
 
     def finish(self) -> Iterator[np.ndarray]:
         if self._next_submit != len(self.chunks):
-            raise FarmError(
+            raise InterpolationError(
                 f"interpolation got {self.frames_in} frames, expected {self.retime.frames_in}"
             )
-        while self._pending or self._next_emit in self._done:
+        while self.pool.busy() or self._next_emit in self._done:
             yield from self.ready()
-            self._collect(block=True)
+            if self.pool.busy():
+                self._keep(self.pool.collect())
         yield from self.ready()
 
     def summary(self) -> dict:
@@ -140,4 +142,6 @@ class InterpolationStage:
             "model_calls": self.model_calls,
             "cuts": sorted(set(self.cuts)),
             "seconds": round(self.actor_seconds, 4),
+            "failed_attempts": sum(len(c.failures) for c in self.pool.ledger.windows.values()),
+            "blocklist": self.pool.blocklist.report(),
         }

@@ -167,11 +167,6 @@ def exists(uri: str) -> bool:
         raise EncodeError(f"cannot reach {uri}: {err}") from err
 
 
-def report_uri(output: str) -> str:
-    """Where the report of `output` goes: next to it, as for local outputs."""
-    return output + ".report.json"
-
-
 def _companions(local: Path) -> list[Path]:
     """Files the driver wrote next to the video (`NAME.mp4.report.json`, `….report.html`, …),
     the JSON report last: it is the sign that everything before it is in place."""

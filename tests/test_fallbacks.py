@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from farm.ladders import RenderGaveUp
+from farm.fallbacks import RenderGaveUp
 from farm.plan import plan_windows
-from farm.render import WindowTask, make_renderer
+from farm.renderers import make_renderer
+from farm.tasks import WindowTask
 from farm.spec import parse_spec
 from scheduler.cli import main
 from tests.conftest import base_spec, write_spec
@@ -66,7 +67,7 @@ def test_memory_knobs_are_applied_once_at_load(tmp_path):
     assert renderer.inner.pipe.vae.use_slicing
 
 
-def test_a_ladder_that_gives_up_fails_the_window_without_retries_and_the_report_says_why(tmp_path):
+def test_a_ladder_that_gives_up_fails_the_window_without_retries_and_the_report_says_why(tmp_path, shared_ray):
     data = base_spec(tmp_path, frames=28)  # 2 windows
     data["model"] = {**data["model"], "faults": {"nan_on_calls": [1, 2]}}  # the actor's first window, twice
     store = tmp_path / "store"

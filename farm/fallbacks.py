@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from farm.render import Overrides, to_uint8
+from farm.tasks import Overrides
+from farm.util import first_line, unit_to_uint8
 
 #: A frame whose brightest pixel is below this (of 1.0) counts as black.
 BLACK = 1.0 / 255
@@ -52,13 +53,13 @@ class LadderRenderer:
         self.decode_chunk_size = decode_chunk_size
 
     def warm_up(self, task) -> float:
-        """Render the actor's warm-up window (`farm.render.warmup_task`) once, with no
+        """Render the actor's warm-up window (`farm.renderers.warmup_task`) once, with no
         ladder and no fault injection, and drop it. Returns the seconds it took."""
         t0 = time.perf_counter()
         warm = getattr(self.inner, "warm_up", self.inner.render)
         frames = warm(task, Overrides(decode_chunk_size=self.decode_chunk_size))
         is_broken(frames)
-        to_uint8(frames)
+        unit_to_uint8(frames)
         return time.perf_counter() - t0
 
     def render(self, task) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -87,19 +88,14 @@ class LadderRenderer:
                 raise RenderGaveUp(
                     f"CUDA out of memory even with decode_chunk_size={overrides.decode_chunk_size} and CPU "
                     f"offload (steps tried: {', '.join(steps)}); lower width/height or window.length. "
-                    f"Last error: {_first_line(err)}"
+                    f"Last error: {first_line(err)}"
                 ) from None
             broken = is_broken(frames)
             if broken is None:
-                return to_uint8(frames), tuple(steps)
+                return unit_to_uint8(frames), tuple(steps)
             if overrides.vae_fp32:
                 raise RenderGaveUp(f"window {task.window.index} {broken} even with the VAE in fp32 "
                                    f"(steps tried: {', '.join(steps)}); try dtype fp32 or another seed")
             overrides = Overrides(decode_chunk_size=overrides.decode_chunk_size, cpu_offload=overrides.cpu_offload,
                                   vae_fp32=True)
             steps.append(f"{broken.split(' to ')[-1]}: vae_fp32")
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

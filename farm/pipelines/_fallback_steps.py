@@ -1,4 +1,4 @@
-"""Fallback steps every pipeline renderer shares (see farm/ladders.py)."""
+"""Fallback steps every pipeline renderer shares (see farm/fallbacks.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,71 @@
+"""What a pipeline declares about itself, so that generic code never asks for its name.
+
+A pipeline file (`farm/pipelines/<name>.py`) holds two things: a descriptor, a subclass of
+`Pipeline` that says what the driver, the window keys and the renderer stack need to know,
+and a renderer class that holds the loaded diffusers pipeline (see `farm.renderers` for
+the renderer interface). The descriptor is imported by the driver, so a pipeline file
+imports torch and diffusers only inside its renderer, never at the top.
+
+    class MyPipeline(Pipeline):
+        name = "my-pipeline"                       # model.pipeline in the job spec
+        renderer = "farm.pipelines.mine:MyRenderer"  # imported on the actors only
+        tiny_base = TINY_BASE                      # what `model.base: tiny` builds
+
+        def key_fields(self, spec): ...            # what else determines its frames
+        def window_inputs(self, spec, task, before): ...   # per-window inputs, if any
+
+and one line in `farm/pipelines/__init__.py`'s registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from farm.spec import JobSpec
+    from farm.tasks import WindowResult, WindowTask
+
+
+class Pipeline:
+    """The default is a pipeline whose windows are independent, need no inputs beyond the
+    spec, and may all be stored."""
+
+    #: `model.pipeline` in the job spec.
+    name: ClassVar[str]
+    #: "module:Class" of the renderer; imported where the pipeline is loaded (the actors).
+    renderer: ClassVar[str]
+    #: The tiny model `model.base: tiny` names (farm.models.tiny).
+    tiny_base: ClassVar[str]
+    #: Each window starts from the last frame of the window before: windows run one after
+    #: another on one actor (the other GPUs stay free), and a failed window ends the chain.
+    chained: ClassVar[bool] = False
+
+    def key_fields(self, spec: "JobSpec") -> dict:
+        """What this pipeline adds to the model part of every window key (farm.keys):
+        everything beyond the base model and dtype that changes a window's frames."""
+        return {}
+
+    def window_inputs(self, spec: "JobSpec", task: "WindowTask", before: np.ndarray | None) -> "WindowTask":
+        """`task` with its per-window inputs, added just before it is looked up or sent.
+        `before` is the last frame of the window before (chained pipelines; None for the
+        first window and for independent windows)."""
+        return task
+
+    def describe_inputs(self, spec: "JobSpec", task: "WindowTask") -> dict:
+        """What the report says about a window's inputs."""
+        return {}
+
+    def warmup_inputs(self, spec: "JobSpec", task: "WindowTask") -> "WindowTask":
+        """Stand-in inputs for the actor's throwaway warm-up window (same shapes)."""
+        return task
+
+    def storable(self, result: "WindowResult") -> bool:
+        """Whether a rendered window may be kept in the window store under its key."""
+        return True
+
+
+def blank_frames(task: "WindowTask") -> np.ndarray:
+    """(F, H, W, 3) black uint8 frames of a window's shape."""
+    return np.zeros((task.window.length, task.height, task.width, 3), np.uint8)
