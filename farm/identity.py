@@ -1,14 +1,22 @@
-"""How a model reference enters a window key: `tiny` by its build name, a hub id by name,
-a local folder by the sha256 of its files, a LoRA file by its sha256. Shared by the window
-keys (farm/keys.py) and the pipeline descriptors (farm/pipelines/)."""
+"""Model references: what kind of reference a string is (`tiny`, a local folder, a hub id),
+and how one enters a window key: `tiny` by its build name, a hub id by name, a local
+folder by the sha256 of its files, a LoRA file by its sha256. Shared by the spec
+(farm/spec.py), the window keys (farm/keys.py) and the pipeline descriptors."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from farm.spec import TINY_LORAS, is_local_ref
 from farm.store import folder_digest
 from farm.util import sha256_file
+
+#: LoRA ids that name tiny LoRAs built offline (farm/models/tiny_lora.py), for tests and demos.
+TINY_LORAS = {"tiny-motion-lora": "motion", "tiny-sd-lora": "sd"}
+
+
+def is_local_ref(ref: str) -> bool:
+    """A model reference that names a folder rather than a hub id (`org/name`)."""
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir()
 
 
 def ref_identity(ref: str, tiny_name: str) -> str:

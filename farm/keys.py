@@ -1,9 +1,10 @@
 """Window keys: the hash of everything that determines a window's frames.
 
-    model      pipeline; base, motion adapter and ControlNet (`tiny` by build name, a hub
-               id by name, a local folder by the sha256 of its files); scheduler and its
-               settings; LoRAs (file sha256, name, weight); the dtype it runs in on this
-               cluster (fp16 on CUDA, fp32 on CPU for `auto`); SVD's knobs; control scale
+    model      pipeline, base model (`tiny` by build name, a hub id by name, a local folder
+               by the sha256 of its files: farm/identity.py), the dtype it runs in on this
+               cluster (fp16 on CUDA, fp32 on CPU for `auto`), and what the pipeline's
+               descriptor adds (`key_fields`): AnimateDiff's motion adapter, scheduler and
+               LoRAs; the ControlNet and its scale; SVD's knobs and decode chunk
     window     its frame range, the prompt(s) of each of its frames (farm.prompts), the
                negative prompt, seed, size, steps, guidance, and its inputs by content:
                the SVD conditioning frame (the spec's image, or the last frame of the

@@ -29,6 +29,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from farm.errors import EncodeError, SpecError
+from farm.identity import is_local_ref
+from farm.pipelines import REGISTRY, descriptor
 
 # Upper bounds: far above any real job, far below what a typo asks for.
 MAX_FRAMES = 1_000_000        # frames of a job (about 35 h at 8 fps)
@@ -62,11 +64,6 @@ def check_output(v: str) -> str:
     if path.is_dir():
         raise ValueError(f"{v!r} is a folder, not a file")
     return str(path.resolve())
-
-
-def is_local_ref(ref: str) -> bool:
-    """A model reference that names a folder rather than a hub id (`org/name`)."""
-    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir()
 
 
 def _model_ref(ref: str) -> str:
@@ -165,8 +162,6 @@ class FaultSpec(_Strict):
     fail_chunks: list[Frame] = Field([], max_length=MAX_LIST)  # these RIFE chunks raise on every attempt
 
 
-#: LoRA ids that name tiny LoRAs built offline (farm/models/tiny_lora.py), for tests and demos.
-TINY_LORAS = {"tiny-motion-lora": "motion", "tiny-sd-lora": "sd"}
 
 
 class LoraSpec(_Strict):
@@ -201,7 +196,7 @@ class ModelSpec(_Strict):
     `svd`, `base` is the Stable Video Diffusion checkpoint and there is no motion adapter.
     """
 
-    pipeline: Literal["animatediff", "animatediff-controlnet", "svd"]
+    pipeline: Literal[tuple(REGISTRY)]  # farm/pipelines: one file and one registry line each
     base: ModelRef = "tiny"
     motion_adapter: ModelRef = "tiny"
     scheduler: Literal["ddim", "euler", "lcm"] | None = None  # AnimateDiff; default ddim
@@ -215,7 +210,7 @@ class ModelSpec(_Strict):
 
     @property
     def scheduler_name(self) -> str | None:
-        if self.pipeline == "svd":
+        if "scheduler" in descriptor(self.pipeline).refuses:
             return None
         return self.scheduler or "ddim"
 
@@ -227,14 +222,10 @@ class ModelSpec(_Strict):
 
     @classmethod
     def _rules(cls, v: dict) -> Rules:
-        if v.get("pipeline") == "svd":
-            if v.get("scheduler") is not None:
-                yield "scheduler", "svd uses its own EulerDiscreteScheduler; remove model.scheduler"
-            if v.get("loras"):
-                yield "loras", "LoRAs apply to the AnimateDiff pipelines, not to svd"
-            if _get(v, "memory.vae_slicing"):
-                yield "memory.vae_slicing", ("the SVD VAE (a temporal decoder) cannot decode in slices; "
-                                             "use model.memory.decode_chunk_size")
+        if v.get("pipeline") in REGISTRY:
+            for field, why in descriptor(v["pipeline"]).refuses.items():
+                if _get(v, field):
+                    yield field, why
         names = [lora.get("name") for lora in v.get("loras") or [] if lora and lora.get("name")]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -370,14 +361,17 @@ class JobSpec(_Root):
 
     @classmethod
     def _prepare(cls, data: dict) -> dict:
-        """svd's own defaults: chained windows share exactly one frame, and guidance is
-        SVD's max_guidance_scale, 3.0 in diffusers."""
-        if isinstance(data.get("model"), dict) and data["model"].get("pipeline") == "svd":
-            window = data.get("window") or {}
-            if isinstance(window, dict) and "overlap" not in window:
-                data = {**data, "window": {**window, "overlap": 1}}
-            data = {"guidance": 3.0, **data}
-        return data
+        """The pipeline's own defaults (its descriptor's `defaults`); a chained pipeline's
+        windows share exactly one frame."""
+        model = data.get("model")
+        pipeline = model.get("pipeline") if isinstance(model, dict) else None
+        if not isinstance(pipeline, str) or pipeline not in REGISTRY:
+            return data
+        d = descriptor(pipeline)
+        window = data.get("window") or {}
+        if d.chained and isinstance(window, dict) and "overlap" not in window:
+            data = {**data, "window": {**window, "overlap": 1}}
+        return {**d.defaults, **data}
 
     @classmethod
     def _rules(cls, v: dict) -> Rules:
@@ -406,28 +400,32 @@ def _interpolation_fits(v: dict) -> Rules:
 
 
 def _pipeline_inputs(v: dict) -> Rules:
-    """svd needs an `svd:` block, controlnet a `control:` block with enough frames; no
-    other pipeline takes either. A block that failed its own rules is absent from `v`."""
+    """Each pipeline block (`svd:`, `control:`) is required by the pipeline whose descriptor
+    names it and refused for every other; a chained pipeline's windows overlap by one frame;
+    a control block has a frame for every frame of the job. A block that failed its own
+    rules is absent from `v`."""
     pipeline = _get(v, "model.pipeline")
     if pipeline is None:
         return
-    if "svd" in v:
-        if pipeline == "svd" and v["svd"] is None:
-            yield "svd", "model.pipeline svd needs an `svd:` block with at least `image:`"
-        elif pipeline != "svd" and v["svd"] is not None:
-            yield "svd", f"the `svd:` block is only for model.pipeline svd; this job uses {pipeline}"
+    d = descriptor(pipeline)
+    for block, owner in _BLOCK_OWNERS.items():
+        if block not in v:
+            continue
+        if block == d.spec_block and v[block] is None:
+            yield block, f"model.pipeline {pipeline} needs its `{block}:` block with {d.spec_block_needs}"
+        elif block != d.spec_block and v[block] is not None:
+            yield block, f"the `{block}:` block is only for model.pipeline {owner}; this job uses {pipeline}"
     overlap = _get(v, "window.overlap")
-    if pipeline == "svd" and overlap is not None and overlap != 1:
-        yield "window.overlap", (f"must be 1 for svd (each window starts from the last frame of the one "
-                                 f"before); got {overlap}")
-    if "control" in v:
-        if pipeline == "animatediff-controlnet" and v["control"] is None:
-            yield "control", "model.pipeline animatediff-controlnet needs a `control:` block with `video:`"
-        elif pipeline != "animatediff-controlnet" and v["control"] is not None:
-            yield "control", f"the `control:` block is only for animatediff-controlnet; this job uses {pipeline}"
+    if d.chained and overlap is not None and overlap != 1:
+        yield "window.overlap", (f"must be 1 for {pipeline} (each window starts from the last frame of the "
+                                 f"one before); got {overlap}")
     video, frames = _get(v, "control.video"), v.get("frames")
-    if pipeline == "animatediff-controlnet" and video is not None and frames is not None:
+    if d.spec_block == "control" and video is not None and frames is not None:
         yield from _control_frames(video, frames)
+
+
+#: Each pipeline block and the pipeline that takes it.
+_BLOCK_OWNERS = {d.spec_block: name for name, d in REGISTRY.items() if d.spec_block}
 
 
 def _control_frames(video: str, frames: int) -> Rules:
@@ -445,9 +443,9 @@ def _control_frames(video: str, frames: int) -> Rules:
 
 def _prompt_source(v: dict) -> Rules:
     pipeline, prompt, prompts = _get(v, "model.pipeline"), v.get("prompt"), v.get("prompts")
-    if pipeline == "svd":
+    if pipeline is not None and descriptor(pipeline).no_text:
         if prompt is not None or prompts is not None:
-            yield "prompt", "svd is conditioned on svd.image, not on text; remove prompt/prompts"
+            yield "prompt", f"{pipeline} {descriptor(pipeline).no_text}; remove prompt/prompts"
         return
     if pipeline is not None and "prompt" in v and "prompts" in v and (prompt is None) == (prompts is None):
         yield "prompt", "give exactly one of `prompt` (one text) or `prompts` (a {frame: text} schedule)"

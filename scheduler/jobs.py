@@ -48,7 +48,8 @@ import yaml
 
 from farm import __version__, outputs
 from farm.errors import ClusterError, SpecError
-from farm.spec import JobSpec, is_local_ref, load_spec
+from farm.identity import is_local_ref
+from farm.spec import JobSpec, load_spec
 
 #: Where the jobs API is when neither --address nor the environment says.
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

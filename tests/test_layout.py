@@ -84,8 +84,8 @@ def test_every_pipeline_the_spec_accepts_has_a_descriptor_and_a_renderer():
     from farm.renderers import renderer_class
 
     accepted = set(typing.get_args(ModelSpec.model_fields["pipeline"].annotation))
-    assert accepted == set(REGISTRY)
-    for name in accepted:
+    assert accepted == {"animatediff", "animatediff-controlnet", "svd"} <= set(REGISTRY)
+    for name in REGISTRY:
         d = descriptor(name)
         assert d.name == name and d.tiny_base
         assert callable(renderer_class(name).render)

@@ -196,3 +196,53 @@ def test_dash_o_and_spec_problems_are_reported_together(tmp_path):
 def test_the_output_in_the_file_is_blamed_on_the_file(tmp_path):
     found = problems(base_spec(tmp_path, output=str(tmp_path / "out.avi")))
     assert found == [f"output: must end in .mp4 (the farm writes H.264 in mp4); got '{tmp_path / 'out.avi'}'"]
+
+
+# -- what each pipeline's descriptor says the spec may hold ------------------------------------
+def _problems(data) -> list[str]:
+    from farm.errors import SpecError
+    from farm.spec import parse_spec
+
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return info.value.problems
+
+
+def test_a_pipeline_refuses_what_its_descriptor_refuses_and_each_block_belongs_to_one_pipeline(tmp_path):
+    from tests.conftest import base_spec
+
+    image = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    svd = base_spec(tmp_path, model={"pipeline": "svd", "scheduler": "lcm", "loras": [{"id": "tiny-sd-lora", "name": "x"}],
+                                     "memory": {"vae_slicing": True}},
+                    control={"video": str(tmp_path)}, window={"length": 16, "overlap": 4})
+    problems = _problems(svd)
+    assert any(p.startswith("model.scheduler: svd uses its own EulerDiscreteScheduler") for p in problems)
+    assert any(p.startswith("model.loras: LoRAs apply to the AnimateDiff pipelines") for p in problems)
+    assert any(p.startswith("model.memory.vae_slicing: the SVD VAE") for p in problems)
+    assert "svd: model.pipeline svd needs its `svd:` block with at least `image:`" in problems
+    assert ("control: the `control:` block is only for model.pipeline animatediff-controlnet; this job uses svd"
+            in problems)
+    assert any(p.startswith("window.overlap: must be 1 for svd") for p in problems)
+    assert any(p.startswith("prompt: svd is conditioned on svd.image, not on text") for p in problems)
+
+    plain = base_spec(tmp_path, svd={"image": str(image)})
+    assert _problems(plain) == ["svd: the `svd:` block is only for model.pipeline svd; this job uses animatediff"]
+
+
+def test_a_chained_pipeline_gets_its_own_defaults(tmp_path):
+    from farm.spec import parse_spec
+    from tests.conftest import base_spec
+
+    image = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    data = base_spec(tmp_path, model={"pipeline": "svd"}, svd={"image": str(image)}, window={"length": 8})
+    for key in ("prompt", "guidance"):
+        data.pop(key)
+    data.pop("negative_prompt")
+    spec = parse_spec(data)
+    assert (spec.window.overlap, spec.guidance, spec.model.scheduler_name) == (1, 3.0, None)

@@ -7,12 +7,17 @@ only decides which folder to read. A hub id downloads through huggingface_hub as
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from farm.errors import FarmError
+from farm.identity import TINY_LORAS
 from farm.models.schedulers import SCHEDULERS
 from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, tiny_model_path
-from farm.spec import TINY_LORAS, ModelSpec
+
+if TYPE_CHECKING:
+    from farm.spec import ModelSpec
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -39,8 +39,22 @@ class Pipeline:
     #: The tiny model `model.base: tiny` names (farm.models.tiny).
     tiny_base: ClassVar[str]
     #: Each window starts from the last frame of the window before: windows run one after
-    #: another on one actor (the other GPUs stay free), and a failed window ends the chain.
+    #: another on one actor (the other GPUs stay free), a failed window ends the chain, and
+    #: neighbouring windows share exactly one frame (`window.overlap` is 1).
     chained: ClassVar[bool] = False
+
+    # What the job spec may say for this pipeline; farm/spec.py reads these.
+    #: The spec block that holds this pipeline's own inputs (`svd:`, `control:`), and what it
+    #: must hold at least: required for this pipeline, refused for every other.
+    spec_block: ClassVar[str | None] = None
+    spec_block_needs: ClassVar[str] = ""
+    #: None: windows are conditioned on text (`prompt` or `prompts`, exactly one). Else why
+    #: they are not, for the error that refuses a prompt.
+    no_text: ClassVar[str | None] = None
+    #: Fields under `model:` this pipeline does not take, each with the reason.
+    refuses: ClassVar[dict[str, str]] = {}
+    #: Its own defaults for top-level spec fields.
+    defaults: ClassVar[dict] = {}
 
     def key_fields(self, spec: "JobSpec") -> dict:
         """What this pipeline adds to the model part of every window key (farm.keys):

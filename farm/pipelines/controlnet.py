@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 class AnimateDiffControlNet(AnimateDiff):
     name = "animatediff-controlnet"
     renderer = "farm.pipelines.controlnet:AnimateDiffControlNetRenderer"
+    spec_block, spec_block_needs = "control", "`video:`"
 
     def key_fields(self, spec: "JobSpec") -> dict:
         return super().key_fields(spec) | {

@@ -39,6 +39,15 @@ class Svd(Pipeline):
     renderer = "farm.pipelines.svd:SvdRenderer"
     tiny_base = TINY_SVD
     chained = True
+    spec_block, spec_block_needs = "svd", "at least `image:`"
+    no_text = "is conditioned on svd.image, not on text"
+    refuses = {
+        "scheduler": "svd uses its own EulerDiscreteScheduler; remove model.scheduler",
+        "loras": "LoRAs apply to the AnimateDiff pipelines, not to svd",
+        "memory.vae_slicing": "the SVD VAE (a temporal decoder) cannot decode in slices; "
+                              "use model.memory.decode_chunk_size",
+    }
+    defaults = {"guidance": 3.0}  # SVD's max_guidance_scale in diffusers
 
     def key_fields(self, spec: "JobSpec") -> dict:
         return {
