@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.util import first_line
 
 #: The image files a control folder may hold (compared lower-case).
 CONTROL_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -41,12 +40,9 @@ def count_control_frames(path: str | Path) -> int:
         return len(control_images(path))
     if not path.is_file():
         raise ValueError(f"nothing at {str(path)!r}")
-    import imageio_ffmpeg
+    from farm.video import count_frames
 
-    try:
-        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (RuntimeError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as a video: {first_line(err)}") from None
+    frames = count_frames(path)
     if frames <= 0:
         raise ValueError(f"video {str(path)!r} has no frames")
     return int(frames)

@@ -18,11 +18,9 @@ from __future__ import annotations
 import glob
 import os
 import queue
-import re
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg

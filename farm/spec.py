@@ -31,6 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from farm.errors import EncodeError, SpecError
 from farm.identity import is_local_ref
 from farm.pipelines import REGISTRY, descriptor
+from farm.util import first_line
 
 # Upper bounds: far above any real job, far below what a typo asks for.
 MAX_FRAMES = 1_000_000        # frames of a job (about 35 h at 8 fps)
@@ -663,7 +664,7 @@ def load_spec(path: str | Path, output: str | None = None) -> JobSpec:
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """One line: where the YAML breaks (file:line:column) and what YAML says."""
     mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    problem = getattr(err, "problem", None) or first_line(err)
     if mark is None:
         return f"not valid YAML: {problem}"
     context = getattr(err, "context", None)

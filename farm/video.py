@@ -1,6 +1,7 @@
 """Reading video files: the one place that decodes frames with ffmpeg (imageio-ffmpeg).
 
     probe(path)              what a player sees: frames, fps, size, codec (decodes it all)
+    count_frames(path)       the number of frames alone
     iter_frames(path)        (meta, frames) streaming, closed as soon as the caller stops
     read_frames(path)        every frame at once, (N, H, W, 3) uint8 (tests, small files)
 
@@ -62,6 +63,16 @@ def probe(path: str | Path) -> VideoInfo:
         codec=m.group(1),
         pix_fmt=m.group(2),
     )
+
+
+def count_frames(path: str | Path) -> int:
+    """How many frames ffmpeg decodes from `path` (it reads the whole stream). ValueError,
+    with ffmpeg's first line, when it cannot read it."""
+    try:
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read {str(path)!r} as a video: {first_line(err)}") from None
+    return int(frames)
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
