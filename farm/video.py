@@ -10,6 +10,8 @@ Writing lives in farm/encode.py.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -34,10 +36,21 @@ class VideoInfo:
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Decode the whole file with ffmpeg and report what a player would see.
+    """Decode the whole file with ffmpeg and report what a player would see. The answer is
+    remembered for the file as it is (path, size, mtime), so validating an input and then
+    reading it decodes it once.
 
     Raises EncodeError if ffmpeg reports any decoding error.
     """
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise EncodeError(f"ffmpeg cannot decode {path}: {err.strerror}") from None
+    return _probe(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(path: str, size: int, mtime_ns: int) -> VideoInfo:
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     proc = subprocess.run(
         [exe, "-hide_banner", "-v", "error", "-stats", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"],
