@@ -8,7 +8,14 @@ of their weights. The schemes:
 - `linear`: weights rise in equal steps across the overlap;
 - `cosine`: a raised-cosine ramp, flat at both ends, so the hand-over starts gently;
 - `hard`: no blend, a plain cut in the middle of the overlap (the earlier window up to
-  the middle, the later one after); kept for comparison.
+  the middle, the later one after); kept for comparison;
+- `pyramid`: each window weighs its frames by their distance from its own edges (1, 2, …
+  up to its middle and down again), the profile AnimateDiff-Evolved's context windows
+  default to;
+- `flat`: every window covering a frame counts the same (FreeNoise's default): a plain mean.
+
+`linear`, `cosine` and `hard` shape only the frames a window shares; `pyramid` and `flat`
+are profiles over the whole window, which normalising turns into a crossfade.
 
 Where two windows overlap, their linear or cosine weights already sum to 1; normalising
 makes the same code right where more than two windows cover a frame (overlap > length/2).
@@ -25,7 +32,12 @@ import numpy as np
 from farm.plan import Window
 from farm.util import levels_to_uint8
 
-SCHEMES = ("linear", "cosine", "hard")
+SCHEMES = ("linear", "cosine", "hard", "pyramid", "flat")
+#: Schemes that weigh every frame of a window, not only the frames it shares.
+WHOLE_WINDOW = {
+    "pyramid": lambda n: np.minimum(np.arange(1, n + 1), np.arange(n, 0, -1)).astype(np.float64),
+    "flat": lambda n: np.ones(n, dtype=np.float64),
+}
 
 
 def ramp(scheme: str, n: int) -> np.ndarray:
@@ -42,6 +54,8 @@ def ramp(scheme: str, n: int) -> np.ndarray:
 
 def window_profile(window: Window, scheme: str) -> np.ndarray:
     """Un-normalised weight of each of the window's own frames."""
+    if scheme in WHOLE_WINDOW:
+        return WHOLE_WINDOW[scheme](window.length)
     w = np.ones(window.length, dtype=np.float64)
     if window.overlap_prev:
         w[: window.overlap_prev] *= ramp(scheme, window.overlap_prev)
@@ -68,6 +82,10 @@ class Reconciler:
     frame whose covering windows have all arrived, from the first not yet released.
     A window's frames are dropped as soon as the last frame it covers is released, so
     memory holds only the windows around the moving front of the video.
+
+    On the way it measures how much each pair of neighbouring windows *disagree* where they
+    overlap, before blending: the mean absolute difference of their own frames, in the
+    frames' levels (`disagreement()`). That is what a crossfade has to hide.
     """
 
     def __init__(self, windows: Sequence[Window], scheme: str):
@@ -75,6 +93,7 @@ class Reconciler:
         self.weights = frame_weights(self.windows, scheme)
         self.frames = self.windows[-1].end
         self._parts: dict[int, object] = {}
+        self._disagree: dict[int, list[float]] = {}  # seam k (windows k, k+1) → per-frame differences
         self.next_frame = 0
         self._first = 0  # first window whose frames may still be needed
         # For every frame, the index range [lo, hi] of windows that cover it.
@@ -112,7 +131,16 @@ class Reconciler:
                 self._parts.pop(self._first, None)
                 self._first += 1
 
+    def disagreement(self) -> dict[int, float]:
+        """For each seam k (windows k and k+1) released so far, the mean absolute difference
+        of the two windows' frames over the frames they share."""
+        return {k: float(np.mean(d)) for k, d in sorted(self._disagree.items())}
+
     def _blend_frame(self, f: int, lo: int, hi: int):
+        for k in range(lo, hi):  # neighbours that both cover frame f
+            a = self._parts[k][f - self.windows[k].start]
+            b = self._parts[k + 1][f - self.windows[k + 1].start]
+            self._disagree.setdefault(k, []).append(float(np.abs(np.subtract(a, b, dtype=np.float32)).mean()))
         acc = None
         for i in range(lo, hi + 1):
             w = self.windows[i]

@@ -149,8 +149,13 @@ def seam_summary(seams: list[dict]) -> dict:
     }
 
 
-def flicker_report(curve, windows) -> dict:
-    """The report's flicker fields: `flicker {score, curve}`, `seams` and their summary."""
+def flicker_report(curve, windows, disagreement: dict[int, float] | None = None) -> dict:
+    """The report's flicker fields: `flicker {score, curve}`, `seams` and their summary.
+    `disagreement` (seam k → mean absolute difference, in levels, of windows k and k+1 over
+    the frames they share, before blending) is added to each seam it names."""
     seams = seam_ratios(curve, windows)
+    for seam in seams:
+        if disagreement and seam["window"] in disagreement:
+            seam["disagreement"] = round(disagreement[seam["window"]], 4)
     flicker = {"score": flicker_score(curve), "curve": [round(float(c), 4) for c in curve]}
     return {"flicker": flicker, "seams": seams} | seam_summary(seams)

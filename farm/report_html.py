@@ -238,8 +238,11 @@ def _summary(report: dict) -> str:
         ("windows rendered / cached / retried", f"{rendered} / {cached} / {retried}"),
         ("flicker score", _fmt((report.get("flicker") or {}).get("score"), 4)),
         ("seam ratio max / median", f"{_ratio(report.get('seam_ratio_max'))} / {_ratio(report.get('seam_ratio_median'))}"),
-        ("total", f"{_fmt(stages.get('total'))} s"),
     ]
+    disagree = [s["disagreement"] for s in report.get("seams") or [] if s.get("disagreement") is not None]
+    if disagree:
+        cards.append(("windows disagree in overlaps, max (levels)", _fmt(max(disagree))))
+    cards.append(("total", f"{_fmt(stages.get('total'))} s"))
     body = "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
     return f'<div class="cards">{body}</div>'
 
@@ -247,11 +250,14 @@ def _summary(report: dict) -> str:
 def _seam_table(seams: list[dict]) -> str:
     if not seams:
         return ""
-    head = "<tr><th>seam</th><th class=n>frame</th><th class=n>jump ratio</th><th class=n>jump</th><th class=n>interior</th></tr>"
+    head = ("<tr><th>seam</th><th class=n>frame</th><th class=n>jump ratio</th><th class=n>jump</th>"
+            "<th class=n>interior</th><th class=n title='mean absolute difference of the two windows&#39; own "
+            "frames over their overlap, before blending (8-bit levels)'>windows disagree</th></tr>")
     rows = "".join(
         f"<tr><td>{_e(s.get('window', i))} → {_e(s.get('window', i) + 1)}</td>"
         f"<td class=n>{_e(s.get('frame'))}</td><td class=n>{_e(_ratio(s.get('jump_ratio')))}</td>"
-        f"<td class=n>{_e(_fmt(s.get('jump')))}</td><td class=n>{_e(_fmt(s.get('interior')))}</td></tr>"
+        f"<td class=n>{_e(_fmt(s.get('jump')))}</td><td class=n>{_e(_fmt(s.get('interior')))}</td>"
+        f"<td class=n>{_e(_fmt(s.get('disagreement')))}</td></tr>"
         for i, s in enumerate(seams))
     return f"<details><summary>{len(seams)} seams</summary><table>{head}{rows}</table></details>"
 

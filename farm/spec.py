@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from farm.blend import SCHEMES
 from farm.errors import EncodeError, SpecError
 from farm.identity import is_local_ref
 from farm.pipelines import REGISTRY, descriptor
@@ -238,7 +239,7 @@ class WindowSpec(_Strict):
 
     length: int = Field(16, gt=0, le=MAX_WINDOW)
     overlap: int = Field(4, ge=0, lt=MAX_WINDOW)
-    blend: Literal["linear", "cosine", "hard"] = "linear"
+    blend: Literal[SCHEMES] = "linear"  # farm/blend.py
 
     @classmethod
     def _rules(cls, v: dict) -> Rules:

@@ -237,7 +237,7 @@ class RenderJob:
 
     # 8. ------------------------------------------------------------------------------------
     def write_report(self) -> Report:
-        metrics = flicker_report(self.meter.curve, self.plan.windows)
+        metrics = flicker_report(self.meter.curve, self.plan.windows, self.reconciler.disagreement())
         if self.spec.interpolate:
             metrics["interpolate"] = self.interp.summary() | {
                 "actors": self.rife_infos,

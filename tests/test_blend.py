@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.blend import Reconciler, frame_weights, ramp, window_profile
+from farm.blend import SCHEMES, Reconciler, frame_weights, ramp, window_profile
 from farm.plan import split
 
 
@@ -37,7 +37,7 @@ def test_unknown_scheme():
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 24).flatmap(lambda L: st.tuples(st.just(L), st.integers(0, L - 1), st.integers(L, 120))),
-       st.sampled_from(["linear", "cosine", "hard"]))
+       st.sampled_from(SCHEMES))
 def test_normalised_weights_sum_to_one_at_every_frame(shape, scheme):
     length, overlap, frames = shape
     ws = split(frames, length, overlap)
@@ -58,7 +58,7 @@ def _windows_of(video, ws):
     return {w.index: video[w.start : w.end] for w in ws}
 
 
-@pytest.mark.parametrize("scheme", ["linear", "cosine", "hard"])
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_identical_overlaps_reconstruct_the_video_exactly(scheme):
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, size=(52, 8, 8, 3), dtype=np.uint8)
@@ -109,3 +109,31 @@ def test_wrong_frame_count_is_refused():
     rec = Reconciler(split(28, 16, 4), "linear")
     with pytest.raises(ValueError, match="returned 15 frames, expected 16"):
         rec.add(0, np.zeros((15, 1, 1, 3), np.uint8))
+
+
+def test_pyramid_weighs_frames_by_their_distance_from_the_window_edges_and_flat_averages():
+    ws = split(28, 16, 4)  # windows 0-15 and 12-27
+    np.testing.assert_array_equal(window_profile(ws[0], "pyramid")[:9], [1, 2, 3, 4, 5, 6, 7, 8, 8])
+    a, b = frame_weights(ws, "pyramid")
+    # Frames 12-15: window 0 weighs 4, 3, 2, 1 (its edge), window 1 weighs 1, 2, 3, 4.
+    np.testing.assert_allclose(a[12:], [0.8, 0.6, 0.4, 0.2])
+    np.testing.assert_allclose(b[:4], [0.2, 0.4, 0.6, 0.8])
+    a, b = frame_weights(ws, "flat")
+    np.testing.assert_allclose(a[12:], 0.5)
+    np.testing.assert_allclose(a[:12], 1.0)
+
+
+@pytest.mark.parametrize("scheme", ["linear", "hard", "flat"])
+def test_the_reconciler_says_how_much_neighbouring_windows_disagree_in_their_overlap(scheme):
+    """Windows 0 and 1 share frames 12-15 and differ there by 10 levels; windows 1 and 2
+    agree: the disagreement is measured before blending, whatever the scheme."""
+    ws = split(40, 16, 4)
+    video = np.random.default_rng(0).integers(50, 200, size=(40, 8, 8, 3)).astype(np.uint8)
+    parts = _windows_of(video, ws)
+    parts[1] = parts[1].copy()
+    parts[1][:4] += 10
+    r = Reconciler(ws, scheme)
+    for i in (2, 0, 1):
+        r.add(i, parts[i])
+    assert len(list(r.ready())) == 40
+    assert r.disagreement() == {0: 10.0, 1: 0.0}

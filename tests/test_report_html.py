@@ -31,7 +31,8 @@ def _clip(n: int, jump_at: int) -> np.ndarray:
 def report(tmp_path):
     """A report as the driver writes it: 2 nodes, 3 actors, one cached window, one retry."""
     windows = split(64, 16, 4)
-    metrics = flicker_report(frame_diffs(_clip(64, jump_at=windows[3].start + 2)), windows)
+    metrics = flicker_report(frame_diffs(_clip(64, jump_at=windows[3].start + 2)), windows,
+                             disagreement={0: 1.25, 1: 7.5, 2: 0.5, 3: 2.0})
     placement = {1: (NODE_A, ACT_1), 2: (NODE_A, ACT_2), 3: (NODE_B, ACT_3), 4: (NODE_A, ACT_1)}
     records = []
     for w in windows:
@@ -200,3 +201,10 @@ def test_written_atomically_next_to_the_video(report, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4.report.html"]
     other = write_html_report(report, tmp_path / "elsewhere.html")
     assert other.read_text() == path.read_text()
+
+
+def test_each_seam_says_how_much_its_two_windows_disagreed(report):
+    assert [s["disagreement"] for s in report["seams"]] == [1.25, 7.5, 0.5, 2.0]
+    page = Page(render_html(report))
+    assert "windows disagree" in page.text("th") and "7.5" in page.text("td")
+    assert "windows disagree in overlaps, max (levels)" in page.text(".card")

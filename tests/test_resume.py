@@ -47,6 +47,9 @@ def test_the_same_job_again_renders_nothing_and_a_damaged_window_is_rendered_aga
     # The seams are measured, and a pipeline can gate on the worst one (cheap: all cached).
     assert [s["frame"] for s in first["seams"]] == [12, 24, 36]
     assert 0 < first["flicker"]["score"] <= 1 and len(first["flicker"]["curve"]) == 51
+    # Each seam says how far its two windows' own renders of the shared frames were apart.
+    assert all(s["disagreement"] > 0 for s in first["seams"])
+    assert [s["disagreement"] for s in again["seams"]] == [s["disagreement"] for s in first["seams"]]
     worst = max(first["seams"], key=lambda s: s["jump_ratio"])
     assert first["seam_ratio_max"] == worst["jump_ratio"] == again["seam_ratio_max"]
     gate = ["render", str(job), "-o", str(tmp_path / "gated.mp4"), "--store", str(store), "--quiet"]
