@@ -34,8 +34,9 @@ def versions() -> dict:
 
 
 #: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
-_OPTIONAL = ("failed", "error", "flicker", "seams", "seam_ratio_max", "seam_ratio_median", "interpolate",
-             "seam_check")
+_OPTIONAL = ("failed", "error", "flicker", "seams", "interpolate", "seam_check")
+#: Measured with the flicker: present (null for a single window) whenever `flicker` is.
+_WITH_FLICKER = ("seam_ratio_max", "seam_ratio_median")
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Report(Mapping):
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name in _OPTIONAL:
+            if value is None and (f.name in _OPTIONAL or (f.name in _WITH_FLICKER and self.flicker is None)):
                 continue
             out[f.name] = value
         return out

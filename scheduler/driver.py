@@ -14,6 +14,7 @@ comes from its descriptor (farm/pipelines/); the driver never asks for a pipelin
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -83,7 +84,7 @@ class RenderJob:
         self.clock = Stopwatch()
         self.stages: dict[str, float] = {}
         self.records: dict[int, dict] = {}
-        self.session = self.pool = None
+        self.session = self.pool = self.interp = None
         self.actors, self.actor_infos, self.rife_actors = [], [], []
         self.t_render: float | None = None
         self.frames_out = 0
@@ -153,9 +154,9 @@ class RenderJob:
         self.interp = PassThrough()
         if ip:
             faults = spec.model.faults
-            self.rife_actors, self.rife_infos, self.interp = _start_interpolation(
-                ip, self.rife_bytes, self.session, spec.frames, spec.fps, spec.retries,
-                fail_chunks=tuple(faults.fail_chunks) if faults else ())
+            self.rife_infos, self.interp = _start_interpolation(
+                ip, self.rife_bytes, self.session, retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor),
+                self.rife_actors, spec.retries, fail_chunks=tuple(faults.fail_chunks) if faults else ())
         self.clock.stop("startup")
         self.ledger.job(JobState.RUNNING)
 
@@ -250,11 +251,20 @@ class RenderJob:
         return self._report(**metrics)
 
     def write_failure_report(self, err: FarmError) -> None:
+        """The report of a failed job. Its own failure (a full disk, say) is logged, never
+        raised: the job's error is the one the caller must see."""
+        self.clock.stop_open()  # a stage the error cut short (startup, encode) still counts
         if self.t_render is not None:
             self.stages.setdefault("render", self.clock.elapsed() - self.t_render)
         if self.ledger.state is not JobState.FAILED:
             self.ledger.job(JobState.FAILED)
-        self._report(error=None if isinstance(err, WindowFatal) else str(err))  # a window's error is in `failed`
+        fields = {"error": None if isinstance(err, WindowFatal) else str(err)}  # a window's error is in `failed`
+        if isinstance(self.interp, InterpolationStage):
+            fields["interpolate"] = self.interp.summary() | {"actors": self.rife_infos}
+        try:
+            self._report(**fields)
+        except Exception as report_err:  # noqa: BLE001
+            logging.getLogger(__name__).warning("could not write the failure report: %s", report_err)
 
     def _report(self, **fields) -> Report:
         ledger, clock = self.ledger, self.clock
@@ -306,13 +316,14 @@ def interpolate_file(job: InterpolateJob, *, address: str | None = None, rife_we
     # 1. Validate: the job arrives validated; the input must decode; find the weights.
     source = probe(job.input)
     rife_bytes = _interpolation_inputs(ip, rife_weights)
+    retime = retiming(source.frames, source.fps, fps=ip.fps, factor=ip.factor)
 
     # 2. Start the RIFE actors.
     progress.stage("starting actors")
     session = connect(address, cpus_wanted=ip.workers)
     rife_actors = []
     try:
-        rife_actors, rife_infos, stage = _start_interpolation(ip, rife_bytes, session, source.frames, source.fps)
+        rife_infos, stage = _start_interpolation(ip, rife_bytes, session, retime, rife_actors)
 
         # 3. Read, interpolate and encode, streaming.
         progress.stage("interpolating")
@@ -357,13 +368,14 @@ def _interpolation_inputs(ip, rife_weights: str | None) -> bytes | None:
     return Path(weights.resolve(rife_weights or ip.weights)).read_bytes()
 
 
-def _start_interpolation(ip, rife_bytes: bytes | None, session, frames: int, fps: float, retries: int = 3,
-                         fail_chunks: tuple[int, ...] = ()) -> tuple[list, list[dict], InterpolationStage]:
-    """Start the RIFE actors and the stage that feeds them `frames` frames at `fps`."""
+def _start_interpolation(ip, rife_bytes: bytes | None, session, retime, started: list, retries: int = 3,
+                         fail_chunks: tuple[int, ...] = ()) -> tuple[list[dict], InterpolationStage]:
+    """Start the RIFE actors (added to `started`, which the caller stops) and the stage
+    that feeds them the frames `retime` describes."""
     actors, infos = start_rife_actors(ip, rife_bytes, session, fail_chunks)
-    retime = retiming(frames, fps, fps=ip.fps, factor=ip.factor)
+    started.extend(actors)
     pool = rife_pool(actors, infos, retime, ip.chunk, retries, per_actor=PER_ACTOR_IN_FLIGHT)
-    return actors, infos, InterpolationStage(pool, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
+    return infos, InterpolationStage(pool, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
 
 
 class _WindowInputs:

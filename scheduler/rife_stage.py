@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from farm.errors import InterpolationError
+from farm.errors import ClusterError, InterpolationError
 from farm.interpolate import Retiming, plan_chunks
 from farm.states import Ledger
 from scheduler.pool import ActorPool
@@ -85,13 +85,28 @@ class InterpolationStage:
         frames = np.stack(self._buffer[: chunk.last - chunk.first + 1])
         declared = tuple(f for f in self.declared if chunk.first < f <= chunk.last)
         while not self.pool.submit(chunk.index, frames, chunk, self.retime.level, self.threshold, declared):
-            self._keep(self.pool.collect(waiting=True))  # backpressure: wait for a chunk to come back
+            self._collect(waiting=True)  # backpressure: wait for a chunk to come back
         if self.first_submit_at is None:
             self.first_submit_at = time.perf_counter()
         self._buffer = [self._buffer[chunk.last - chunk.first]]  # the shared frame starts the next chunk
         self._next_submit += 1
 
     # -- output --------------------------------------------------------------------------
+    def _collect(self, waiting: bool = False) -> None:
+        try:
+            done = self.pool.collect(waiting=waiting)
+        except ClusterError as err:  # every RIFE actor lost or blocklisted: say what they hit
+            raise InterpolationError(f"{err}. {self._last_failure()}") from err
+        self._keep(done)
+
+    def _last_failure(self) -> str:
+        failed = [(f.finished_at or 0.0, c.index, f.error) for c in self.pool.ledger.windows.values()
+                  for f in c.failures]
+        if not failed:
+            return "No chunk had failed."
+        _, index, error = max(failed)
+        return f"The last chunk error (chunk {index}): {error}"
+
     def _keep(self, done: tuple[int, object] | None) -> None:
         failed = self.pool.ledger.failed
         if failed:
@@ -124,7 +139,7 @@ class InterpolationStage:
         while self.pool.busy() or self._next_emit in self._done:
             yield from self.ready()
             if self.pool.busy():
-                self._keep(self.pool.collect())
+                self._collect()
         yield from self.ready()
 
     def summary(self) -> dict:

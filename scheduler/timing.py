@@ -23,6 +23,11 @@ class Stopwatch:
     def stop(self, name: str) -> None:
         self.totals[name] += time.perf_counter() - self._open.pop(name)
 
+    def stop_open(self) -> None:
+        """Stop every stage still running (an error cut it short)."""
+        for name in list(self._open):
+            self.stop(name)
+
     @contextmanager
     def lap(self, name: str):
         self.start(name)

@@ -3,6 +3,7 @@ RIFE actor killed mid-job."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -152,3 +153,17 @@ def test_a_chunk_that_fails_on_every_rife_actor_fails_the_job_with_a_report(undi
     assert not (tmp_path / "poison.mp4").exists()  # no partial video
     report = (tmp_path / "poison.mp4.report.json").read_text()
     assert '"state": "FAILED"' in report and "chunk 3" in report
+
+
+def test_when_every_chunk_fails_the_error_says_what_the_rife_actors_hit(undisturbed, tmp_path):
+    """Every chunk raises: the RIFE actors' node is blocklisted before any chunk spends its
+    attempts, and the job's error still names the chunks' own error, not only 'no actor'."""
+    tmp, _ = undisturbed
+    spec = _rife_job(tmp_path, "all.mp4", fail_chunks=list(range(20)))
+    with pytest.raises(InterpolationError, match=r"no RIFE actor is left.*The last chunk error \(chunk \d+\): "
+                                                 r"the RIFE actor raised InjectedFault: injected: chunk \d+ always fails"):
+        render(spec, workers=2, threads=1, store=tmp / "store")
+    report = json.loads((tmp_path / "all.mp4.report.json").read_text())
+    assert report["state"] == "FAILED" and "InjectedFault" in report["error"]
+    assert report["interpolate"]["failed_attempts"] >= 3
+    assert [b["kind"] for b in report["interpolate"]["blocklist"]] == ["node"]
