@@ -131,6 +131,11 @@ class Reconciler:
                 self._parts.pop(self._first, None)
                 self._first += 1
 
+    def seam_disagreement(self, k: int) -> float | None:
+        """`disagreement()` of seam k alone (None before any of its frames is blended)."""
+        d = self._disagree.get(k)
+        return float(np.mean(d)) if d else None
+
     def disagreement(self) -> dict[int, float]:
         """For each seam k (windows k and k+1) released so far, the mean absolute difference
         of the two windows' frames over the frames they share."""

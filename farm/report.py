@@ -83,10 +83,11 @@ class Report(Mapping):
             out[f.name] = value
         return out
 
-    def write(self, local_output: str | Path) -> None:
-        """The html page, then the JSON (last: a JSON report means the rest is in place)."""
+    def write(self, local_output: str | Path, filmstrips: list[dict] | None = None) -> None:
+        """The html page (with the seams' `filmstrips`, farm.filmstrip, which the JSON does
+        not carry), then the JSON (last: a JSON report means the rest is in place)."""
         data = self.to_dict()
-        write_html_report(data, html_report_path(local_output))
+        write_html_report(data, html_report_path(local_output), filmstrips)
         write_json_atomic(report_path(local_output), data)
 
     # read-only mapping view of the JSON

@@ -1,7 +1,8 @@
 """`OUT.mp4.report.html`: the job report as one self-contained page a person can read.
 
-The page is plain HTML with hand-made inline SVG: no script, no external file, no
-network. It shows a Gantt timeline of the window attempts per actor (grouped by node),
+The page is plain HTML with hand-made inline SVG and JPEG thumbnails inlined as data URIs:
+no script, no network, and no external file but the video itself, linked by its name
+next to the page. It shows a Gantt timeline of the window attempts per actor (grouped by node),
 the stage timings, the flicker curve with the window seams and their jump ratios, the
 spec and the versions. Every value from the report is HTML-escaped; missing optional
 keys leave their section out or say what is missing.
@@ -32,6 +33,9 @@ table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #e6e
 td.n,th.n{text-align:right}pre{background:#f6f7f9;border:1px solid #e6e9ef;padding:10px;overflow:auto;font-size:12px}
 .note{color:#5b6475;font-size:12px;margin:4px 0}svg{display:block;max-width:100%;height:auto}
 svg text{font-family:system-ui,sans-serif;font-size:11px;fill:#1d2330}
+.video{display:block;max-width:100%;width:360px;margin:6px 0;background:#000}
+.strip{margin:10px 0 16px}.strip table td,.strip table th{border:0;padding:1px 2px;font-size:11px;color:#5b6475}
+.strip img{display:block;width:72px;height:auto;image-rendering:pixelated}h3{font-size:14px;margin:18px 0 4px}
 """
 
 COLOURS = {"ok": "#4c78a8", "retried": "#f58518", "failed": "#d93b3b", "cached": "#8a8f99"}
@@ -42,13 +46,14 @@ def html_report_path(output: str | Path) -> Path:
     return Path(str(output) + ".report.html")
 
 
-def write_html_report(report: dict, path: str | Path | None = None) -> Path:
-    """Write the page for `report` to `path` (default: next to the video), atomically."""
+def write_html_report(report: dict, path: str | Path | None = None, filmstrips: list[dict] | None = None) -> Path:
+    """Write the page for `report` to `path` (default: next to the video), atomically.
+    `filmstrips`: the seams up close (farm.filmstrip, `SeamStrip.to_html_data()`)."""
     path = Path(path) if path is not None else html_report_path(report["output"])
-    return write_text_atomic(path, render_html(report))
+    return write_text_atomic(path, render_html(report, filmstrips))
 
 
-def render_html(report: dict) -> str:
+def render_html(report: dict, filmstrips: list[dict] | None = None) -> str:
     """The whole page as a string."""
     title = f"raygen-farm report: {report.get('output', '?')}"
     parts = [
@@ -64,8 +69,10 @@ def render_html(report: dict) -> str:
         "<h2>Stages</h2>",
         stages_svg(report.get("stages") or {}),
         "<h2>Flicker and seams</h2>",
+        _video(report),
         flicker_svg(report),
         _seam_table(report.get("seams") or []),
+        _filmstrips(filmstrips or [], report.get("seams") or []),
         _blocklist(report.get("blocklist") or []),
         _key_values("Interpolation", report.get("interpolate")),
         "<h2>Spec</h2>",
@@ -245,6 +252,49 @@ def _summary(report: dict) -> str:
     cards.append(("total", f"{_fmt(stages.get('total'))} s"))
     body = "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
     return f'<div class="cards">{body}</div>'
+
+
+def _video(report: dict) -> str:
+    """The video itself, next to the report (a relative link: the page moves with it)."""
+    if report.get("state") != "DONE" or not report.get("output"):
+        return ""
+    name = Path(str(report["output"])).name
+    return (f'<video class="video" controls muted loop preload="metadata" src="{_e(name)}"></video>'
+            f'<p class="note">{_e(name)}, next to this page.</p>')
+
+
+def _filmstrips(strips: list[dict], seams: list[dict]) -> str:
+    """Each kept seam: the blended frames across it, and under its overlap each window's own
+    render of the same frames."""
+    if not strips:
+        return ""
+    ratio = {s.get("window"): s.get("jump_ratio") for s in seams}
+    parts = ["<h3>Seams up close</h3>",
+             '<p class="note">The seams whose two windows disagreed most. Top row: the video as blended; '
+             "below, under the frames both windows render, each window's own render before blending. "
+             "Where they differ, the crossfade shows both at half opacity.</p>"]
+    for s in strips:
+        k, (first, last), (o_first, o_last) = s["window"], s["frames"], s["overlap"]
+        frames = range(first, last + 1)
+        head = "".join(f"<th class=n>{f}</th>" for f in frames)
+        rows = [_strip_row("blended", frames, s["blended"])]
+        for w in (k, k + 1):
+            own = s["own"].get(w) or s["own"].get(str(w)) or {}
+            rows.append(_strip_row(f"window {w}", frames, own))
+        parts.append(
+            f'<div class="strip"><p><b>seam {_e(k)} → {_e(k + 1)}</b>, frames {_e(o_first)}–{_e(o_last)} shared: '
+            f"windows disagree {_e(_fmt(s['disagreement']))} levels; jump ratio {_e(_ratio(ratio.get(k)))}</p>"
+            f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table></div>")
+    return "".join(parts)
+
+
+def _strip_row(label: str, frames, images: dict) -> str:
+    cells = []
+    for f in frames:
+        uri = images.get(f) or images.get(str(f))
+        cells.append(f'<td><img src="{_e(uri)}" alt="frame {f}" title="{_e(label)}, frame {f}"></td>' if uri
+                     else "<td></td>")
+    return f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>"
 
 
 def _seam_table(seams: list[dict]) -> str:

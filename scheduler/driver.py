@@ -21,6 +21,7 @@ from pathlib import Path
 from farm.blend import Reconciler
 from farm.encode import VideoWriter, open_writer
 from farm.errors import FarmError, SeamCheckFailed, WindowFatal
+from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
 from farm.keys import model_identity, task_key
 from farm.metrics import FlickerMeter, flicker_report
@@ -87,7 +88,7 @@ class RenderJob:
         self.session = self.pool = self.interp = None
         self.actors, self.actor_infos, self.rife_actors = [], [], []
         self.t_render: float | None = None
-        self.frames_out = 0
+        self.frames_blended = self.frames_out = 0
 
     def run(self) -> Report:
         # 1. Validate what lives outside the spec (RIFE weights, ncnn, the bucket).
@@ -171,6 +172,7 @@ class RenderJob:
         progress.frames_total(self.interp.retime.frames_out if spec.interpolate else spec.frames)
         self.reconciler = Reconciler(self.plan.windows, spec.window.blend)
         self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
+        self.strips = Filmstrips(self.plan.windows)  # the seams up close, for the HTML report
         self.t_render, self.epoch0 = self.clock.elapsed(), time.time()
         dispatcher = WindowDispatcher(self.pool, self.ledger)
         with open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
@@ -218,7 +220,10 @@ class RenderJob:
 
     def _blend_and_encode(self, result: WindowResult) -> None:
         self.reconciler.add(result.index, result.frames)
+        self.strips.window(result.index, result.frames, result.start)
         for frame in self.clock.timed_iter("blend", self.reconciler.ready()):
+            self.strips.frame(self.frames_blended, frame, self.reconciler.seam_disagreement)
+            self.frames_blended += 1
             self.meter.add(frame)
             self.interp.push(frame)
         self._encode(self.interp.ready())
@@ -248,7 +253,7 @@ class RenderJob:
             worst = max(metrics["seams"], key=lambda seam: seam["jump_ratio"], default=None)
             metrics["seam_check"] = {"limit": self.check_seams, "worst": worst,
                                      "passed": worst is None or worst["jump_ratio"] <= self.check_seams}
-        return self._report(**metrics)
+        return self._report(filmstrips=[s.to_html_data() for s in self.strips.strips()], **metrics)
 
     def write_failure_report(self, err: FarmError) -> None:
         """The report of a failed job. Its own failure (a full disk, say) is logged, never
@@ -266,7 +271,7 @@ class RenderJob:
         except Exception as report_err:  # noqa: BLE001
             logging.getLogger(__name__).warning("could not write the failure report: %s", report_err)
 
-    def _report(self, **fields) -> Report:
+    def _report(self, filmstrips: list[dict] | None = None, **fields) -> Report:
         ledger, clock = self.ledger, self.clock
         self.stages.update({name: clock.totals[name] for name in ("plan", "startup", "blend", "encode", "store")},
                            total=clock.elapsed())
@@ -288,7 +293,7 @@ class RenderJob:
             stages={k: round(v, 4) for k, v in self.stages.items()},
             plan=self.plan.to_dict() | {"windows": len(self.plan.windows)}, actors=self.actor_infos,
             workers=self.workers, threads_per_actor=self.threads, spec=spec.model_dump(mode="json"), **fields)
-        report.write(self.local_out)
+        report.write(self.local_out, filmstrips)
         return report
 
     def _all_stored(self) -> bool:
