@@ -34,7 +34,7 @@ def versions() -> dict:
 
 
 #: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
-_OPTIONAL = ("failed", "error", "flicker", "seams", "interpolate", "seam_check")
+_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check")
 #: Measured with the flicker: present (null for a single window) whenever `flicker` is.
 _WITH_FLICKER = ("seam_ratio_max", "seam_ratio_median")
 
@@ -71,6 +71,7 @@ class Report(Mapping):
     seams: list[dict] | None = None
     seam_ratio_max: float | None = None
     seam_ratio_median: float | None = None
+    color_drift_max: float | None = None  # ΔE of the worst window's last frame from the first frame
     interpolate: dict | None = None
     seam_check: dict | None = None
 

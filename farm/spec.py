@@ -290,6 +290,8 @@ class SvdSpec(_Strict):
     motion_bucket_id: int = Field(127, ge=1, le=255)  # more motion with higher values
     fps: int = Field(7, ge=1, le=60)  # SVD's fps micro-conditioning; not the output fps
     noise_aug_strength: float = Field(0.02, ge=0, le=1)
+    # each window's colours matched to its conditioning frame's (farm/color.py): no drift along the chain
+    color_match: bool = True
 
 
 class ControlSpec(_Strict):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from farm.blend import Reconciler
+from farm.color import DriftMeter
 from farm.encode import VideoWriter, open_writer
 from farm.errors import FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
@@ -173,6 +174,7 @@ class RenderJob:
         self.reconciler = Reconciler(self.plan.windows, spec.window.blend)
         self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
         self.strips = Filmstrips(self.plan.windows)  # the seams up close, for the HTML report
+        self.drift = DriftMeter()  # colour drift of each window from the first frame
         self.t_render, self.epoch0 = self.clock.elapsed(), time.time()
         dispatcher = WindowDispatcher(self.pool, self.ledger)
         with open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
@@ -221,6 +223,7 @@ class RenderJob:
     def _blend_and_encode(self, result: WindowResult) -> None:
         self.reconciler.add(result.index, result.frames)
         self.strips.window(result.index, result.frames, result.start)
+        self.drift.add(result.index, result.frames)
         for frame in self.clock.timed_iter("blend", self.reconciler.ready()):
             self.strips.frame(self.frames_blended, frame, self.reconciler.seam_disagreement)
             self.frames_blended += 1
@@ -244,6 +247,10 @@ class RenderJob:
     # 8. ------------------------------------------------------------------------------------
     def write_report(self) -> Report:
         metrics = flicker_report(self.meter.curve, self.plan.windows, self.reconciler.disagreement())
+        drift = self.drift.per_window()
+        for index, value in drift.items():
+            self.records[index]["color_drift"] = value
+        metrics["color_drift_max"] = max(drift.values(), default=None)
         if self.spec.interpolate:
             metrics["interpolate"] = self.interp.summary() | {
                 "actors": self.rife_infos,

@@ -58,6 +58,14 @@ def test_svd_twin_chains_its_windows_without_repeating_the_shared_frame(twins):
     assert report["workers"] == 1  # a chain holds one pipeline actor; the rest stay free
     # The chain ran in order: each window started after the one before had finished.
     assert all(b["started_at"] >= a["finished_at"] - 0.5 for a, b in zip(windows, windows[1:]))
+    # Colour matching (svd.color_match, on by default) holds the chain to the picture's colours:
+    # without it the same chain's last frame is farther from the first frame.
+    data = yaml.safe_load((twins / "tiny" / "svd_product.yaml").read_text())
+    data["svd"]["color_match"] = False
+    (twins / "tiny" / "unmatched.yaml").write_text(yaml.safe_dump(data | {"output": "unmatched.mp4"}))
+    unmatched = _render("unmatched", twins)
+    assert all(a["color_drift"] < b["color_drift"] for a, b in zip(windows, unmatched["windows"]))
+    assert report["color_drift_max"] < unmatched["color_drift_max"]
 
 
 def test_lcm_watch_twin_renders_with_the_lcm_scheduler_and_a_motion_lora(twins):

@@ -6,7 +6,9 @@
     3. denoise and decode: a CPU generator for the noise augmentation of the picture, the
        micro-conditioning (motion bucket, fps, noise augmentation) from `svd:`, the decode
        chunk and VAE precision as the fallback ladder asks
-    4. float32 frames (F, H, W, 3) in [0, 1]
+    4. float32 frames (F, H, W, 3) in [0, 1]; with `svd.color_match` (the default) their
+       colour statistics matched to the conditioning picture's (farm.color), so a chain of
+       windows does not drift in colour and contrast
 
 Guidance: SVD ramps the guidance scale linearly over the frames, from `min_guidance_scale`
 on the first (the conditioning picture itself needs none) to `max_guidance_scale` on the
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from farm.color import match_statistics
 from farm.errors import FarmError
 from farm.models.tiny import TINY_SVD
 from farm.pipelines._base import Pipeline
@@ -113,6 +116,7 @@ class SvdRenderer:
     def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
         import torch
 
+        from farm.fallbacks import is_broken
         from farm.noise import frame_seed, window_noise
         from farm.pipelines._fallback_steps import decode_in_fp32, offload_once
 
@@ -149,10 +153,14 @@ class SvdRenderer:
                 output_type="latent" if overrides.vae_fp32 else "np",
             )
             if overrides.vae_fp32:
-                frames = out.frames  # latents (1, F, C, h, w)
-                return decode_in_fp32(pipe, frames, lambda x: pipe.decode_latents(x, frames.shape[1], chunk))
-        # 4. Frames (F, H, W, 3) float32 in [0, 1].
-        return np.asarray(out.frames[0], dtype=np.float32)
+                latents = out.frames  # (1, F, C, h, w)
+                frames = decode_in_fp32(pipe, latents, lambda x: pipe.decode_latents(x, latents.shape[1], chunk))
+            else:
+                frames = np.asarray(out.frames[0], dtype=np.float32)
+        # 4. Frames (F, H, W, 3) float32 in [0, 1], their colours pulled back to the picture's.
+        if svd.color_match and is_broken(frames) is None:  # a broken window goes to the ladder as it is
+            frames = match_statistics(frames, task.image.astype(np.float32) / 255.0)
+        return frames
 
 
 def _conditioning_image(task: WindowTask):
