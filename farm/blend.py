@@ -139,7 +139,7 @@ class Reconciler:
     def disagreement(self) -> dict[int, float]:
         """For each seam k (windows k and k+1) released so far, the mean absolute difference
         of the two windows' frames over the frames they share."""
-        return {k: float(np.mean(d)) for k, d in sorted(self._disagree.items())}
+        return {k: self.seam_disagreement(k) for k in sorted(self._disagree)}
 
     def _blend_frame(self, f: int, lo: int, hi: int):
         for k in range(lo, hi):  # neighbours that both cover frame f

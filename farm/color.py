@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from farm.util import thumbnail
+
 _RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],
                         [0.0193339, 0.1191920, 0.9503041]])
@@ -76,10 +78,9 @@ class DriftMeter:
         self._last: dict[int, np.ndarray] = {}
 
     def add(self, index: int, frames: np.ndarray) -> None:
-        step = max(1, -(-max(frames.shape[1:3]) // 64))
         if index == 0:
-            self._first = mean_lab(frames[0, ::step, ::step])
-        self._last[index] = mean_lab(frames[-1, ::step, ::step])
+            self._first = mean_lab(thumbnail(frames[0], 64))
+        self._last[index] = mean_lab(thumbnail(frames[-1], 64))
 
     def per_window(self) -> dict[int, float]:
         if self._first is None:

@@ -22,18 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from farm.plan import Window
+from farm.util import thumbnail
 
 #: Longest side of a thumbnail, in pixels (at most: frames are sampled with an integer stride).
 THUMB = 96
 
 #: Seams kept for the report.
 KEEP = 6
-
-
-def thumbnail(frame: np.ndarray, size: int = THUMB) -> np.ndarray:
-    """Every s-th pixel of `frame` (H, W, 3), s the smallest stride that fits `size`."""
-    stride = max(1, -(-max(frame.shape[:2]) // size))
-    return np.ascontiguousarray(frame[::stride, ::stride])
 
 
 def jpeg_data_uri(image: np.ndarray) -> str:

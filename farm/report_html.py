@@ -279,8 +279,7 @@ def _filmstrips(strips: list[dict], seams: list[dict]) -> str:
         head = "".join(f"<th class=n>{f}</th>" for f in frames)
         rows = [_strip_row("blended", frames, s["blended"])]
         for w in (k, k + 1):
-            own = s["own"].get(w) or s["own"].get(str(w)) or {}
-            rows.append(_strip_row(f"window {w}", frames, own))
+            rows.append(_strip_row(f"window {w}", frames, s["own"].get(w, {})))
         parts.append(
             f'<div class="strip"><p><b>seam {_e(k)} → {_e(k + 1)}</b>, frames {_e(o_first)}–{_e(o_last)} shared: '
             f"windows disagree {_e(_fmt(s['disagreement']))} levels; jump ratio {_e(_ratio(ratio.get(k)))}</p>"
@@ -291,7 +290,7 @@ def _filmstrips(strips: list[dict], seams: list[dict]) -> str:
 def _strip_row(label: str, frames, images: dict) -> str:
     cells = []
     for f in frames:
-        uri = images.get(f) or images.get(str(f))
+        uri = images.get(f)
         cells.append(f'<td><img src="{_e(uri)}" alt="frame {f}" title="{_e(label)}, frame {f}"></td>' if uri
                      else "<td></td>")
     return f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>"

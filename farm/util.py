@@ -7,6 +7,7 @@
     write_bytes_atomic / write_text_atomic / write_json_atomic
     unit_to_uint8(x)       float frames in [0, 1] → uint8 (pipelines decode to this scale)
     levels_to_uint8(x)     float frames in [0, 255] → uint8 (blends work on this scale)
+    thumbnail(frame, n)    every s-th pixel of a frame, s the smallest stride that fits n
 """
 
 from __future__ import annotations
@@ -92,3 +93,10 @@ def unit_to_uint8(frames) -> np.ndarray:
 def levels_to_uint8(frames) -> np.ndarray:
     """Float frames already in 8-bit levels [0, 255] → uint8."""
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def thumbnail(frame: np.ndarray, size: int) -> np.ndarray:
+    """Every s-th pixel of `frame` (H, W, 3), s the smallest stride whose result fits in
+    `size` pixels a side: a sample, not a resampling, so it costs next to nothing."""
+    stride = max(1, -(-max(frame.shape[:2]) // size))
+    return np.ascontiguousarray(frame[::stride, ::stride])

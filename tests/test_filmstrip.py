@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from farm.blend import Reconciler
-from farm.filmstrip import Filmstrips, thumbnail
+from farm.filmstrip import Filmstrips
+from farm.util import thumbnail
 from farm.plan import split
 from farm.report_html import render_html
 
