@@ -40,6 +40,9 @@ class PipelineActor:
         context = FaultContext(restarted=ctx.was_current_actor_reconstructed,
                                node_resources=_node_resources(self.node) if spec.model.faults else {})
         self.renderer = make_renderer(spec, context=context)
+        self.restarted = context.restarted
+        self.crash_on_step = spec.model.faults.crash_on_step if spec.model.faults else None
+        self.shard = None
         self.warmup_seconds, self.warmup_skipped = None, None
         if spec.model.warmup:
             self._warm_up(spec)
@@ -89,6 +92,49 @@ class PipelineActor:
             device=self.renderer.device,
             fallbacks=fallbacks,
         )
+
+
+    # Co-denoising (window.reconcile: latent): one shard of the video, stepped in lockstep
+    # with the other actors' shards; farm/latent.py does the work, scheduler/codenoise.py
+    # makes the calls.
+    def latent_begin(self, job, shard, tasks, start_step: int, latents=None) -> dict:
+        """Hold `shard`'s latents (from `latents`, a checkpoint, or the noise at step 0)."""
+        from farm.latent import ShardRunner
+        from farm.renderers import latent_model
+
+        self.shard = None  # a shard of an earlier attempt goes first (its memory, too)
+        self.shard = ShardRunner(latent_model(self.renderer), job, shard, tasks, start_step, latents)
+        return {"actor": self.actor, "node": self.node, "shard": shard.index, "windows": list(shard.windows)}
+
+    def latent_step(self, apply: bool, *received):
+        """Finish the step the peers' predictions `received` complete (`apply`), then
+        evaluate the next one. Returns the predictions for each peer, in `peers` order, and
+        last this shard's latents when a checkpoint is due (else None)."""
+        runner = self.shard
+        if apply:
+            runner.apply(received)
+        due = apply and runner.step in runner.job.checkpoints
+        checkpoint = runner.owned_latents() if due else None
+        if runner.step < runner.job.steps:
+            self._maybe_crash(runner)
+            sent = runner.evaluate()
+        else:
+            sent = [None] * len(runner.shard.peers)
+        return (*sent, checkpoint) if sent else checkpoint
+
+    def _maybe_crash(self, runner) -> None:
+        """Fault injection (`model.faults.crash_on_step`): the actor of the last shard exits
+        hard on reaching that step, in its first life."""
+        last = runner.shard.owns[1] == runner.job.windows[-1].end
+        if self.crash_on_step == runner.step and last and not self.restarted:
+            os._exit(17)
+
+    def latent_decode(self, start: int, end: int):
+        """Frames [start, end) of this shard, final, as uint8."""
+        return self.shard.decode(start, end)
+
+    def latent_stats(self) -> dict:
+        return self.shard.stats.to_dict() | {"actor": self.actor, "node": self.node}
 
 
 def relocate_inputs(spec: JobSpec, cwd: Path | None = None) -> JobSpec:

@@ -6,6 +6,8 @@
         WindowFatal           the window failed every attempt; the job fails
       EncodeError             ffmpeg failed or the output could not be written
       InterpolationError      a RIFE chunk failed on every attempt; the job fails
+      LatentError             co-denoising (`window.reconcile: latent`) lost actors more often than
+                              `retries` allows, or every actor; its checkpoints are kept
       ClusterError            Ray could not be started or reached, or no actor could be placed
       WeightsError            the RIFE weights are missing or are not the file we expect
       BackendError            an interpolation backend cannot be used here (says what is missing)
@@ -54,6 +56,10 @@ class EncodeError(FarmError):
 
 class InterpolationError(FarmError):
     """A chunk of frames could not be interpolated on any RIFE actor, so the job failed."""
+
+
+class LatentError(FarmError):
+    """Co-denoising failed more often than `retries` allows, or lost every actor."""
 
 
 class ClusterError(FarmError):

@@ -38,6 +38,36 @@ class SimulatedRenderer:
         time.sleep(self.seconds)
         return self.warm_up(task, overrides)
 
+    # Co-denoising: each window's prediction sleeps its share of the window's seconds.
+    latent_device = "cpu"
+
+    def latent_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def latent_timesteps(self, steps: int) -> list:
+        self.steps = steps
+        return list(range(steps))
+
+    def latent_noise(self, seed: int, start: int, end: int, height: int, width: int) -> torch.Tensor:
+        from farm.noise import window_noise
+
+        return window_noise(seed, start, end, (4, height // 8, width // 8))
+
+    def latent_conditioning(self, task) -> dict:
+        return {}
+
+    def latent_predict(self, cond, latents, step, t) -> torch.Tensor:
+        time.sleep(self.seconds / self.steps)
+        return latents * 0.5
+
+    def latent_step(self, noise_pred, t, latents, generator) -> torch.Tensor:
+        return latents - 0.1 * noise_pred
+
+    def latent_decode(self, latents) -> np.ndarray:
+        frames, height, width = latents.shape[2], latents.shape[3] * 8, latents.shape[4] * 8
+        means = latents.float().mean(dim=(0, 1, 3, 4)).sigmoid().numpy()
+        return np.broadcast_to(means[:, None, None, None], (frames, height, width, 3)).astype(np.float32)
+
     def warm_up(self, task, overrides=None) -> np.ndarray:
         """The frames without the sleep: the simulated pipeline's own first-call work."""
         w = task.window

@@ -54,3 +54,10 @@ def task_key(model_id: dict, task) -> str:
         "steps": task.steps,
         "guidance": task.guidance,
     })
+
+
+def latent_job_key(window_keys: list[str], scheme: str) -> str:
+    """The key of a co-denoised job as a whole: every frame may depend on every window (a
+    change anywhere reaches everywhere through the fused overlaps), so it is made of all
+    the windows' keys, in order, and the fuse weights' scheme."""
+    return window_key({"reconcile": "latent", "blend": scheme, "windows": list(window_keys)})

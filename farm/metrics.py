@@ -149,13 +149,17 @@ def seam_summary(seams: list[dict]) -> dict:
     }
 
 
-def flicker_report(curve, windows, disagreement: dict[int, float] | None = None) -> dict:
+def flicker_report(curve, windows, disagreement: dict[int, float] | None = None, fused: bool = False) -> dict:
     """The report's flicker fields: `flicker {score, curve}`, `seams` and their summary.
     `disagreement` (seam k → mean absolute difference, in levels, of windows k and k+1 over
-    the frames they share, before blending) is added to each seam it names."""
+    the frames they share, before blending) is added to each seam it names. In a
+    co-denoised job (`fused`) the windows never had frames of their own to disagree on:
+    each seam says `fused: true` instead."""
     seams = seam_ratios(curve, windows)
     for seam in seams:
-        if disagreement and seam["window"] in disagreement:
+        if fused:
+            seam["fused"] = True
+        elif disagreement and seam["window"] in disagreement:
             seam["disagreement"] = round(disagreement[seam["window"]], 4)
     flicker = {"score": flicker_score(curve), "curve": [round(float(c), 4) for c in curve]}
     return {"flicker": flicker, "seams": seams} | seam_summary(seams)

@@ -29,3 +29,10 @@ def window_noise(seed: int, start: int, end: int, shape: tuple[int, int, int]) -
     """Latents for frames [start, end) in the video layout diffusers uses: (1, C, F, h, w)."""
     frames = [frame_noise(seed, f, shape) for f in range(start, end)]
     return torch.stack(frames, dim=1).unsqueeze(0)
+
+
+def step_seed(seed: int, frame: int, step: int) -> int:
+    """The generator seed of one frame's stochastic scheduler step (LCM, ancestral
+    samplers) in co-denoising: the frame draws the same noise on whichever actor steps it."""
+    state = np.random.SeedSequence([seed, frame, step, 1]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))

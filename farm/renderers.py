@@ -55,3 +55,15 @@ def warmup_task(spec: JobSpec) -> WindowTask:
     window = plan_windows(spec).windows[0]
     task = replace(WindowTask.from_spec(spec, window), steps=1)
     return descriptor(spec.model.pipeline).warmup_inputs(spec, task)
+
+
+def latent_model(stack):
+    """The pipeline's own renderer inside a renderer stack (under the ladder and any fault
+    injection): the one with the `latent_*` methods co-denoising calls."""
+    renderer = stack
+    while not hasattr(renderer, "latent_predict"):
+        inner = getattr(renderer, "inner", None)
+        if inner is None:
+            raise TypeError(f"{type(renderer).__name__} cannot co-denoise: it has no latent_* methods")
+        renderer = inner
+    return renderer

@@ -34,7 +34,7 @@ def versions() -> dict:
 
 
 #: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
-_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check")
+_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check", "latent")
 #: Measured with the flicker: present (null for a single window) whenever `flicker` is.
 _WITH_FLICKER = ("seam_ratio_max", "seam_ratio_median")
 
@@ -74,6 +74,8 @@ class Report(Mapping):
     color_drift_max: float | None = None  # ΔE of the worst window's last frame from the first frame
     interpolate: dict | None = None
     seam_check: dict | None = None
+    reconcile: str = "crossfade"  # window.reconcile
+    latent: dict | None = None  # co-denoising: shards, checkpoints, resumed_from_step, recoveries, exchange
 
     def to_dict(self) -> dict:
         out = {}

@@ -162,6 +162,7 @@ class FaultSpec(_Strict):
     oom_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls (1-based) raise CUDA OOM
     nan_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls decode to NaN frames
     fail_chunks: list[Frame] = Field([], max_length=MAX_LIST)  # these RIFE chunks raise on every attempt
+    crash_on_step: Call | None = None  # latent: the last shard's actor exits on reaching this step, first life only
 
 
 
@@ -239,7 +240,12 @@ class WindowSpec(_Strict):
 
     length: int = Field(16, gt=0, le=MAX_WINDOW)
     overlap: int = Field(4, ge=0, lt=MAX_WINDOW)
-    blend: Literal[SCHEMES] = "linear"  # farm/blend.py
+    blend: Literal[SCHEMES] = "linear"  # farm/blend.py: the fuse weights in both modes
+    # latent: the windows are denoised together, every frame's noise prediction the weighted
+    # mean of its windows' at every step (farm/codenoise.py); crossfade: each window alone,
+    # the decoded overlaps blended in pixels. The default is the pipeline's (latent where it can).
+    reconcile: Literal["latent", "crossfade"] = "latent"
+    checkpoint_every: int = Field(5, ge=1, le=MAX_STEPS)  # latent: save the latents every this many steps
 
     @classmethod
     def _rules(cls, v: dict) -> Rules:
@@ -375,6 +381,9 @@ class JobSpec(_Root):
         window = data.get("window") or {}
         if d.chained and isinstance(window, dict) and "overlap" not in window:
             data = {**data, "window": {**window, "overlap": 1}}
+        window = data.get("window") or {}
+        if d.no_latent and isinstance(window, dict) and "reconcile" not in window:
+            data = {**data, "window": {**window, "reconcile": "crossfade"}}
         return {**d.defaults, **data}
 
     @classmethod
@@ -384,6 +393,7 @@ class JobSpec(_Root):
         yield from _pipeline_inputs(v)
         yield from _prompt_source(v)
         yield from _faults_name_real_windows(v)
+        yield from _faults_fit_reconcile(v)
 
 
 def _window_fits(v: dict) -> Rules:
@@ -419,6 +429,8 @@ def _pipeline_inputs(v: dict) -> Rules:
             yield block, f"model.pipeline {pipeline} needs its `{block}:` block with {d.spec_block_needs}"
         elif block != d.spec_block and v[block] is not None:
             yield block, f"the `{block}:` block is only for model.pipeline {owner}; this job uses {pipeline}"
+    if d.no_latent and _get(v, "window.reconcile") == "latent":
+        yield "window.reconcile", f"latent is not for {pipeline}: {d.no_latent}; use crossfade"
     overlap = _get(v, "window.overlap")
     if d.chained and overlap is not None and overlap != 1:
         yield "window.overlap", (f"must be 1 for {pipeline} (each window starts from the last frame of the "
@@ -477,6 +489,21 @@ def _faults_name_real_windows(v: dict) -> Rules:
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
         yield "model.faults.fail_windows", f"must be window indices in 0..{n - 1}; got {bad}"
+
+
+#: Faults that hit one window's render call: a co-denoised job has no such call.
+_WINDOW_FAULTS = ("fail_windows", "crash_on_call", "oom_on_calls", "nan_on_calls", "fail_on_resource")
+
+
+def _faults_fit_reconcile(v: dict) -> Rules:
+    reconcile = _get(v, "window.reconcile")
+    if reconcile == "latent":
+        for name in _WINDOW_FAULTS:
+            if _get(v, f"model.faults.{name}"):
+                yield f"model.faults.{name}", ("hits one window's render call, and window.reconcile: latent "
+                                               "denoises the windows together; use crash_on_step, or crossfade")
+    elif reconcile == "crossfade" and _get(v, "model.faults.crash_on_step") is not None:
+        yield "model.faults.crash_on_step", "is for window.reconcile: latent (crossfade windows have crash_on_call)"
 
 
 def window_count(frames: int, length: int, overlap: int) -> int:

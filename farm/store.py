@@ -4,6 +4,9 @@ that determines its frames, so no window is ever rendered twice.
     <store>/windows/ab/<key>.arrow      the frames: Arrow IPC, zstd, one row per frame
     <store>/manifest/<key>.parquet      one row: key, job, range, attempts, node, seconds,
                                         frames_sha256, bytes, created
+    <store>/latent/<job key>/<step>/<lo>-<hi>.npy
+                                        a co-denoised job's latents after <step> steps, frames
+                                        [lo, hi), one file per shard (`LatentCheckpoints`)
 
 The manifest row is written after the frames and is the commit point: a window is in the
 store only when both files exist. Both are written to a temp file in their own folder and
@@ -22,6 +25,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -119,6 +123,10 @@ class WindowStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root else default_store()
         self.corrupt: list[str] = []  # keys removed by `get` because they failed their check
+
+    def checkpoints(self, key: str) -> LatentCheckpoints:
+        """The latent checkpoints of the co-denoised job with this key."""
+        return LatentCheckpoints(self.root, key)
 
     # -- layout ----------------------------------------------------------------------------
     def _frames_path(self, key: str) -> Path:
@@ -264,6 +272,90 @@ def _read_frames(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
 
+class LatentCheckpoints:
+    """The latents of a co-denoised (`window.reconcile: latent`) job, saved every few steps
+    under the job's key, in parts of any frame ranges: a checkpoint after `step` steps is
+    whole when its parts cover every frame. A shard's part is the same bits whatever the
+    number of actors, so parts cut by one run's actors fit another run's. Each part is an
+    `.npy` file (no pickles) written atomically; the driver writes them all (the actors hand
+    their latents over), so they need no disk shared with the nodes."""
+
+    def __init__(self, root: Path, key: str):
+        self.folder = Path(root) / "latent" / key
+
+    def put(self, step: int, lo: int, hi: int, latents: np.ndarray) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(latents), allow_pickle=False)
+
+        replace_atomically(self.folder / f"{step:06d}" / f"{lo:07d}-{hi:07d}.npy", write, fsync=True)
+
+    def steps(self) -> list[int]:
+        return [int(d.name) for d in self.folder.glob("[0-9]*") if d.is_dir()]
+
+    def parts(self, step: int) -> list[tuple[int, int, Callable[[], np.ndarray]]]:
+        """(lo, hi, read) of each part of the checkpoint after `step` steps, by `lo`."""
+        parts = []
+        for path in sorted((self.folder / f"{step:06d}").glob("[0-9]*-[0-9]*.npy")):
+            lo, hi = (int(x) for x in path.stem.split("-"))
+            parts.append((lo, hi, lambda path=path: np.load(path, allow_pickle=False)))
+        return parts
+
+    def drop(self, step: int) -> None:
+        folder = self.folder / f"{step:06d}"
+        for f in folder.iterdir():
+            f.unlink(missing_ok=True)
+        folder.rmdir()
+
+    # -- the same for both kinds -------------------------------------------------------------
+    def latest(self, frames: int) -> int:
+        """The largest step with a whole checkpoint (0: none, start from the noise)."""
+        from farm.codenoise import missing
+
+        for step in sorted(self.steps(), reverse=True):
+            if not missing([(lo, hi) for lo, hi, _ in self.parts(step)], frames):
+                return step
+        return 0
+
+    def load(self, step: int, lo: int, hi: int) -> np.ndarray:
+        """Frames [lo, hi) of the checkpoint after `step` steps, gathered from its parts."""
+        pieces, at = [], lo
+        for a, b, read in self.parts(step):
+            if a <= at < b:
+                take = min(b, hi)
+                pieces.append(read()[:, :, at - a : take - a])
+                at = take
+        if at < hi:
+            raise FileNotFoundError(f"checkpoint {step} of {self} lacks frames [{at}, {hi})")
+        return np.concatenate(pieces, axis=2)
+
+    def keep_only(self, step: int) -> None:
+        """Drop every checkpoint but the one after `step` steps."""
+        for other in self.steps():
+            if other != step:
+                self.drop(other)
+
+
+class MemoryCheckpoints(LatentCheckpoints):
+    """Checkpoints in the driver's memory, when the store is off: they survive an actor,
+    not the driver."""
+
+    def __init__(self):
+        self._mem: dict[int, dict[tuple[int, int], np.ndarray]] = {}
+
+    def put(self, step: int, lo: int, hi: int, latents: np.ndarray) -> None:
+        self._mem.setdefault(step, {})[(lo, hi)] = latents
+
+    def steps(self) -> list[int]:
+        return list(self._mem)
+
+    def parts(self, step: int) -> list:
+        return [(lo, hi, lambda arr=arr: arr) for (lo, hi), arr in sorted(self._mem.get(step, {}).items())]
+
+    def drop(self, step: int) -> None:
+        self._mem.pop(step, None)
+
+
 class NoStore:
     """The store turned off (`--no-store`, benchmarks): nothing is read, nothing is kept."""
 
@@ -281,3 +373,6 @@ class NoStore:
 
     def put(self, key: str, frames, **meta) -> None:
         return None
+
+    def checkpoints(self, key: str) -> MemoryCheckpoints:
+        return MemoryCheckpoints()

@@ -94,11 +94,14 @@ ACTOR_MAX_RESTARTS = int(os.environ.get("FARM_ACTOR_MAX_RESTARTS", "3"))
 
 def start_pipeline_actors(spec: JobSpec, session: Session, workers: int, threads: int,
                           share_gpu: bool = False, resources: dict | None = None,
-                          gpus_per_worker: float | None = None, on_wait=None) -> tuple[list, list[dict]]:
+                          gpus_per_worker: float | None = None, on_wait=None,
+                          partial_after: float | None = None) -> tuple[list, list[dict]]:
     """Start `workers` PipelineActors and wait until each has loaded its pipeline.
     `resources`: custom Ray resources each actor requires (e.g. one per GPU node type).
     GPU actors are asked of the autoscaler up front (`request_resources`), so a cluster
-    with no GPU node yet grows to fit; `on_wait(ready, total)` reports progress meanwhile."""
+    with no GPU node yet grows to fit; `on_wait(ready, total)` reports progress meanwhile.
+    With `partial_after` (seconds), the job goes on with the actors ready by then, if any;
+    the others are stopped."""
     gpus = (1.0 if session.gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
     if gpus:
         opts = {"num_gpus": gpus * (1 - RIFE_GPU_SHARE) if share_gpu else gpus, "num_cpus": 1}
@@ -110,7 +113,7 @@ def start_pipeline_actors(spec: JobSpec, session: Session, workers: int, threads
     # Ray restarts a lost actor; the dispatcher, not Ray, resubmits its windows.
     opts.update(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0)
     actors = [pipeline_actor_class().options(**opts).remote(spec, threads) for _ in range(workers)]
-    return actors, _wait_ready(actors, opts, "pipeline", on_wait)
+    return _wait_ready(actors, opts, "pipeline", on_wait, partial_after)
 
 
 def start_rife_actors(ip, weights: bytes | None, session: Session,
@@ -123,7 +126,7 @@ def start_rife_actors(ip, weights: bytes | None, session: Session,
         rife_actor_class().options(**opts).remote(ip.backend, weights_ref, ip.model_dir, ip.gpuid, 1, fail_chunks)
         for _ in range(ip.workers)
     ]
-    return actors, _wait_ready(actors, opts, "RIFE")
+    return _wait_ready(actors, opts, "RIFE")
 
 
 def release_request() -> None:
@@ -131,9 +134,11 @@ def release_request() -> None:
     request_resources(bundles=[])
 
 
-def _wait_ready(actors: list, opts: dict, what: str, on_wait=None) -> list[dict]:
+def _wait_ready(actors: list, opts: dict, what: str, on_wait=None,
+                partial_after: float | None = None) -> tuple[list, list[dict]]:
+    """(the actors that are ready, their infos)."""
     refs = [a.info.remote() for a in actors]
-    deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+    t0 = time.monotonic()
     try:
         while True:  # report progress while actors wait for nodes or load their models
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
@@ -141,7 +146,13 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None) -> list[dict]
                 on_wait(len(ready), len(refs))
             if len(ready) == len(refs):
                 break
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - t0
+            if partial_after is not None and waited > partial_after and ready:
+                placed = [a for a, r in zip(actors, refs) if r in ready]
+                stop_actors([a for a, r in zip(actors, refs) if r not in ready])
+                actors, refs = placed, [r for r in refs if r in ready]
+                break
+            if waited > ACTOR_START_TIMEOUT_S:
                 raise GetTimeoutError(f"{len(refs) - len(ready)} actors not ready")
         infos = ray.get(refs)
     except GetTimeoutError as err:
@@ -160,7 +171,7 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None) -> list[dict]
     except BaseException:  # Ctrl-C, or a progress callback that raised: the actors go too
         stop_actors(actors)
         raise
-    return infos
+    return actors, infos
 
 
 def stop_actors(actors: list) -> None:

@@ -8,6 +8,11 @@ each window is blended as soon as its neighbours are back, finished frames go to
 actors in chunks, and interpolated frames stream to ffmpeg in order. The driver holds only
 the windows and chunks around the front of the video, never the whole video.
 
+Steps 4-5 come in two kinds (`window.reconcile`): `crossfade` renders each window on its
+own and blends the decoded overlaps here; `latent` denoises all windows together on the
+actors (scheduler/codenoise.py), fusing the overlaps at every step, and the actors decode
+the frames, which arrive here final and in order.
+
 What is specific to a pipeline (chained windows, per-window inputs, what may be stored)
 comes from its descriptor (farm/pipelines/); the driver never asks for a pipeline's name.
 """
@@ -15,16 +20,19 @@ comes from its descriptor (farm/pipelines/); the driver never asks for a pipelin
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 from farm.blend import Reconciler
+from farm.codenoise import checkpoint_steps, fuse_weights
 from farm.color import DriftMeter
 from farm.encode import VideoWriter, open_writer
 from farm.errors import FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
-from farm.keys import model_identity, task_key
+from farm.keys import latent_job_key, model_identity, task_key
+from farm.latent import LatentJob
 from farm.metrics import FlickerMeter, flicker_report
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
@@ -47,6 +55,7 @@ from scheduler.cluster import (
     stop_actors,
     wants_gpus,
 )
+from scheduler.codenoise import CoDenoiser
 from scheduler.dispatch import WindowDispatcher
 from scheduler.pool import ActorPool
 from scheduler.progress import NullProgress
@@ -54,6 +63,9 @@ from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
+#: A co-denoised job waits this long for all its actors to be placed, then starts on those
+#: that were (at least one); its frames do not depend on how many.
+LATENT_PLACEMENT_S = float(os.environ.get("FARM_LATENT_PLACEMENT_S", "120"))
 
 
 def render(spec: JobSpec, **options) -> Report:
@@ -78,6 +90,7 @@ class RenderJob:
         if not isinstance(spec, JobSpec):
             raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
         self.spec, self.pipeline = spec, descriptor(spec.model.pipeline)
+        self.latent = spec.window.reconcile == "latent"
         self.address, self.workers, self.threads = address, workers, threads
         self.rife_weights, self.actor_resources = rife_weights, actor_resources
         self.gpus_per_worker, self.check_seams = gpus_per_worker, check_seams
@@ -86,7 +99,7 @@ class RenderJob:
         self.clock = Stopwatch()
         self.stages: dict[str, float] = {}
         self.records: dict[int, dict] = {}
-        self.session = self.pool = self.interp = None
+        self.session = self.pool = self.interp = self.codenoiser = None
         self.actors, self.actor_infos, self.rife_actors = [], [], []
         self.t_render: float | None = None
         self.frames_blended = self.frames_out = 0
@@ -144,12 +157,15 @@ class RenderJob:
                                                 gpus_per_worker=self.gpus_per_worker)
         if self.pipeline.chained:
             self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
-        if not self._all_stored():
+        self.workers_asked = self.workers
+        if self.latent or not self._all_stored():
+            # a co-denoised job starts on the actors that could be placed: its frames are the same
             self.actors, self.actor_infos = start_pipeline_actors(
                 spec, self.session, self.workers, self.threads, share_gpu=bool(ip),
                 resources=self.actor_resources, gpus_per_worker=self.gpus_per_worker,
                 on_wait=lambda ready, total: progress.stage(f"starting actors: {ready}/{total} ready "
-                                                            "(waiting for nodes or model loads)"))
+                                                            "(waiting for nodes or model loads)"),
+                partial_after=LATENT_PLACEMENT_S if self.latent else None)
             self.keys.use_devices(info["device"] for info in self.actor_infos)
         self.pool = ActorPool(self.actors, self.actor_infos, self.ledger, method="render",
                               per_actor=PER_ACTOR_IN_FLIGHT, on_failure=progress.window_failed)
@@ -164,9 +180,9 @@ class RenderJob:
 
     # 4-7. ----------------------------------------------------------------------------------
     def render_and_encode(self) -> None:
-        """Windows come back (or out of the store) in any order; each is stored at once,
-        each overlap is reconciled once both sides are in, and the finished prefix goes to
-        interpolation and on to the encoder."""
+        """Frames reach the encoder in order: blended here from windows that come back (or
+        out of the store) in any order, or final from the co-denoising actors. Finished
+        frames go to interpolation and on to the encoder as they come."""
         spec, progress = self.spec, self.progress
         progress.stage("rendering")
         progress.windows_total(len(self.tasks))
@@ -176,14 +192,12 @@ class RenderJob:
         self.strips = Filmstrips(self.plan.windows)  # the seams up close, for the HTML report
         self.drift = DriftMeter()  # colour drift of each window from the first frame
         self.t_render, self.epoch0 = self.clock.elapsed(), time.time()
-        dispatcher = WindowDispatcher(self.pool, self.ledger)
         with open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
                          spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames) as self.out:
-            for result in dispatcher.run(self.tasks, limit=self._needed_from, cached=self._from_store,
-                                         prepare=self.inputs.prepare, chained=self.pipeline.chained):
-                self._keep(result)
-                if not self.ledger.failed:  # once a window has failed, nothing more is encoded
-                    self._blend_and_encode(result)
+            if self.latent:
+                self.co_denoise()
+            else:
+                self.dispatch_windows()
             self.stages["render"] = self.clock.elapsed() - self.t_render
             if self.ledger.failed:
                 raise _job_failed(self.ledger, self.store, spec.output)  # no partial video; an older one is kept
@@ -193,6 +207,37 @@ class RenderJob:
         self.clock.stop("encode")
         self.frames_out = self.out.frames_written
         self.ledger.job(JobState.DONE)
+
+    # 4-5 (crossfade): each window alone, the decoded overlaps blended here.
+    def dispatch_windows(self) -> None:
+        dispatcher = WindowDispatcher(self.pool, self.ledger)
+        for result in dispatcher.run(self.tasks, limit=self._needed_from, cached=self._from_store,
+                                     prepare=self.inputs.prepare, chained=self.pipeline.chained):
+            self._keep(result)
+            if not self.ledger.failed:  # once a window has failed, nothing more is encoded
+                self._blend_and_encode(result)
+
+    # 4-5 (latent): all windows denoised together on the actors, the frames decoded there.
+    def co_denoise(self) -> None:
+        spec = self.spec
+        job = LatentJob(self.plan.windows, fuse_weights(self.plan.windows, spec.window.blend), spec.steps,
+                        spec.seed, spec.height, spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every))
+        prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
+        self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
+        self.codenoiser = CoDenoiser(
+            self.actors, self.actor_infos, job, self.tasks, prepare, self.store.checkpoints(self.latent_key),
+            spec.retries, on_step=lambda done, total: self.progress.stage(f"denoising: step {done}/{total}"))
+        for index in range(len(self.tasks)):
+            self.ledger.start(index)
+        for frame in self.codenoiser.frames():
+            self.strips.frame(self.frames_blended, frame, lambda seam: None)
+            self.frames_blended += 1
+            self.meter.add(frame)
+            self.interp.push(frame)
+            self._encode(self.interp.ready())
+        for index in range(len(self.tasks)):
+            self.ledger.done(index)
+            self.records[index] = _latent_record(self.plan.windows[index], self.codenoiser, self.latent_key)
 
     def _needed_from(self) -> int:
         return self.reconciler.first_unfinished_window if not self.ledger.failed else len(self.tasks)
@@ -246,7 +291,8 @@ class RenderJob:
 
     # 8. ------------------------------------------------------------------------------------
     def write_report(self) -> Report:
-        metrics = flicker_report(self.meter.curve, self.plan.windows, self.reconciler.disagreement())
+        metrics = flicker_report(self.meter.curve, self.plan.windows, self.reconciler.disagreement(),
+                                 fused=self.latent)
         drift = self.drift.per_window()
         for index, value in drift.items():
             self.records[index]["color_drift"] = value
@@ -256,6 +302,9 @@ class RenderJob:
                 "actors": self.rife_infos,
                 "first_chunk_at": round(self.interp.first_submit_at - self.clock.t0 - self.t_render, 4),
             }
+        if self.codenoiser is not None:
+            metrics["latent"] = self.codenoiser.report() | {"key": self.latent_key, "actors_asked": self.workers_asked,
+                                                            "actors_placed": len(self.actor_infos)}
         if self.check_seams is not None:
             worst = max(metrics["seams"], key=lambda seam: seam["jump_ratio"], default=None)
             metrics["seam_check"] = {"limit": self.check_seams, "worst": worst,
@@ -271,6 +320,8 @@ class RenderJob:
         if self.ledger.state is not JobState.FAILED:
             self.ledger.job(JobState.FAILED)
         fields = {"error": None if isinstance(err, WindowFatal) else str(err)}  # a window's error is in `failed`
+        if self.codenoiser is not None:
+            fields["latent"] = self.codenoiser.report() | {"key": self.latent_key}
         if isinstance(self.interp, InterpolationStage):
             fields["interpolate"] = self.interp.summary() | {"actors": self.rife_infos}
         try:
@@ -299,6 +350,7 @@ class RenderJob:
             blocklist=self.pool.blocklist.report() if self.pool else [],
             stages={k: round(v, 4) for k, v in self.stages.items()},
             plan=self.plan.to_dict() | {"windows": len(self.plan.windows)}, actors=self.actor_infos,
+            reconcile=spec.window.reconcile,
             workers=self.workers, threads_per_actor=self.threads, spec=spec.model_dump(mode="json"), **fields)
         report.write(self.local_out, filmstrips)
         return report
@@ -495,6 +547,16 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
         "started_at": None if cached else _rel(result.started, epoch0),
         "finished_at": round(finished_at, 4),
     }
+
+
+def _latent_record(window, codenoiser: CoDenoiser, key: str) -> dict:
+    """A co-denoised window's record: its shard's actor, and the job's key (windows are
+    stored as one job)."""
+    shard = next(s for s in codenoiser.shards if window.index in s.windows)
+    info = codenoiser.infos[shard.index]
+    return {"index": window.index, "start": window.start, "end": window.end, "state": WindowState.DONE.value,
+            "cached": False, "key": key, "shard": shard.index, "attempts": 1 + len(codenoiser.recoveries),
+            "failures": [], "node": info["node"], "actor": info["actor"], "device": info["device"], "fallbacks": []}
 
 
 def _rel(t: float | None, epoch0: float) -> float | None:

@@ -28,7 +28,7 @@ def base_spec(tmp_path, **overrides) -> dict:
         "steps": 2,
         "guidance": 7.5,
         "seed": 42,
-        "window": {"length": 16, "overlap": 4, "blend": "linear"},
+        "window": {"length": 16, "overlap": 4, "blend": "linear", "reconcile": "crossfade"},
         "output": str(tmp_path / "out.mp4"),
     }
     spec.update(overrides)

@@ -43,6 +43,11 @@ class Pipeline:
     #: neighbouring windows share exactly one frame (`window.overlap` is 1).
     chained: ClassVar[bool] = False
 
+    #: None: the windows can be denoised together (`window.reconcile: latent`, the default;
+    #: the renderer then has the `latent_*` methods farm/latent.py calls). Else why not,
+    #: for the error that refuses it; the pipeline's default is then `crossfade`.
+    no_latent: ClassVar[str | None] = None
+
     # What the job spec may say for this pipeline; farm/spec.py reads these.
     #: The spec block that holds this pipeline's own inputs (`svd:`, `control:`), and what it
     #: must hold at least: required for this pipeline, refused for every other.

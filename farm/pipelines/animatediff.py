@@ -4,6 +4,11 @@
     2. a CPU generator for any stochastic scheduler step, seeded by the window's first frame
     3. text conditioning: one prompt, or one embedding per frame (prompt schedules)
     4. denoise and decode (decode chunk and VAE precision as the fallback ladder asks)
+
+With `window.reconcile: latent` the windows are denoised together (farm/latent.py), and
+the renderer lends that loop the parts of `AnimateDiffPipeline.__call__` it is made of
+(`latent_*` below): the same prompt encoding, scaled model input, UNet call, guidance,
+scheduler step and VAE decode, one window or one frame at a time.
 """
 
 from __future__ import annotations
@@ -112,6 +117,22 @@ class AnimateDiffRenderer:
         positive under guidance, frame-major as the UNet folds frames into the batch);
         a forward pre-hook on each of `text_modules()` swaps in the per-frame tensor of
         exactly that layout."""
+        per_frame, hidden = self._per_frame_embeddings(task)
+
+        def swap(module, args, kwargs):
+            got = kwargs.get("encoder_hidden_states")
+            if got is None or got.shape != hidden.shape:
+                raise RuntimeError(f"per-frame prompts: the UNet got text embeddings of shape "
+                                   f"{None if got is None else tuple(got.shape)}, expected {tuple(hidden.shape)}")
+            return args, {**kwargs, "encoder_hidden_states": hidden.to(got.dtype)}
+
+        hooks = _Hooks([m.register_forward_pre_hook(swap, with_kwargs=True) for m in self.text_modules()])
+        cfg = task.guidance > 1.0
+        return {"prompt_embeds": per_frame[:1], "negative_prompt_embeds": hidden[:1] if cfg else None}, hooks
+
+    def _per_frame_embeddings(self, task: WindowTask):
+        """(per-frame positive embeddings (F, 77, D), the UNet's text input: negatives then
+        positives under guidance, one per frame)."""
         import torch
 
         pipe = self.pipe
@@ -123,16 +144,94 @@ class AnimateDiffRenderer:
             per_frame = torch.cat([(1.0 - wt) * embeds[old] + wt * embeds[new] for old, new, wt in task.conditioning])
         frames = per_frame.shape[0]
         hidden = torch.cat([negative.expand(frames, -1, -1), per_frame]) if cfg else per_frame
+        return per_frame, hidden
 
-        def swap(module, args, kwargs):
-            got = kwargs.get("encoder_hidden_states")
-            if got is None or got.shape != hidden.shape:
-                raise RuntimeError(f"per-frame prompts: the UNet got text embeddings of shape "
-                                   f"{None if got is None else tuple(got.shape)}, expected {tuple(hidden.shape)}")
-            return args, {**kwargs, "encoder_hidden_states": hidden.to(got.dtype)}
+    # Co-denoising (farm/latent.py) -------------------------------------------------------
+    def latent_timesteps(self, steps: int) -> list:
+        """4. Prepare timesteps (the pipeline's scheduler, as `__call__` sets it)."""
+        self.pipe.scheduler.set_timesteps(steps, device=self.device)
+        return list(self.pipe.scheduler.timesteps)
 
-        hooks = _Hooks([m.register_forward_pre_hook(swap, with_kwargs=True) for m in self.text_modules()])
-        return {"prompt_embeds": per_frame[:1], "negative_prompt_embeds": negative if cfg else None}, hooks
+    def latent_noise(self, seed: int, start: int, end: int, height: int, width: int):
+        """5. Prepare latent variables: the per-frame noise of frames [start, end), scaled
+        by the scheduler's initial sigma as `prepare_latents` does."""
+        from farm.noise import window_noise
+
+        pipe = self.pipe
+        scale = pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, height // scale, width // scale)
+        latents = window_noise(seed, start, end, shape).to(self.device, pipe.unet.dtype)
+        return latents * pipe.scheduler.init_noise_sigma
+
+    def latent_dtype(self):
+        """The latents' dtype: the UNet's, as `prepare_latents` makes them."""
+        return self.pipe.unet.dtype
+
+    def latent_conditioning(self, task: WindowTask) -> dict:
+        """3. Encode input prompt, for one window: the text input of its UNet calls (and
+        what a variant adds, e.g. its control frames)."""
+        import torch
+
+        pipe, frames = self.pipe, task.window.length
+        cfg = task.guidance > 1.0
+        if len(set(task.conditioning)) == 1 and task.conditioning[0][2] >= 1.0:
+            with torch.inference_mode():
+                positive, negative = pipe.encode_prompt(task.conditioning[0][1], self.device, 1, cfg,
+                                                        task.negative_prompt or None)
+            hidden = torch.cat([negative, positive]) if cfg else positive
+            hidden = hidden.repeat_interleave(repeats=frames, dim=0)
+        else:
+            _, hidden = self._per_frame_embeddings(task)
+        return {"hidden": hidden, "guidance": task.guidance, "task": task}
+
+    def latent_predict(self, cond: dict, latents, step: int, t):
+        """8. One denoising step's noise prediction for one window, guidance applied."""
+        import torch
+
+        pipe, cfg = self.pipe, cond["guidance"] > 1.0
+        with torch.inference_mode():
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = pipe.scheduler.scale_model_input(model_input, t)
+            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=cond["hidden"],
+                                   **self.latent_residuals(cond, model_input, step, t)).sample
+            if cfg:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + cond["guidance"] * (text - uncond)
+        return noise_pred
+
+    def latent_residuals(self, cond: dict, model_input, step: int, t) -> dict:
+        """What a variant adds to the UNet call (the ControlNet's residuals)."""
+        return {}
+
+    def latent_step(self, noise_pred, t, latents, generator):
+        """8. Compute the previous noisy sample x_t -> x_t-1, for one frame."""
+        import torch
+
+        pipe = self.pipe
+        kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+        with torch.inference_mode():
+            return pipe.scheduler.step(noise_pred, t, latents, **kwargs).prev_sample
+
+    def latent_decode(self, latents) -> np.ndarray:
+        """9. Post processing, one frame at a time (a batch of one decodes to the same bits
+        wherever the frame's actor is): (F, H, W, 3) float32 in [0, 1]; a frame that
+        decodes to NaN is decoded again with the VAE in fp32, as the ladder does."""
+        import torch
+
+        from farm.fallbacks import is_broken
+        from farm.pipelines._fallback_steps import decode_in_fp32
+
+        pipe, frames = self.pipe, []
+        for f in range(latents.shape[2]):
+            one = latents[:, :, f : f + 1]
+            with torch.inference_mode():
+                video = pipe.decode_latents(one, 1)
+                frame = np.asarray(pipe.video_processor.postprocess_video(video=video, output_type="np")[0],
+                                   dtype=np.float32)
+                if is_broken(frame) == "decoded to NaN/inf":
+                    frame = decode_in_fp32(pipe, one, lambda x: pipe.decode_latents(x, 1))
+            frames.append(frame)
+        return np.concatenate(frames)
 
 
 class _Hooks:

@@ -96,3 +96,25 @@ class AnimateDiffControlNetRenderer(AnimateDiffRenderer):
         """The pipeline hands the UNet and the ControlNet the same (2F, 77, D) text
         embeddings, so both get the per-frame ones."""
         return [self.pipe.unet, self.pipe.controlnet]
+
+    # Co-denoising (farm/latent.py) -------------------------------------------------------
+    def latent_conditioning(self, task: WindowTask) -> dict:
+        """The text input, and the window's control frames (kept as uint8 and prepared at
+        each step, so a shard of many windows holds no float copies of them)."""
+        return super().latent_conditioning(task) | self.extra_args(task)
+
+    def latent_residuals(self, cond: dict, model_input, step: int, t) -> dict:
+        """The ControlNet's residuals for the UNet, as AnimateDiffControlNetPipeline computes
+        them (no guess mode; control over every step)."""
+        import torch
+
+        pipe, task = self.pipe, cond["task"]
+        frames = pipe.prepare_video(video=cond["conditioning_frames"], width=task.width, height=task.height,
+                                    batch_size=task.window.length, num_videos_per_prompt=1, device=self.device,
+                                    dtype=pipe.controlnet.dtype, do_classifier_free_guidance=cond["guidance"] > 1.0)
+        control_input = torch.transpose(model_input, 1, 2)
+        control_input = control_input.reshape((-1, *control_input.shape[2:]))
+        down, mid = pipe.controlnet(control_input, t, encoder_hidden_states=cond["hidden"], controlnet_cond=frames,
+                                    conditioning_scale=cond["controlnet_conditioning_scale"], guess_mode=False,
+                                    return_dict=False)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -42,6 +42,8 @@ class Svd(Pipeline):
     renderer = "farm.pipelines.svd:SvdRenderer"
     tiny_base = TINY_SVD
     chained = True
+    no_latent = ("SVD windows are chained (each starts from the decoded last frame of the one before), "
+                 "so no two windows are denoised at the same time")
     spec_block, spec_block_needs = "svd", "at least `image:`"
     no_text = "is conditioned on svd.image, not on text"
     refuses = {

@@ -1,0 +1,196 @@
+"""The co-denoising loop (`window.reconcile: latent`): the Ray calls that step every shard
+of the video in lockstep, save checkpoints, survive lost actors, and stream the decoded
+frames back in order. What a shard is and who sends what to whom is decided by the pure
+planner (farm/codenoise.py); the arithmetic runs on the actors (farm/latent.py).
+
+Transport: each step is one actor call per shard. The call's return values are the
+predictions for each peer (one object each) and the shard's checkpoint slot; the driver
+passes a peer's object refs straight into the next step's call of the shard they are for,
+so the predictions go from actor to actor through Ray's object store and never through
+the driver, and the driver submits every step of every shard up front: Ray runs each
+actor's calls in order and starts a call once its peers' predictions exist. The driver
+only reads the checkpoint slots (a few bytes, or a shard's latents every
+`window.checkpoint_every` steps) and, at the end, the decoded frames.
+
+Faults: a lost actor fails its calls and, through their missing predictions, every call
+after them. The driver then asks each actor for its info (Ray restarts a lost actor where
+it can, reloading its pipeline); those that answer within ACTOR_RETURN_WAIT_S carry on,
+the windows are spread over them anew, and every shard restarts from the last whole
+checkpoint. The frames do not depend on how the windows are spread, so the video is the
+same bits as an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import ray
+
+from farm.codenoise import Shard, partition
+from farm.errors import LatentError
+from farm.latent import LatentJob
+from farm.store import LatentCheckpoints
+from farm.tasks import WindowTask
+from farm.util import first_line
+
+#: How long the driver waits, after a failure, for each actor to answer (a restarted actor
+#: reloads its pipeline first); those that do not are left out of the rest of the job.
+ACTOR_RETURN_WAIT_S = float(os.environ.get("FARM_ACTOR_RETURN_WAIT_S", "300"))
+#: Frames per decode call, and decode calls in flight per shard.
+DECODE_CHUNK = 8
+DECODE_AHEAD = 2
+
+
+class CoDenoiser:
+    """Runs one latent job on `actors`. `frames()` yields the video's frames in order."""
+
+    def __init__(self, actors: list, infos: list[dict], job: LatentJob, tasks: Sequence[WindowTask],
+                 prepare: Callable[[WindowTask], WindowTask], checkpoints: LatentCheckpoints, retries: int,
+                 on_step: Callable[[int, int], None] | None = None):
+        self.actors, self.infos = list(actors), list(infos)
+        self.job, self.tasks, self.prepare = job, list(tasks), prepare
+        self.checkpoints, self.retries = checkpoints, retries
+        self.on_step = on_step or (lambda done, total: None)
+        self.frames_total = job.windows[-1].end
+        self.resumed_from_step: int | None = None
+        self.recoveries: list[dict] = []
+        self.shards: tuple[Shard, ...] = ()
+        self.denoise_seconds = 0.0
+        self.stats: list[dict] = []
+
+    def frames(self) -> Iterator[np.ndarray]:
+        next_frame = 0
+        while True:
+            try:
+                start = self.checkpoints.latest(self.frames_total)
+                if self.resumed_from_step is None:
+                    self.resumed_from_step = start
+                self.shards = partition(self.job.windows, len(self.actors))
+                self._begin(start)
+                self._denoise(start)
+                for frames in self._decode(next_frame):
+                    next_frame += len(frames)
+                    yield from frames
+                self.stats = ray.get([a.latent_stats.remote() for a in self.actors[: len(self.shards)]])
+                return
+            except ray.exceptions.RayError as err:
+                self._recover(err, next_frame)
+
+    def exchange_bytes_per_step(self) -> int:
+        """Bytes of predictions the shards send one another per step."""
+        sample = self.stats[0] if self.stats else None
+        if not sample or not sample["steps"]:
+            return 0
+        return sum(s["sent_bytes"] for s in self.stats) // max(1, max(s["steps"] for s in self.stats))
+
+    # -- the three phases --------------------------------------------------------------------
+    def _begin(self, start: int) -> None:
+        """Hand each actor its shard: its windows' tasks (with their inputs) and, when
+        resuming, its covered frames' latents from the checkpoint."""
+        refs = []
+        for shard, actor in zip(self.shards, self.actors):
+            tasks = [self.prepare(self.tasks[w]) for w in shard.windows]
+            latents = self.checkpoints.load(start, *shard.covers) if start else None
+            refs.append(actor.latent_begin.remote(self.job, shard, tasks, start, latents))
+        ray.get(refs)
+
+    def _denoise(self, start: int) -> None:
+        """Submit every step of every shard, then read the checkpoint slots step by step."""
+        t0 = time.perf_counter()
+        slots = self._submit_steps(start)
+        for step, refs in slots:
+            parts = ray.get(refs)
+            if step in self.job.checkpoints:
+                for shard, latents in zip(self.shards, parts):
+                    self.checkpoints.put(step, *shard.owns, latents)
+                self.checkpoints.keep_only(step)
+            self.on_step(step, self.job.steps)
+        self.denoise_seconds += time.perf_counter() - t0
+
+    def _submit_steps(self, start: int) -> list[tuple[int, list]]:
+        """One `latent_step` call per shard per step; each peer's predictions go, as object
+        refs, into the next call of the shard they are for. Returns, per step finished,
+        the shards' checkpoint-slot refs."""
+        inbox: list[list] = [[] for _ in self.shards]
+        slots = []
+        for step in range(start, self.job.steps + 1):
+            apply = step > start
+            if not apply and step == self.job.steps:
+                break  # resumed from the last step: nothing to denoise
+            next_inbox: list[list] = [[None] * len(s.peers) for s in self.shards]
+            step_slots = []
+            for shard, actor in zip(self.shards, self.actors):
+                returns = len(shard.peers) + 1
+                refs = actor.latent_step.options(num_returns=returns).remote(apply, *(inbox[shard.index] if apply else ()))
+                refs = [refs] if returns == 1 else list(refs)
+                for ref, peer in zip(refs, shard.peers):
+                    next_inbox[peer][self.shards[peer].peers.index(shard.index)] = ref
+                step_slots.append(refs[-1])
+            if apply:
+                slots.append((step, step_slots))
+            inbox = next_inbox
+        return slots
+
+    def _decode(self, first_frame: int) -> Iterator[np.ndarray]:
+        """The frames from `first_frame` on, in order, a chunk at a time: each shard decodes
+        the frames it owns, a few chunks ahead of the driver."""
+        chunks = {s.index: deque(_chunks(max(s.owns[0], first_frame), s.owns[1])) for s in self.shards}
+        pending = {s.index: deque() for s in self.shards}
+
+        def top_up(shard: Shard) -> None:
+            while len(pending[shard.index]) < DECODE_AHEAD and chunks[shard.index]:
+                a, b = chunks[shard.index].popleft()
+                pending[shard.index].append(self.actors[shard.index].latent_decode.remote(a, b))
+
+        for shard in self.shards:
+            top_up(shard)
+        for shard in self.shards:
+            while pending[shard.index]:
+                ref = pending[shard.index].popleft()
+                top_up(shard)
+                yield ray.get(ref)
+
+    # -- faults ------------------------------------------------------------------------------
+    def _recover(self, err: Exception, next_frame: int) -> None:
+        """Keep the actors that still answer and start again from the last checkpoint."""
+        if len(self.recoveries) >= self.retries:
+            raise LatentError(f"co-denoising failed {len(self.recoveries) + 1} times (retries: {self.retries}); "
+                              f"last error: {first_line(err)}") from err
+        alive, infos = [], []
+        for actor, info in zip(self.actors, self.infos):
+            try:
+                infos.append(ray.get(actor.info.remote(), timeout=ACTOR_RETURN_WAIT_S))
+                alive.append(actor)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                ray.kill(actor, no_restart=True)
+        if not alive:
+            raise LatentError(f"co-denoising lost every actor; last error: {first_line(err)}") from err
+        self.recoveries.append({"error": first_line(err), "actors_left": len(alive),
+                                "from_step": self.checkpoints.latest(self.frames_total), "frames_done": next_frame})
+        self.actors, self.infos = alive, infos
+
+    def report(self) -> dict:
+        """What the job report says about the co-denoising."""
+        busy = [s["predict_s"] + s["fold_s"] + s["step_s"] for s in self.stats]
+        wall = self.denoise_seconds
+        return {
+            "actors": len(self.shards),
+            "shards": [{"index": s.index, "windows": [s.first, s.last], "frames": list(s.covers),
+                        "owns": list(s.owns), "peers": list(s.peers)} for s in self.shards],
+            "resumed_from_step": self.resumed_from_step,
+            "recoveries": self.recoveries,
+            "checkpoints": list(self.job.checkpoints),
+            "exchange_bytes_per_step": self.exchange_bytes_per_step(),
+            "denoise_seconds": round(wall, 4),
+            # the time the shards were not computing: barrier waits and the exchange
+            "wait_share": round(1 - sum(busy) / (wall * len(busy)), 4) if wall and busy else None,
+            "shard_stats": self.stats,
+        }
+
+
+def _chunks(start: int, end: int) -> list[tuple[int, int]]:
+    return [(a, min(a + DECODE_CHUNK, end)) for a in range(start, end, DECODE_CHUNK)]
