@@ -41,7 +41,8 @@ class PipelineActor:
                                node_resources=_node_resources(self.node) if spec.model.faults else {})
         self.renderer = make_renderer(spec, context=context)
         self.restarted = context.restarted
-        self.crash_on_step = spec.model.faults.crash_on_step if spec.model.faults else None
+        faults = spec.model.faults
+        self.crash_on_step, self.step_delay = (faults.crash_on_step, faults.delay) if faults else (None, 0.0)
         self.shard = None
         self.warmup_seconds, self.warmup_skipped = None, None
         if spec.model.warmup:
@@ -123,8 +124,9 @@ class PipelineActor:
         return (*sent, checkpoint) if sent else checkpoint
 
     def _maybe_crash(self, runner) -> None:
-        """Fault injection (`model.faults.crash_on_step`): the actor of the last shard exits
-        hard on reaching that step, in its first life."""
+        """Fault injection: `model.faults.delay` sleeps before every step; `crash_on_step`:
+        the actor of the last shard exits hard on reaching that step, in its first life."""
+        time.sleep(self.step_delay)
         last = runner.shard.owns[1] == runner.job.windows[-1].end
         if self.crash_on_step == runner.step and last and not self.restarted:
             os._exit(17)

@@ -161,12 +161,14 @@ class CoDenoiser:
             raise LatentError(f"co-denoising failed {len(self.recoveries) + 1} times (retries: {self.retries}); "
                               f"last error: {first_line(err)}") from err
         alive, infos = [], []
-        for actor, info in zip(self.actors, self.infos):
-            try:
-                infos.append(ray.get(actor.info.remote(), timeout=ACTOR_RETURN_WAIT_S))
-                alive.append(actor)
-            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+        deadline = time.monotonic() + ACTOR_RETURN_WAIT_S
+        for actor in self.actors:
+            info = _answer(actor, deadline)
+            if info is None:
                 ray.kill(actor, no_restart=True)
+            else:
+                alive.append(actor)
+                infos.append(info)
         if not alive:
             raise LatentError(f"co-denoising lost every actor; last error: {first_line(err)}") from err
         self.recoveries.append({"error": first_line(err), "actors_left": len(alive),
@@ -190,6 +192,20 @@ class CoDenoiser:
             "wait_share": round(1 - sum(busy) / (wall * len(busy)), 4) if wall and busy else None,
             "shard_stats": self.stats,
         }
+
+
+def _answer(actor, deadline: float) -> dict | None:
+    """The actor's info once it answers (a restarting actor is unavailable for a while),
+    or None if it is dead or has not answered by `deadline`."""
+    while True:
+        try:
+            return ray.get(actor.info.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return None
 
 
 def _chunks(start: int, end: int) -> list[tuple[int, int]]:

@@ -165,3 +165,62 @@ def test_losing_two_of_four_nodes_mid_job_loses_no_window(cluster, reference, tm
     assert all(w["node"] not in dead for w in lost)  # rerun elsewhere
     assert report["windows_rendered"] == 12
     _assert_matches(reference, tmp_path / "lost.mp4")
+
+
+# -- co-denoised jobs (window.reconcile: latent) ----------------------------------------------
+LATENT = {"frames": 64, "steps": 4, "window": {"length": 16, "overlap": 4, "reconcile": "latent", "checkpoint_every": 1}}
+
+
+def _latent(tmp_path, name, workers, faults=None, progress=None):
+    data = base_spec(tmp_path, output=str(tmp_path / name), **LATENT)
+    data["model"] = {**data["model"], "warmup": False, **({"faults": faults} if faults else {})}
+    return render(parse_spec(data), workers=workers, threads=1, store=tmp_path / "store", actor_resources=PIPE,
+                  progress=progress)
+
+
+@pytest.fixture(scope="module")
+def latent_reference(cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("latent_reference")
+    report = _latent(tmp, "reference.mp4", workers=1)
+    assert report["latent"]["actors"] == 1 and report["latent"]["recoveries"] == []
+    return read_frames(tmp / "reference.mp4")
+
+
+def test_a_co_denoising_actor_that_crashes_resumes_from_the_last_checkpoint_with_the_same_frames(
+        cluster, latent_reference, tmp_path):
+    # the last shard's actor exits hard on reaching step 3: its step-3 part dies with it,
+    # so the last whole checkpoint is after step 2
+    report = _latent(tmp_path, "crash.mp4", workers=2, faults={"crash_on_step": 3})
+    latent = report["latent"]
+    assert [r["from_step"] for r in latent["recoveries"]] == [2]
+    assert latent["actors"] == 2 and latent["recoveries"][0]["actors_left"] == 2  # Ray restarted it
+    assert np.array_equal(read_frames(tmp_path / "crash.mp4"), latent_reference)
+
+
+class _KillNodeAtStep(NullProgress):
+    def __init__(self, cluster, node, step: int):
+        self.cluster, self.node, self.step, self.killed = cluster, node, step, False
+
+    def stage(self, name: str) -> None:
+        if not self.killed and name == f"denoising: step {self.step}/4":
+            self.killed = True
+            self.cluster.remove_node(self.node, allow_graceful=False)
+
+
+def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_frames(
+        cluster, latent_reference, tmp_path, monkeypatch):
+    import scheduler.codenoise
+
+    monkeypatch.setattr(scheduler.codenoise, "ACTOR_RETURN_WAIT_S", 8.0)
+    doomed = cluster.farm_workers[0]
+    try:  # four actors on the four pipe nodes: the lost one has nowhere to restart
+        report = _latent(tmp_path, "lost.mp4", workers=4, faults={"delay": 0.6},  # steps slow enough to die in
+                         progress=_KillNodeAtStep(cluster, doomed, 1))
+    finally:
+        cluster.farm_workers = cluster.farm_workers[1:] + [cluster.add_node(num_cpus=1, resources=PIPE)]
+    latent = report["latent"]
+    assert len(latent["recoveries"]) == 1 and latent["recoveries"][0]["actors_left"] == 3
+    assert latent["recoveries"][0]["from_step"] >= 1
+    assert latent["actors"] == 3 and latent["actors_asked"] == 4
+    assert doomed.node_id not in {w["node"] for w in report["windows"]}
+    assert np.array_equal(read_frames(tmp_path / "lost.mp4"), latent_reference)

@@ -1,0 +1,288 @@
+"""Co-denoising (`window.reconcile: latent`): the frames do not depend on how the windows are
+spread over actors, the step loop is diffusers' own, and a co-denoised job renders through
+the farm from the demo spec.
+
+The invariance tests run the shards of one job in lockstep in this process, with the
+actors' own code (farm/latent.ShardRunner: evaluate, exchange per-window predictions,
+fold in window order, step), so 1, 2, 3 and 4 shards cost one pipeline load; the Ray
+tests below check that the farm's actors give the very same frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farm.codenoise import checkpoint_steps, fuse_weights, missing, partition
+from farm.encode import open_writer
+from farm.errors import SpecError
+from farm.latent import LatentJob, ShardRunner
+from farm.plan import plan_windows, split
+from farm.renderers import renderer_class
+from farm.spec import parse_spec
+from farm.store import LatentCheckpoints
+from farm.tasks import WindowTask
+from farm.video import read_frames
+from scheduler.driver import render
+from tests.conftest import base_spec
+
+POSES = "examples/tiny/poses"
+
+
+# -- the plan (pure) ------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(frames=st.integers(16, 300), length=st.integers(2, 24), overlap_share=st.floats(0, 0.95),
+       actors=st.integers(1, 9))
+def test_shards_split_the_windows_and_every_shared_frame_is_sent_by_every_other_window(frames, length,
+                                                                                        overlap_share, actors):
+    length = min(length, frames)
+    overlap = min(length - 1, int(length * overlap_share))
+    windows = split(frames, length, overlap)
+    shards = partition(windows, actors)
+    assert [w for s in shards for w in s.windows] == list(range(len(windows)))
+    assert len(shards) == min(actors, len(windows))
+    assert max(len(s.windows) for s in shards) - min(len(s.windows) for s in shards) <= 1
+    # owned frames tile the video: each checkpointed and decoded once
+    assert [s.owns for s in shards][0][0] == 0 and shards[-1].owns[1] == frames
+    assert all(a.owns[1] == b.owns[0] for a, b in zip(shards, shards[1:]))
+    # for every frame a shard covers, every window covering it is its own or sent to it
+    for s in shards:
+        got = {(p.window, f) for k in s.peers for p in shards[k].sends[shards[k].peers.index(s.index)]
+               for f in range(p.start, p.end)}
+        for f in range(*s.covers):
+            for w in windows:
+                if w.start <= f < w.end and w.index not in s.windows:
+                    assert (w.index, f) in got
+        assert all(s.index in shards[k].peers for k in s.peers)
+
+
+def test_checkpoints_fall_every_k_steps_and_at_the_end():
+    assert checkpoint_steps(20, 5) == (5, 10, 15, 20)
+    assert checkpoint_steps(4, 3) == (3, 4)
+    assert missing([(0, 10), (8, 20)], 20) == []
+    assert missing([(0, 10), (12, 20)], 24) == [(10, 12), (20, 24)]
+
+
+def test_a_checkpoint_is_whole_only_when_its_parts_cover_every_frame_whatever_cut_them(tmp_path):
+    ckpt = LatentCheckpoints(tmp_path, "job")
+    latents = np.arange(2 * 4 * 30, dtype=np.float32).reshape(1, 2, 30, 2, 2)
+    ckpt.put(2, 0, 12, latents[:, :, 0:12])
+    assert ckpt.latest(30) == 0
+    ckpt.put(2, 12, 30, latents[:, :, 12:30])
+    ckpt.put(4, 0, 20, latents[:, :, 0:20])  # a later run, cut another way, killed midway
+    assert ckpt.latest(30) == 2
+    np.testing.assert_array_equal(ckpt.load(2, 5, 25), latents[:, :, 5:25])
+    ckpt.keep_only(2)
+    assert ckpt.steps() == [2]
+
+
+# -- specs ---------------------------------------------------------------------------------
+def test_latent_is_the_default_where_a_pipeline_can_fuse_and_svd_says_why_it_cannot(tmp_path):
+    data = base_spec(tmp_path)
+    del data["window"]["reconcile"]
+    assert parse_spec(data).window.reconcile == "latent"
+    image = tmp_path / "frame.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(image)
+    svd = base_spec(tmp_path, model={"pipeline": "svd"}, svd={"image": str(image)}, window={"length": 8})
+    del svd["prompt"], svd["negative_prompt"]
+    assert parse_spec(svd).window.reconcile == "crossfade"
+    with pytest.raises(SpecError) as err:
+        parse_spec({**svd, "window": {"length": 8, "reconcile": "latent"}})
+    assert "window.reconcile: latent is not for svd: SVD windows are chained" in str(err.value)
+
+
+def test_window_faults_are_refused_in_a_latent_job_and_step_crashes_in_a_crossfade_one(tmp_path):
+    data = base_spec(tmp_path, window={"length": 16, "overlap": 4, "reconcile": "latent"})
+    data["model"] = {**data["model"], "faults": {"fail_windows": [1], "crash_on_call": 2}}
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert "model.faults.fail_windows: hits one window's render call" in str(err.value)
+    assert "model.faults.crash_on_call" in str(err.value)
+    data = base_spec(tmp_path)
+    data["model"] = {**data["model"], "faults": {"crash_on_step": 2}}
+    with pytest.raises(SpecError, match="crash_on_step: is for window.reconcile: latent"):
+        parse_spec(data)
+
+
+# -- the step loop, in one process -----------------------------------------------------------
+def _spec(tmp_path, **overrides):
+    window = overrides.pop("window", {"length": 16, "overlap": 4})
+    return parse_spec(base_spec(tmp_path, window={**window, "reconcile": "latent"}, **overrides))
+
+
+def _job(spec) -> tuple[LatentJob, list[WindowTask]]:
+    from farm.pipelines import descriptor
+
+    plan = plan_windows(spec)
+    tasks = [descriptor(spec.model.pipeline).window_inputs(spec, WindowTask.from_spec(spec, w), None)
+             for w in plan.windows]
+    job = LatentJob(plan.windows, fuse_weights(plan.windows, spec.window.blend), spec.steps, spec.seed,
+                    spec.height, spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every))
+    return job, tasks
+
+
+def lockstep(renderer, spec, shards: int) -> np.ndarray:
+    """The job's frames with its windows spread over `shards` shards, run in turn here, each
+    handing its peers exactly what an actor's `latent_step` returns."""
+    job, tasks = _job(spec)
+    plan = partition(job.windows, shards)
+    runners = [ShardRunner(renderer, job, s, [tasks[w] for w in s.windows], 0) for s in plan]
+    for _ in range(job.steps):
+        sent = [r.evaluate() for r in runners]
+        for s, r in zip(plan, runners):
+            r.apply([sent[k][plan[k].peers.index(s.index)] for k in s.peers])
+    return np.concatenate([r.decode(*r.shard.owns) for r in runners])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def animatediff(one_thread, tmp_path_factory):
+    spec = _spec(tmp_path_factory.mktemp("ad"))
+    return renderer_class("animatediff")(spec, "cpu")
+
+
+CASES = {
+    # 5 windows: 2, 3 and 4 shards split them unevenly
+    "uneven": dict(frames=64),
+    # overlap 8 of 16, a prompt schedule crossing the seams, LCM (a stochastic step)
+    "overlap8_schedule_lcm": dict(frames=56, window={"length": 16, "overlap": 8}, prompt=None,
+                                  prompts={0: "a red fox running through snow", 20: "a grey wolf in a forest"},
+                                  model={"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny",
+                                         "scheduler": "lcm"}, guidance=1.5, steps=3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_frames_are_the_same_bits_on_1_2_3_and_4_actors(animatediff, tmp_path, case):
+    spec = _spec(tmp_path, **CASES[case])
+    animatediff.spec = spec
+    frames = {n: lockstep(animatediff, spec, n) for n in (1, 2, 3, 4)}
+    assert frames[1].shape == (spec.frames, 64, 64, 3)
+    for n in (2, 3, 4):
+        assert np.array_equal(frames[n], frames[1]), f"{n} shards differ from 1"
+
+
+def test_controlnet_frames_are_the_same_bits_on_1_to_4_actors(one_thread, tmp_path):
+    spec = parse_spec(base_spec(
+        tmp_path, model={"pipeline": "animatediff-controlnet", "base": "tiny", "motion_adapter": "tiny"},
+        control={"video": POSES, "scale": 0.7, "model": "tiny"}, frames=28,
+        window={"length": 12, "overlap": 8, "reconcile": "latent"}))
+    renderer = renderer_class(spec.model.pipeline)(spec, "cpu")
+    frames = {n: lockstep(renderer, spec, n) for n in (1, 2, 3, 4)}
+    assert frames[1].shape == (28, 64, 64, 3)
+    assert all(np.array_equal(frames[n], frames[1]) for n in (2, 3, 4))
+
+
+def test_fusing_changes_the_frames_in_the_overlaps_only_near_them(animatediff, tmp_path):
+    """Against each window denoised alone: the fused video differs where windows overlap
+    (and, through the motion modules, around them), and the first window's own frames
+    far from any seam still follow the same denoising."""
+    spec = _spec(tmp_path, frames=28)
+    animatediff.spec = spec
+    fused = lockstep(animatediff, spec, 2)
+    alone = animatediff.render(WindowTask.from_spec(spec, plan_windows(spec).windows[0]))
+    diff = np.abs(fused[:16].astype(np.int16) - (np.clip(np.rint(alone * 255), 0, 255)).astype(np.int16)).mean(axis=(1, 2, 3))
+    assert diff[12:].mean() > 0.5  # the overlap is fused with the second window
+    assert diff.max() > diff.min()
+
+
+def test_a_single_window_is_diffusers_own_loop(animatediff, tmp_path):
+    """One window in latent mode = `AnimateDiffPipeline.__call__` with the same noise,
+    prompt and DDIM: within one level."""
+    from farm.noise import window_noise
+
+    spec = _spec(tmp_path, frames=16)
+    animatediff.spec = spec
+    farm = lockstep(animatediff, spec, 1)
+    pipe = animatediff.pipe
+    noise = window_noise(spec.seed, 0, 16, (4, 8, 8))
+    with torch.inference_mode():
+        out = pipe(prompt=spec.prompt, negative_prompt=spec.negative_prompt, num_frames=16, height=64, width=64,
+                   num_inference_steps=spec.steps, guidance_scale=spec.guidance, latents=noise,
+                   output_type="np")
+    plain = np.clip(np.rint(np.asarray(out.frames[0]) * 255), 0, 255).astype(np.int16)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert np.abs(farm.astype(np.int16) - plain).max() <= 1
+
+
+# -- through the farm ----------------------------------------------------------------------
+def test_the_farm_renders_a_latent_job_with_the_same_frames_on_1_and_3_actors(shared_ray, animatediff, tmp_path):
+    spec = _spec(tmp_path, frames=64)
+    spec = spec.model_copy(update={"encode": spec.encode.model_copy(update={"crf": 0}),
+                                   "model": spec.model.model_copy(update={"warmup": False})})
+    # the frames the shards compute in this process, through the same encoder
+    with open_writer(tmp_path / "reference.mp4", 64, 64, spec.fps, 0, spec.encode.preset, 1, 120) as out:
+        for frame in lockstep(animatediff, spec, 1):
+            out.write(frame)
+    reports = {}
+    for n in (1, 3):
+        out = tmp_path / f"latent{n}.mp4"
+        reports[n] = render(spec.model_copy(update={"output": str(out)}), workers=n, threads=1,
+                            store=tmp_path / f"store{n}")
+    reference = read_frames(tmp_path / "reference.mp4")
+    assert reference.shape == (64, 64, 64, 3)
+    for n in (1, 3):
+        assert np.array_equal(read_frames(tmp_path / f"latent{n}.mp4"), reference), f"{n} actors"
+    r = reports[3]
+    assert r["reconcile"] == "latent" and r["latent"]["actors"] == 3
+    assert [s["windows"] for s in r["latent"]["shards"]] == [[0, 1], [2, 3], [4, 4]]
+    assert len({w["actor"] for w in r["windows"]}) == 3
+    assert all(s["fused"] and "disagreement" not in s for s in r["seams"])
+    assert r["latent"]["exchange_bytes_per_step"] > 0 and r["latent"]["resumed_from_step"] == 0
+    assert r["latent"]["key"] == reports[1]["latent"]["key"]  # the job's key, whatever its actors
+
+
+def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ray, animatediff, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from farm.keys import latent_job_key, model_identity, task_key
+
+    data = base_spec(tmp_path, frames=40, steps=6, output=str(tmp_path / "killed.mp4"),
+                     window={"length": 16, "overlap": 4, "reconcile": "latent", "checkpoint_every": 2},
+                     encode={"crf": 0})
+    data["model"] = {**data["model"], "warmup": False, "faults": {"delay": 0.4}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    spec = parse_spec(data)
+    model_id = model_identity(spec, "cpu")
+    key = latent_job_key([task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan_windows(spec).windows],
+                         spec.window.blend)
+    checkpoints = LatentCheckpoints(tmp_path / "store", key)
+    driver = subprocess.Popen([str(Path(sys.executable).parent / "farm"), "render", str(tmp_path / "job.yaml"),
+                               "--workers", "2", "--threads", "1", "--store", str(tmp_path / "store")],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while checkpoints.latest(spec.frames) == 0 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+    finally:
+        driver.wait()
+    saved = checkpoints.latest(spec.frames)
+    assert 2 <= saved < spec.steps and not (tmp_path / "killed.mp4").exists()
+
+    report = render(spec, workers=2, threads=1, store=tmp_path / "store")
+    assert report["latent"]["resumed_from_step"] >= saved
+    with open_writer(tmp_path / "reference.mp4", 64, 64, spec.fps, 0, spec.encode.preset, 1, 120) as out:
+        for frame in lockstep(animatediff, spec, 1):
+            out.write(frame)
+    assert np.array_equal(read_frames(tmp_path / "killed.mp4"), read_frames(tmp_path / "reference.mp4"))
