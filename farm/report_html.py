@@ -95,6 +95,16 @@ def gantt_svg(report: dict) -> str:
     """
     windows = report.get("windows") or []
     bars = _gantt_bars(windows)
+    latent = report.get("latent")
+    if latent:
+        rows = "".join(f"<tr><td>{_e(sh['index'])}</td><td>{_e(sh['windows'][0])}–{_e(sh['windows'][1])}</td>"
+                       f"<td>{_e(sh['frames'][0])}–{_e(sh['frames'][1] - 1)}</td></tr>" for sh in latent["shards"])
+        return (f'<p class="note">Denoised together on {_e(latent["actors"])} actors '
+                f'({_e(latent.get("actors_asked", latent["actors"]))} asked), one shard each, in '
+                f'{_e(_fmt(latent.get("denoise_seconds")))} s; shards waited {_e(_fmt(latent.get("wait_share")))} '
+                f'of the time (barrier and exchange); resumed from step {_e(latent.get("resumed_from_step"))}; '
+                f'{_e(len(latent.get("recoveries", [])))} recoveries.</p>'
+                f"<table><tr><th>shard</th><th>windows</th><th>frames</th></tr>{rows}</table>")
     if not bars:
         return '<p class="note">No window attempt was recorded.</p>'
 
@@ -241,7 +251,7 @@ def _summary(report: dict) -> str:
         ("state", report.get("state", "?")),
         ("frames → output", f"{report.get('frames', '?')} → {report.get('output_frames', '?')}"),
         ("size, fps", f"{report.get('width', '?')}×{report.get('height', '?')} @ {_fmt(report.get('output_fps'))}"),
-        ("blend", report.get("blend", "?")),
+        ("blend", f"{report.get('blend', '?')}, {report.get('reconcile', 'crossfade')}"),
         ("windows rendered / cached / retried", f"{rendered} / {cached} / {retried}"),
         ("flicker score", _fmt((report.get("flicker") or {}).get("score"), 4)),
         ("seam ratio max / median", f"{_ratio(report.get('seam_ratio_max'))} / {_ratio(report.get('seam_ratio_median'))}"),
@@ -249,6 +259,8 @@ def _summary(report: dict) -> str:
     disagree = [s["disagreement"] for s in report.get("seams") or [] if s.get("disagreement") is not None]
     if disagree:
         cards.append(("windows disagree in overlaps, max (levels)", _fmt(max(disagree))))
+    elif any(s.get("fused") for s in report.get("seams") or []):
+        cards.append(("windows disagree in overlaps", "none: fused"))
     cards.append(("total", f"{_fmt(stages.get('total'))} s"))
     body = "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
     return f'<div class="cards">{body}</div>'
@@ -269,20 +281,25 @@ def _filmstrips(strips: list[dict], seams: list[dict]) -> str:
     if not strips:
         return ""
     ratio = {s.get("window"): s.get("jump_ratio") for s in seams}
+    fused = any(s.get("fused") for s in seams)
     parts = ["<h3>Seams up close</h3>",
              '<p class="note">The seams whose two windows disagreed most. Top row: the video as blended; '
              "below, under the frames both windows render, each window's own render before blending. "
-             "Where they differ, the crossfade shows both at half opacity.</p>"]
+             "Where they differ, the crossfade shows both at half opacity.</p>" if not fused else
+             '<p class="note">The frames across each seam. The windows were denoised together '
+             "(window.reconcile: latent): the frames they share are one set of latents, fused at every "
+             "step, so there is no window's own render to show.</p>"]
     for s in strips:
         k, (first, last), (o_first, o_last) = s["window"], s["frames"], s["overlap"]
         frames = range(first, last + 1)
         head = "".join(f"<th class=n>{f}</th>" for f in frames)
-        rows = [_strip_row("blended", frames, s["blended"])]
-        for w in (k, k + 1):
+        rows = [_strip_row("fused" if fused else "blended", frames, s["blended"])]
+        for w in (k, k + 1) if not fused else ():
             rows.append(_strip_row(f"window {w}", frames, s["own"].get(w, {})))
+        how = "fused" if fused else f"windows disagree {_fmt(s['disagreement'])} levels"
         parts.append(
             f'<div class="strip"><p><b>seam {_e(k)} → {_e(k + 1)}</b>, frames {_e(o_first)}–{_e(o_last)} shared: '
-            f"windows disagree {_e(_fmt(s['disagreement']))} levels; jump ratio {_e(_ratio(ratio.get(k)))}</p>"
+            f"{_e(how)}; jump ratio {_e(_ratio(ratio.get(k)))}</p>"
             f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table></div>")
     return "".join(parts)
 
@@ -306,7 +323,7 @@ def _seam_table(seams: list[dict]) -> str:
         f"<tr><td>{_e(s.get('window', i))} → {_e(s.get('window', i) + 1)}</td>"
         f"<td class=n>{_e(s.get('frame'))}</td><td class=n>{_e(_ratio(s.get('jump_ratio')))}</td>"
         f"<td class=n>{_e(_fmt(s.get('jump')))}</td><td class=n>{_e(_fmt(s.get('interior')))}</td>"
-        f"<td class=n>{_e(_fmt(s.get('disagreement')))}</td></tr>"
+        f"<td class=n>{_e('fused' if s.get('fused') else _fmt(s.get('disagreement')))}</td></tr>"
         for i, s in enumerate(seams))
     return f"<details><summary>{len(seams)} seams</summary><table>{head}{rows}</table></details>"
 

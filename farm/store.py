@@ -200,15 +200,32 @@ class WindowStore:
 
     def gc(self, older_than: float | None = None, dry_run: bool = False) -> "Removed":
         """Remove windows created more than `older_than` seconds ago (None: keep them all),
-        plus leftovers of interrupted writes: frames without a manifest row and temp
+        and co-denoised jobs' checkpoints last written that long ago, plus leftovers of interrupted writes: frames without a manifest row and temp
         files, once they are older than IN_PROGRESS_GRACE_S. Says what it removed (or, with
         `dry_run`, would remove): windows, as `entries` counts them, and leftover files."""
         now = time.time()
         old = [e.key for e in self.entries() if older_than is not None and now - e.created > older_than]
         windows = [p for key in old for p in (self._manifest_path(key), self._frames_path(key))]
         leftovers = [p for p in self._leftovers(now) if p not in set(windows)]
+        jobs = self._old_latent_jobs(now, older_than)
         freed = sum(_remove(p, dry_run) for p in windows) + sum(_remove(p, dry_run) for p in leftovers)
-        return Removed(windows=len(old), leftovers=len(leftovers), bytes=freed)
+        for job in jobs:
+            freed += sum(_remove(p, dry_run) for p in sorted(job.rglob("*")) if p.is_file())
+            if not dry_run:
+                for d in sorted((d for d in job.rglob("*") if d.is_dir()), reverse=True) + [job]:
+                    d.rmdir()
+        return Removed(windows=len(old), leftovers=len(leftovers), bytes=freed, latent_jobs=len(jobs))
+
+    def _old_latent_jobs(self, now: float, older_than: float | None) -> list[Path]:
+        """Co-denoised jobs' checkpoint folders whose newest file is older than `older_than`."""
+        if older_than is None or not (self.root / "latent").is_dir():
+            return []
+        old = []
+        for job in (self.root / "latent").iterdir():
+            ages = [_age(p, now) for p in job.rglob("*") if p.is_file()]
+            if min(ages, default=float("inf")) > older_than:
+                old.append(job)
+        return old
 
     def _leftovers(self, now: float) -> list[Path]:
         """Frames with no manifest row, and temp files, older than IN_PROGRESS_GRACE_S."""
@@ -226,6 +243,7 @@ class Removed:
     windows: int
     leftovers: int
     bytes: int
+    latent_jobs: int = 0  # co-denoised jobs whose checkpoints were removed
 
 
 def _age(path: Path, now: float) -> float:

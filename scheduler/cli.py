@@ -149,10 +149,18 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
     )
     if report is None:
         return
-    click.echo(
-        f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
-        f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
-    )
+    if report.latent is not None:
+        lat = report.latent
+        resumed = f", resumed from step {lat['resumed_from_step']}" if lat["resumed_from_step"] else ""
+        asked = f" ({lat['actors_asked']} asked)" if lat.get("actors_asked", lat["actors"]) != lat["actors"] else ""
+        click.echo(f"co-denoised {len(report.windows)} windows on {lat['actors']} actors{asked}{resumed}, "
+                   f"{len(lat['recoveries'])} recoveries → {report.output_frames} frames at "
+                   f"{report.output_fps:g} fps in {report.stages['total']:.1f}s")
+    else:
+        click.echo(
+            f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
+            f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
+        )
     if report.seam_ratio_max is not None:
         click.echo(f"flicker score {report.flicker['score']:.4f}; seam jump ratio max "
                    f"{report.seam_ratio_max:.3f}, median {report.seam_ratio_median:.3f}")
@@ -367,7 +375,8 @@ def store_du(store):
 @store.command("gc")
 @_store_option
 @click.option("--older-than", callback=_parse_age, metavar="AGE",
-              help="Also remove windows stored more than AGE ago (e.g. 30m, 12h, 7d; 0 = all).")
+              help="Also remove windows stored, and co-denoised jobs' checkpoints last written, more than "
+                   "AGE ago (e.g. 30m, 12h, 7d; 0 = all).")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def store_gc(store, older_than, dry_run):
     """Remove leftovers of interrupted writes and, with --older-than, old windows."""
@@ -376,6 +385,8 @@ def store_gc(store, older_than, dry_run):
     gone = WindowStore(store).gc(older_than=older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     what = _count(gone.windows, "window")
+    if gone.latent_jobs:
+        what += f", the checkpoints of {_count(gone.latent_jobs, 'co-denoised job')}"
     if gone.leftovers:
         what += f" and {_count(gone.leftovers, 'leftover file')} of interrupted writes"
     click.echo(f"{verb} {what} ({gone.bytes / 1e6:.1f} MB)")

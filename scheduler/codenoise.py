@@ -36,10 +36,16 @@ from farm.latent import LatentJob
 from farm.store import LatentCheckpoints
 from farm.tasks import WindowTask
 from farm.util import first_line
+from scheduler.progress import NullProgress
 
 #: How long the driver waits, after a failure, for each actor to answer (a restarted actor
 #: reloads its pipeline first); those that do not are left out of the rest of the job.
 ACTOR_RETURN_WAIT_S = float(os.environ.get("FARM_ACTOR_RETURN_WAIT_S", "300"))
+#: How the predictions travel between shards: `refs` (actor to actor: the object refs go
+#: straight into the peer's next call) or `driver` (the driver fetches every step's
+#: predictions and passes the values on). `driver` exists to measure the two side by side
+#: (scripts/bench_codenoise.py); it is never faster.
+TRANSPORT = os.environ.get("FARM_LATENT_TRANSPORT", "refs")
 #: Frames per decode call, and decode calls in flight per shard.
 DECODE_CHUNK = 8
 DECODE_AHEAD = 2
@@ -50,11 +56,11 @@ class CoDenoiser:
 
     def __init__(self, actors: list, infos: list[dict], job: LatentJob, tasks: Sequence[WindowTask],
                  prepare: Callable[[WindowTask], WindowTask], checkpoints: LatentCheckpoints, retries: int,
-                 on_step: Callable[[int, int], None] | None = None):
+                 progress: NullProgress | None = None):
         self.actors, self.infos = list(actors), list(infos)
         self.job, self.tasks, self.prepare = job, list(tasks), prepare
         self.checkpoints, self.retries = checkpoints, retries
-        self.on_step = on_step or (lambda done, total: None)
+        self.progress = progress or NullProgress()
         self.frames_total = job.windows[-1].end
         self.resumed_from_step: int | None = None
         self.recoveries: list[dict] = []
@@ -70,6 +76,7 @@ class CoDenoiser:
                 if self.resumed_from_step is None:
                     self.resumed_from_step = start
                 self.shards = partition(self.job.windows, len(self.actors))
+                self.progress.stage(f"denoising on {len(self.shards)} actors" + (f" from step {start}" if start else ""))
                 self._begin(start)
                 self._denoise(start)
                 for frames in self._decode(next_frame):
@@ -108,7 +115,8 @@ class CoDenoiser:
                 for shard, latents in zip(self.shards, parts):
                     self.checkpoints.put(step, *shard.owns, latents)
                 self.checkpoints.keep_only(step)
-            self.on_step(step, self.job.steps)
+            self.progress.steps_done(step, self.job.steps)
+            self.progress.stage(f"denoising: step {step}/{self.job.steps}")
         self.denoise_seconds += time.perf_counter() - t0
 
     def _submit_steps(self, start: int) -> list[tuple[int, list]]:
@@ -132,6 +140,8 @@ class CoDenoiser:
                 step_slots.append(refs[-1])
             if apply:
                 slots.append((step, step_slots))
+            if TRANSPORT == "driver":  # the step's predictions through the driver, step by step
+                next_inbox = [ray.get(refs) for refs in next_inbox]
             inbox = next_inbox
         return slots
 
@@ -171,8 +181,11 @@ class CoDenoiser:
                 infos.append(info)
         if not alive:
             raise LatentError(f"co-denoising lost every actor; last error: {first_line(err)}") from err
-        self.recoveries.append({"error": first_line(err), "actors_left": len(alive),
-                                "from_step": self.checkpoints.latest(self.frames_total), "frames_done": next_frame})
+        recovery = {"error": first_line(err), "actors_left": len(alive),
+                    "from_step": self.checkpoints.latest(self.frames_total), "frames_done": next_frame}
+        self.recoveries.append(recovery)
+        self.progress.notice(f"co-denoising lost an actor ({recovery['error']}); going on from step "
+                             f"{recovery['from_step']} on {len(alive)} actors")
         self.actors, self.infos = alive, infos
 
     def report(self) -> dict:

@@ -185,7 +185,8 @@ class RenderJob:
         frames go to interpolation and on to the encoder as they come."""
         spec, progress = self.spec, self.progress
         progress.stage("rendering")
-        progress.windows_total(len(self.tasks))
+        if not self.latent:
+            progress.windows_total(len(self.tasks))
         progress.frames_total(self.interp.retime.frames_out if spec.interpolate else spec.frames)
         self.reconciler = Reconciler(self.plan.windows, spec.window.blend)
         self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
@@ -226,7 +227,7 @@ class RenderJob:
         self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
         self.codenoiser = CoDenoiser(
             self.actors, self.actor_infos, job, self.tasks, prepare, self.store.checkpoints(self.latent_key),
-            spec.retries, on_step=lambda done, total: self.progress.stage(f"denoising: step {done}/{total}"))
+            spec.retries, progress=self.progress)
         for index in range(len(self.tasks)):
             self.ledger.start(index)
         for frame in self.codenoiser.frames():
@@ -237,7 +238,7 @@ class RenderJob:
             self._encode(self.interp.ready())
         for index in range(len(self.tasks)):
             self.ledger.done(index)
-            self.records[index] = _latent_record(self.plan.windows[index], self.codenoiser, self.latent_key)
+            self.records[index] = _latent_record(self.tasks[index], self.codenoiser, self.latent_key)
 
     def _needed_from(self) -> int:
         return self.reconciler.first_unfinished_window if not self.ledger.failed else len(self.tasks)
@@ -549,13 +550,15 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
     }
 
 
-def _latent_record(window, codenoiser: CoDenoiser, key: str) -> dict:
+def _latent_record(task: WindowTask, codenoiser: CoDenoiser, key: str) -> dict:
     """A co-denoised window's record: its shard's actor, and the job's key (windows are
     stored as one job)."""
+    window = task.window
     shard = next(s for s in codenoiser.shards if window.index in s.windows)
     info = codenoiser.infos[shard.index]
     return {"index": window.index, "start": window.start, "end": window.end, "state": WindowState.DONE.value,
-            "cached": False, "key": key, "shard": shard.index, "attempts": 1 + len(codenoiser.recoveries),
+            "cached": False, "key": key, "shard": shard.index, "prompts": window_prompts(task.conditioning, window.start),
+            "attempts": 1 + len(codenoiser.recoveries),
             "failures": [], "node": info["node"], "actor": info["actor"], "device": info["device"], "fallbacks": []}
 
 

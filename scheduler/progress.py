@@ -18,11 +18,14 @@ class NullProgress:
     def window_failed(self, index: int, error: str, retrying: bool) -> None: ...
     def frames_total(self, n: int) -> None: ...
     def frames_written(self, n: int) -> None: ...
+    def steps_done(self, done: int, total: int) -> None: ...
+    def notice(self, text: str) -> None: ...
     def close(self) -> None: ...
 
 
 class RichProgress(NullProgress):
-    """Two bars, windows rendered and frames encoded, plus a line for the current stage."""
+    """Two bars, windows rendered (co-denoising: steps done) and frames encoded, plus a line
+    for the current stage."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
@@ -36,7 +39,7 @@ class RichProgress(NullProgress):
             transient=False,
         )
         self._stage = self._bars.add_task("stage", total=None, note="")
-        self._windows = None
+        self._windows = self._steps = None
         self._frames = None
         self._bars.start()
 
@@ -62,6 +65,15 @@ class RichProgress(NullProgress):
 
     def frames_total(self, n: int) -> None:
         self._frames = self._bars.add_task("frames encoded", total=n, note="")
+
+    def steps_done(self, done: int, total: int) -> None:
+        """Co-denoising: the steps every shard has finished."""
+        if self._steps is None:
+            self._steps = self._bars.add_task("steps (all windows)", total=total, note="")
+        self._bars.update(self._steps, completed=done)
+
+    def notice(self, text: str) -> None:
+        self.console.print(f"[yellow]{text}")
 
     def frames_written(self, n: int) -> None:
         if self._frames is not None:

@@ -151,16 +151,22 @@ def part_ratio(args) -> None:
                **cpu.between(t0, t0 + rep["stages"]["render"])}
         if mode == "latent":
             lat = rep["latent"]
+            shards = lat["shard_stats"]
             row |= {"wait_share": lat["wait_share"], "bytes": lat["exchange_bytes_per_step"],
-                    "denoise": lat["denoise_seconds"], "actors": lat["actors"]}
+                    "denoise": lat["denoise_seconds"], "actors": lat["actors"],
+                    # the actors' own compute per window (denoise + decode), free of any waiting
+                    "per_window": statistics.mean((x["predict_s"] + x["fold_s"] + x["step_s"] + x["decode_s"])
+                                                  / len(x["windows"]) for x in shards)}
+        else:
+            row["per_window"] = statistics.mean(w["seconds"] for w in rep["windows"])
         return row
 
     one("latent", 2)  # unrecorded: the Ray session's first-call costs
     for r in range(args.repeats):
         for mode, workers in configs:
             runs[f"{mode}/{workers}"].append(one(mode, workers))
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]['render']:.2f}s (load {v[-1]['load']:.1f})"
-                                              for k, v in runs.items()), flush=True)
+        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]['render']:.2f}s (load {v[-1]['load']:.1f}, others "
+                                              f"{v[-1]['others_cpu']:.2f} cores)" for k, v in runs.items()), flush=True)
     import ray
 
     ray.shutdown()
@@ -176,7 +182,8 @@ def part_ratio(args) -> None:
     print(f"{'render stage (s)':<22}" + "".join(f"{k:>14}" for k in t))
     print(f"{'  min':<22}" + "".join(f"{min(v):>14.3f}" for v in t.values()))
     print(f"{'  median':<22}" + "".join(f"{statistics.median(v):>14.3f}" for v in t.values()))
-    print(f"{'  all':<22}" + "".join(f"{'/'.join(format(x, '.2f') for x in v):>14}" for v in t.values()))
+    print(f"{'actor s per window':<22}" + "".join(f"{statistics.median(x['per_window'] for x in v):>14.3f}"
+                                                  for v in runs.values()))
     print(f"{'load avg before (med)':<22}" + "".join(f"{statistics.median(x['load'] for x in v):>14.1f}"
                                                    for v in runs.values()))
     print(f"{'others CPU (cores)':<22}" + "".join(f"{statistics.median(x['others_cpu'] for x in v):>14.2f}"
@@ -195,6 +202,10 @@ def part_ratio(args) -> None:
               f"(all {shares}); exchange {v[0]['bytes']} bytes/step; "
               f"denoise {statistics.median(x['denoise'] for x in v):.3f} s of render "
               f"{statistics.median(x['render'] for x in v):.3f} s (median)")
+    for k, v in t.items():
+        print(f"  {k:<12} all repeats (s): " + ", ".join(f"{x:.2f}" for x in v))
+    print("actor s per window: the actors' own compute per window (latent: the shards' predict + fold + step + "
+          "decode, per window; crossfade: the window's seconds), median over repeats")
     e2 = lambda m: (min(t[f"{m}/1"]) / (2 * min(t[f"{m}/2"])),  # noqa: E731
                     statistics.median(a / (2 * b) for a, b in zip(t[f"{m}/1"], t[f"{m}/2"])))
     el, elm = e2("latent")

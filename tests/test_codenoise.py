@@ -220,7 +220,11 @@ def test_a_single_window_is_diffusers_own_loop(animatediff, tmp_path):
 
 
 # -- through the farm ----------------------------------------------------------------------
-def test_the_farm_renders_a_latent_job_with_the_same_frames_on_1_and_3_actors(shared_ray, animatediff, tmp_path):
+def test_the_farm_renders_a_latent_job_with_the_same_frames_on_1_and_4_actors_of_6_asked(
+        shared_ray, animatediff, tmp_path, monkeypatch):
+    import scheduler.driver
+
+    monkeypatch.setattr(scheduler.driver, "LATENT_PLACEMENT_S", 5.0)  # the shared Ray has 4 CPUs
     spec = _spec(tmp_path, frames=64)
     spec = spec.model_copy(update={"encode": spec.encode.model_copy(update={"crf": 0}),
                                    "model": spec.model.model_copy(update={"warmup": False})})
@@ -229,18 +233,18 @@ def test_the_farm_renders_a_latent_job_with_the_same_frames_on_1_and_3_actors(sh
         for frame in lockstep(animatediff, spec, 1):
             out.write(frame)
     reports = {}
-    for n in (1, 3):
+    for n in (1, 6):
         out = tmp_path / f"latent{n}.mp4"
         reports[n] = render(spec.model_copy(update={"output": str(out)}), workers=n, threads=1,
                             store=tmp_path / f"store{n}")
     reference = read_frames(tmp_path / "reference.mp4")
     assert reference.shape == (64, 64, 64, 3)
-    for n in (1, 3):
-        assert np.array_equal(read_frames(tmp_path / f"latent{n}.mp4"), reference), f"{n} actors"
-    r = reports[3]
-    assert r["reconcile"] == "latent" and r["latent"]["actors"] == 3
-    assert [s["windows"] for s in r["latent"]["shards"]] == [[0, 1], [2, 3], [4, 4]]
-    assert len({w["actor"] for w in r["windows"]}) == 3
+    for n in (1, 6):
+        assert np.array_equal(read_frames(tmp_path / f"latent{n}.mp4"), reference), f"{n} actors asked"
+    r = reports[6]
+    assert r["reconcile"] == "latent" and r["latent"]["actors"] == 4 and r["latent"]["actors_asked"] == 6
+    assert [s["windows"] for s in r["latent"]["shards"]] == [[0, 1], [2, 2], [3, 3], [4, 4]]
+    assert len({w["actor"] for w in r["windows"]}) == 4
     assert all(s["fused"] and "disagreement" not in s for s in r["seams"])
     assert r["latent"]["exchange_bytes_per_step"] > 0 and r["latent"]["resumed_from_step"] == 0
     assert r["latent"]["key"] == reports[1]["latent"]["key"]  # the job's key, whatever its actors

@@ -208,3 +208,19 @@ def test_each_seam_says_how_much_its_two_windows_disagreed(report):
     page = Page(render_html(report))
     assert "windows disagree" in page.text("th") and "7.5" in page.text("td")
     assert "windows disagree in overlaps, max (levels)" in page.text(".card")
+
+
+def test_a_co_denoised_job_shows_its_seams_fused_and_its_shards(report):
+    windows = split(64, 16, 4)
+    report |= flicker_report(report["flicker"]["curve"], windows, fused=True)
+    report |= {"reconcile": "latent", "latent": {
+        "actors": 2, "actors_asked": 3, "denoise_seconds": 4.2, "wait_share": 0.08, "resumed_from_step": 10,
+        "recoveries": [{"error": "actor died", "actors_left": 2, "from_step": 10, "frames_done": 0}],
+        "shards": [{"index": 0, "windows": [0, 2], "frames": [0, 40]}, {"index": 1, "windows": [3, 4], "frames": [36, 64]}]}}
+    page = render_html(report)
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "none: fused" in text and "linear, latent" in text
+    assert "Denoised together on 2 actors (3 asked)" in text and "resumed from step 10" in text
+    assert "windows disagree 0" not in text
+    cells = re.findall(r"<td class=n>(fused|[0-9.]+)</td></tr>", page)
+    assert cells.count("fused") == len(windows) - 1

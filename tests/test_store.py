@@ -108,13 +108,24 @@ def test_gc_removes_old_windows_and_stale_leftovers_but_not_fresh_ones(tmp_path)
     for p in (orphan, stale):
         os.utime(p, (hour_ago, hour_ago))
 
+    # A co-denoised job's checkpoints, last written three days ago, and a fresh one's.
+    from farm.store import LatentCheckpoints
+
+    for key, age in (("oldjob", 3 * 86400), ("newjob", 60)):
+        LatentCheckpoints(store.root, key).put(4, 0, 8, np.zeros((1, 4, 8, 2, 2), np.float32))
+        for f in (store.root / "latent" / key).rglob("*.npy"):
+            os.utime(f, (time.time() - age, time.time() - age))
+
     result = CliRunner().invoke(main, ["store", "gc", "--store", str(tmp_path / "store"), "--older-than", "2d",
                                        "--dry-run"])
-    assert result.exit_code == 0 and "would remove 1 window and 2 leftover files" in result.output
+    assert result.exit_code == 0, result.output
+    assert "would remove 1 window, the checkpoints of 1 co-denoised job and 2 leftover files" in result.output
     assert store.has("old") and orphan.exists()
 
     result = CliRunner().invoke(main, ["store", "gc", "--store", str(tmp_path / "store"), "--older-than", "2d"])
-    assert result.exit_code == 0 and "removed 1 window and 2 leftover files" in result.output, result.output
+    assert result.exit_code == 0 and "removed 1 window, the checkpoints of 1 co-denoised job and 2 leftover files" \
+        in result.output, result.output
+    assert sorted(p.name for p in (store.root / "latent").iterdir()) == ["newjob"]
     assert [e.key for e in store.entries()] == ["new"]
     assert not orphan.exists() and not stale.exists() and fresh_temp.exists()
 

@@ -11,6 +11,8 @@ then `os.replace`), and are laid out exactly like a hub checkout:
     <cache>/models/tiny-motion-adapter-v1/   a MotionAdapter folder
     <cache>/models/tiny-svd-v1/         a StableVideoDiffusionPipeline folder
     <cache>/models/tiny-controlnet-v1/  a ControlNetModel folder that fits tiny-sd15
+    <cache>/models/tiny-wan-v1/         a WanPipeline folder (Wan 2.1 layout: one transformer)
+    <cache>/models/tiny-wan22-v1/       a WanPipeline folder (Wan 2.2 layout: two experts, boundary_ratio)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ TINY_BASE = f"tiny-sd15-{TINY_VERSION}"
 TINY_MOTION_ADAPTER = f"tiny-motion-adapter-{TINY_VERSION}"
 TINY_SVD = f"tiny-svd-{TINY_VERSION}"
 TINY_CONTROLNET = f"tiny-controlnet-{TINY_VERSION}"
+TINY_WAN = f"tiny-wan-{TINY_VERSION}"
+TINY_WAN22 = f"tiny-wan22-{TINY_VERSION}"
 
 _CROSS_ATTENTION_DIM = 32
 _VOCAB_SIZE = 1000
@@ -271,11 +275,72 @@ def _build_controlnet(folder: Path) -> None:
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 
+#: The words the tiny Wan tokenizer knows (any other word is `<unk>`); ids stay under the
+#: tiny UMT5's vocabulary of 32.
+_WAN_WORDS = ("a red fox running through snow grey wolf in forest green blurry bad quality "
+              "the of and night city river sunset").split()
+
+
+def _wan_components(boundary_ratio: float | None):
+    """The parts of a tiny WanPipeline: a 2-layer WanTransformer3DModel (two of them, the
+    high- and low-noise experts, with `boundary_ratio`), the Wan VAE at base_dim 3 (time
+    compressed 4×, space 8×, like the real one), a 2-layer UMT5 encoder and a word-level
+    tokenizer built with the `tokenizers` library, and the flow-matching Euler scheduler."""
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, UMT5EncoderModel
+
+    def transformer():
+        torch.manual_seed(0)
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+    parts = {"transformer": transformer()}
+    if boundary_ratio is not None:
+        parts["transformer_2"] = transformer()
+        with torch.no_grad():  # a low-noise expert that differs from the high-noise one
+            for param in parts["transformer_2"].parameters():
+                param.mul_(0.9)
+        parts["boundary_ratio"] = boundary_ratio
+    torch.manual_seed(0)
+    parts["vae"] = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                    temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    parts["text_encoder"] = UMT5EncoderModel(T5Config(vocab_size=32, d_model=32, d_kv=8, num_heads=4, num_layers=2,
+                                                      d_ff=37, relative_attention_num_buckets=8))
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: 3 + i for i, w in enumerate(_WAN_WORDS)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    parts["tokenizer"] = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>",
+                                                 unk_token="<unk>", model_max_length=512)
+    parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    return parts
+
+
+def _build_wan(folder: Path) -> None:
+    """A WanPipeline folder, laid out like Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
+    from diffusers import WanPipeline
+
+    WanPipeline(**_wan_components(None)).save_pretrained(folder, safe_serialization=True)
+
+
+def _build_wan22(folder: Path) -> None:
+    """A WanPipeline folder with two experts, laid out like Wan-AI/Wan2.2-T2V-A14B-Diffusers."""
+    from diffusers import WanPipeline
+
+    WanPipeline(**_wan_components(0.875)).save_pretrained(folder, safe_serialization=True)
+
+
 _BUILDERS = {
     TINY_BASE: _build_base,
     TINY_MOTION_ADAPTER: _build_motion_adapter,
     TINY_SVD: _build_svd,
     TINY_CONTROLNET: _build_controlnet,
+    TINY_WAN: _build_wan,
+    TINY_WAN22: _build_wan22,
 }
 
 

@@ -1,0 +1,216 @@
+"""Wan 2.1 / 2.2 text-to-video (a diffusion transformer): one window = one WanPipeline call.
+
+    1. initial latents: per latent frame, the noise of the pixel frame it ends on (farm.noise)
+    2. text conditioning: one embedding per window (a DiT's cross-attention reads one text
+       for all its frames), that of the window's middle frame under a prompt schedule: a
+       change blends in across the windows, fused at every step in latent mode
+    3. denoise with the flow-matching Euler scheduler (`wan.shift`); Wan 2.2 checkpoints
+       switch from the high-noise expert (`transformer`) to the low-noise one
+       (`transformer_2`) at `boundary_ratio`, with its own guidance (`wan.guidance_2`)
+    4. decode with the causal video VAE
+
+Wan's VAE compresses time by 4: a window has 4k + 1 frames (17, 33, 49, 81), and in latent
+mode the windows are laid out in latent frames (farm.plan), so overlaps are multiples of 4
+and the video has 4k + 1 frames. The VAE decodes a latent frame from the ones before it, so
+co-denoised frames are decoded in order, each shard continuing the decoder's state where
+the shard before left it (`causal_decode`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from farm.identity import ref_identity
+from farm.models.tiny import TINY_WAN
+from farm.pipelines._base import Pipeline
+from farm.tasks import Overrides, WindowTask
+
+if TYPE_CHECKING:
+    from farm.spec import JobSpec
+
+
+class Wan(Pipeline):
+    name = "wan"
+    renderer = "farm.pipelines.wan:WanRenderer"
+    tiny_base = TINY_WAN
+    temporal_compression = 4
+    causal_decode = True
+    spec_block, spec_block_needs, spec_block_required = "wan", "", False
+    refuses = {
+        "scheduler": "wan uses the flow-matching Euler scheduler; set its shift with wan.shift",
+        "loras": "LoRAs apply to the AnimateDiff pipelines, not to wan",
+        "memory.forward_chunking": "forward chunking is a UNet knob; wan is a transformer",
+    }
+    defaults = {"guidance": 5.0}  # WanPipeline's default
+
+    def key_fields(self, spec: "JobSpec") -> dict:
+        wan = spec.wan_settings
+        return {"scheduler": {"class": "FlowMatchEulerDiscreteScheduler", "shift": wan.shift},
+                "guidance_2": wan.guidance_2, "max_sequence_length": wan.max_sequence_length,
+                "tiny": ref_identity(spec.model.base, TINY_WAN) if spec.model.base == "tiny" else None}
+
+
+class WanRenderer:
+    """Holds one loaded WanPipeline and renders windows with it."""
+
+    def __init__(self, spec: "JobSpec", device: str):
+        self.device = device
+        self.spec = spec
+        t0 = time.perf_counter()
+        self.pipe, self.memory = load_wan(spec, device)
+        self.load_seconds = time.perf_counter() - t0
+
+    def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
+        import torch
+
+        from farm.pipelines._fallback_steps import offload_once
+
+        pipe, w = self.pipe, task.window
+        if overrides.cpu_offload:
+            offload_once(pipe, self.device, self.memory)
+        # 1. Initial latents: per latent frame, the noise of the pixel frame it ends on.
+        latents = self.latent_noise(task.seed, w.start, w.start + (w.length - 1) // 4 + 1, task.height, task.width,
+                                    step=4, offset=w.start)
+        # 2. Text conditioning: the window's middle frame's.
+        positive, negative = self._embeddings(task)
+        # 3-4. Denoise and decode.
+        with torch.inference_mode():
+            out = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, num_frames=w.length,
+                       height=task.height, width=task.width, num_inference_steps=task.steps,
+                       guidance_scale=task.guidance, guidance_scale_2=self._guidance_2(task), latents=latents,
+                       output_type="np")
+        return np.asarray(out.frames[0], dtype=np.float32)
+
+    def _guidance_2(self, task: WindowTask) -> float | None:
+        if self.pipe.config.boundary_ratio is None:
+            return None
+        guidance_2 = self.spec.wan_settings.guidance_2
+        return task.guidance if guidance_2 is None else guidance_2
+
+    def _embeddings(self, task: WindowTask):
+        """(positive, negative) text embeddings of the window: its middle frame's prompt,
+        mixed between the old and the new text where a scheduled change blends in."""
+        import torch
+
+        pipe, cfg = self.pipe, task.guidance > 1.0
+        old, new, weight = task.conditioning[len(task.conditioning) // 2]
+        length = self.spec.wan_settings.max_sequence_length
+        with torch.inference_mode():
+            embeds = {}
+            for text in sorted({old, new}):
+                embeds[text], negative = pipe.encode_prompt(text, task.negative_prompt or None, cfg, 1,
+                                                            max_sequence_length=length, device=self.device)
+            positive = embeds[new] if weight >= 1.0 else (1.0 - weight) * embeds[old] + weight * embeds[new]
+        return positive, negative
+
+    # Co-denoising (farm/latent.py) -------------------------------------------------------
+    def latent_dtype(self):
+        import torch
+
+        return torch.float32  # WanPipeline keeps its latents in fp32 whatever the transformer's dtype
+
+    def latent_timesteps(self, steps: int) -> list:
+        self.pipe.scheduler.set_timesteps(steps, device=self.device)
+        return list(self.pipe.scheduler.timesteps)
+
+    def latent_noise(self, seed: int, start: int, end: int, height: int, width: int, step: int = 4,
+                     offset: int = 0):
+        """Latent frames [start, end) of the video (or, with `offset`, of a window starting at
+        that pixel frame): each the noise of the pixel frame it ends on."""
+        import torch
+
+        from farm.noise import frame_noise
+
+        scale = self.pipe.vae_scale_factor_spatial
+        shape = (self.pipe.vae.config.z_dim, height // scale, width // scale)
+        first = offset - start * step if offset else 0
+        frames = [frame_noise(seed, first + step * j, shape) for j in range(start, end)]
+        return torch.stack(frames, dim=1).unsqueeze(0).to(self.device)
+
+    def latent_conditioning(self, task: WindowTask) -> dict:
+        positive, negative = self._embeddings(task)
+        return {"positive": positive, "negative": negative, "guidance": task.guidance,
+                "guidance_2": self._guidance_2(task)}
+
+    def latent_predict(self, cond: dict, latents, step: int, t):
+        """One step's velocity prediction for one window, as WanPipeline's loop computes it:
+        the expert for this timestep, guidance applied."""
+        import torch
+
+        pipe = self.pipe
+        boundary = pipe.config.boundary_ratio
+        if boundary is None or t >= boundary * pipe.scheduler.config.num_train_timesteps:
+            model, guidance = pipe.transformer, cond["guidance"]
+        else:
+            model, guidance = pipe.transformer_2, cond["guidance_2"]
+        with torch.inference_mode():
+            x = latents.to(model.dtype)
+            timestep = t.expand(latents.shape[0])
+            pred = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["positive"],
+                         return_dict=False)[0]
+            if cond["guidance"] > 1.0:
+                uncond = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["negative"],
+                               return_dict=False)[0]
+                pred = uncond + guidance * (pred - uncond)
+        return pred
+
+    def latent_step(self, noise_pred, t, latents, generator):
+        import torch
+
+        with torch.inference_mode():
+            return self.pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+    def latent_decode(self, latents, carry=None):
+        """Latent frames → pixel frames (the first latent of the video gives 1 frame, every
+        other 4), one latent frame at a time as the VAE's own decode loop does, continuing
+        its causal state `carry` (None: the start of the video). Returns (frames (F, H, W, 3)
+        float32 in [0, 1], the state after the last latent frame)."""
+        import torch
+
+        vae = self.pipe.vae
+        z_dim = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
+        first = carry is None
+        cache = [None] * vae._conv_num if first else [c if c is None else c.to(latents.device) for c in carry]
+        outs = []
+        with torch.inference_mode():
+            z = latents.to(vae.dtype) / inv_std + mean
+            for i in range(z.shape[2]):
+                x = vae.post_quant_conv(z[:, :, i : i + 1])
+                outs.append(vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first and i == 0))
+            video = torch.clamp(torch.cat(outs, 2), min=-1.0, max=1.0)
+            frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        carry = [c if c is None else c.cpu() for c in cache]
+        return np.asarray(frames, dtype=np.float32), carry
+
+
+def load_wan(spec: "JobSpec", device: str):
+    """WanPipeline from `model.base` (one transformer, or Wan 2.2's two experts), the
+    flow-matching scheduler with `wan.shift`, and the memory knobs. Returns (pipe, applied
+    memory knobs)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    from farm.models.load import _load, apply_memory, place, quiet_progress, resolve_dtype, resolve_ref
+
+    model = spec.model
+    quiet_progress()
+    dtype = resolve_dtype(model.dtype, device)
+    ref = resolve_ref(model.base, TINY_WAN)
+    pipe = _load("model.base", model.base, lambda: WanPipeline.from_pretrained(ref, dtype=dtype))
+    if dtype != _fp32():
+        pipe.vae.to(_fp32())  # the Wan VAE is run in fp32, as the diffusers guide loads it
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                 shift=spec.wan_settings.shift)
+    pipe.set_progress_bar_config(disable=True)
+    applied = apply_memory(pipe, model.memory, device)
+    return place(pipe, model.memory, device), applied
+
+
+def _fp32():
+    import torch
+
+    return torch.float32
