@@ -65,6 +65,19 @@ class Shard:
         return range(self.first, self.last + 1)
 
 
+@dataclass(frozen=True)
+class LatentJob:
+    """What every shard of one job shares (small; sent to each actor once)."""
+
+    windows: tuple[Window, ...]
+    weights: tuple[np.ndarray, ...]  # farm.codenoise.fuse_weights
+    steps: int
+    seed: int
+    height: int
+    width: int
+    checkpoints: tuple[int, ...]  # farm.codenoise.checkpoint_steps
+
+
 def partition(windows: Sequence[Window], actors: int) -> tuple[Shard, ...]:
     """Split the windows into `actors` contiguous runs, as even as they go (the first runs
     take one more when the count does not divide), and work out who sends what to whom."""

@@ -25,24 +25,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from farm.codenoise import Shard
+from farm.codenoise import LatentJob, Shard
 from farm.noise import step_seed
-from farm.plan import Window
 from farm.tasks import WindowTask
 from farm.util import unit_to_uint8
-
-
-@dataclass(frozen=True)
-class LatentJob:
-    """What every shard of one job shares (small; sent to each actor once)."""
-
-    windows: tuple[Window, ...]
-    weights: tuple[np.ndarray, ...]  # farm.codenoise.fuse_weights
-    steps: int
-    seed: int
-    height: int
-    width: int
-    checkpoints: tuple[int, ...]  # farm.codenoise.checkpoint_steps
 
 
 @dataclass

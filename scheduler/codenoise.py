@@ -32,7 +32,7 @@ import ray
 
 from farm.codenoise import Shard, partition
 from farm.errors import LatentError
-from farm.latent import LatentJob
+from farm.codenoise import LatentJob
 from farm.store import LatentCheckpoints
 from farm.tasks import WindowTask
 from farm.util import first_line

@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 
 from farm.blend import Reconciler
-from farm.codenoise import checkpoint_steps, fuse_weights
+from farm.codenoise import LatentJob, checkpoint_steps, fuse_weights
 from farm.color import DriftMeter
 from farm.encode import VideoWriter, open_writer
 from farm.errors import FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
 from farm.keys import latent_job_key, model_identity, task_key
-from farm.latent import LatentJob
 from farm.metrics import FlickerMeter, flicker_report
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
@@ -63,8 +62,8 @@ from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
-#: A co-denoised job waits this long for all its actors to be placed, then starts on those
-#: that were (at least one); its frames do not depend on how many.
+#: A co-denoised job waits this long after its first actor is ready for the others, then
+#: starts on those that are; its frames do not depend on how many.
 LATENT_PLACEMENT_S = float(os.environ.get("FARM_LATENT_PLACEMENT_S", "120"))
 
 

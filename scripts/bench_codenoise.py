@@ -120,7 +120,10 @@ def farm(spec, workers: int, threads: int, progress=None) -> dict:
 def start_ray(**kw) -> None:
     import ray
 
-    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **kw)
+    # a private local cluster even when a `ray start` head runs on this machine (as
+    # scheduler.cluster.connect does): a bare ray.init() would try to join that one
+    ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False, **kw)
 
 
 def ratios(a: list[float], b: list[float]) -> tuple[float, float]:

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from farm.codenoise import checkpoint_steps, fuse_weights, missing, partition
 from farm.encode import open_writer
 from farm.errors import SpecError
-from farm.latent import LatentJob, ShardRunner
+from farm.codenoise import LatentJob
+from farm.latent import ShardRunner
 from farm.plan import plan_windows, split
 from farm.renderers import renderer_class
 from farm.spec import parse_spec
@@ -224,7 +225,7 @@ def test_the_farm_renders_a_latent_job_with_the_same_frames_on_1_and_4_actors_of
         shared_ray, animatediff, tmp_path, monkeypatch):
     import scheduler.driver
 
-    monkeypatch.setattr(scheduler.driver, "LATENT_PLACEMENT_S", 5.0)  # the shared Ray has 4 CPUs
+    monkeypatch.setattr(scheduler.driver, "LATENT_PLACEMENT_S", 10.0)  # the shared Ray has 4 CPUs
     spec = _spec(tmp_path, frames=64)
     spec = spec.model_copy(update={"encode": spec.encode.model_copy(update={"crf": 0}),
                                    "model": spec.model.model_copy(update={"warmup": False})})
