@@ -65,6 +65,20 @@ class Shard:
         return range(self.first, self.last + 1)
 
 
+@dataclass(frozen=True)
+class LatentJob:
+    """What every shard of one job shares (small; sent to each actor once)."""
+
+    windows: tuple[Window, ...]
+    weights: tuple[np.ndarray, ...]  # farm.codenoise.fuse_weights
+    steps: int
+    seed: int
+    height: int
+    width: int
+    checkpoints: tuple[int, ...]  # farm.codenoise.checkpoint_steps
+    causal_decode: bool = False  # the pipeline's descriptor: frames decode in order, state carried
+
+
 def partition(windows: Sequence[Window], actors: int) -> tuple[Shard, ...]:
     """Split the windows into `actors` contiguous runs, as even as they go (the first runs
     take one more when the count does not divide), and work out who sends what to whom."""

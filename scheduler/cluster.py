@@ -100,8 +100,9 @@ def start_pipeline_actors(spec: JobSpec, session: Session, workers: int, threads
     `resources`: custom Ray resources each actor requires (e.g. one per GPU node type).
     GPU actors are asked of the autoscaler up front (`request_resources`), so a cluster
     with no GPU node yet grows to fit; `on_wait(ready, total)` reports progress meanwhile.
-    With `partial_after` (seconds), the job goes on with the actors ready by then, if any;
-    the others are stopped."""
+    With `partial_after` (seconds), the job goes on with the actors ready that long after
+    the first one was; the others (waiting for resources the cluster does not have) are
+    stopped."""
     gpus = (1.0 if session.gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
     if gpus:
         opts = {"num_gpus": gpus * (1 - RIFE_GPU_SHARE) if share_gpu else gpus, "num_cpus": 1}
@@ -139,6 +140,7 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None,
     """(the actors that are ready, their infos)."""
     refs = [a.info.remote() for a in actors]
     t0 = time.monotonic()
+    first_ready = None
     try:
         while True:  # report progress while actors wait for nodes or load their models
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
@@ -147,7 +149,10 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None,
             if len(ready) == len(refs):
                 break
             waited = time.monotonic() - t0
-            if partial_after is not None and waited > partial_after and ready:
+            first_ready = first_ready or (time.monotonic() if ready else None)
+            # actors that were placed load their models side by side: once one is ready, the
+            # others that ever will be are ready soon after
+            if partial_after is not None and first_ready and time.monotonic() - first_ready > partial_after:
                 placed = [a for a, r in zip(actors, refs) if r in ready]
                 stop_actors([a for a, r in zip(actors, refs) if r not in ready])
                 actors, refs = placed, [r for r in refs if r in ready]

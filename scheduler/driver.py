@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 
 from farm.blend import Reconciler
-from farm.codenoise import checkpoint_steps, fuse_weights
+from farm.codenoise import LatentJob, checkpoint_steps, fuse_weights
 from farm.color import DriftMeter
 from farm.encode import VideoWriter, open_writer
 from farm.errors import FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
 from farm.keys import latent_job_key, model_identity, task_key
-from farm.latent import LatentJob
 from farm.metrics import FlickerMeter, flicker_report
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
@@ -63,8 +62,8 @@ from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
-#: A co-denoised job waits this long for all its actors to be placed, then starts on those
-#: that were (at least one); its frames do not depend on how many.
+#: A co-denoised job waits this long after its first actor is ready for the others, then
+#: starts on those that are; its frames do not depend on how many.
 LATENT_PLACEMENT_S = float(os.environ.get("FARM_LATENT_PLACEMENT_S", "120"))
 
 
@@ -221,8 +220,10 @@ class RenderJob:
     # 4-5 (latent): all windows denoised together on the actors, the frames decoded there.
     def co_denoise(self) -> None:
         spec = self.spec
-        job = LatentJob(self.plan.windows, fuse_weights(self.plan.windows, spec.window.blend), spec.steps,
-                        spec.seed, spec.height, spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every))
+        windows = self.plan.latent_windows  # in latent frames: the same as the windows but for a video VAE
+        job = LatentJob(windows, fuse_weights(windows, spec.window.blend), spec.steps, spec.seed, spec.height,
+                        spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every),
+                        causal_decode=self.pipeline.causal_decode)
         prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
         self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
         self.codenoiser = CoDenoiser(
@@ -238,7 +239,9 @@ class RenderJob:
             self._encode(self.interp.ready())
         for index in range(len(self.tasks)):
             self.ledger.done(index)
-            self.records[index] = _latent_record(self.tasks[index], self.codenoiser, self.latent_key)
+            task = self.tasks[index]
+            self.records[index] = (_latent_record(task, self.codenoiser, self.latent_key)
+                                   | self.pipeline.describe_inputs(spec, task))
 
     def _needed_from(self) -> int:
         return self.reconciler.first_unfinished_window if not self.ledger.failed else len(self.tasks)

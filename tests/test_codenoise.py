@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from farm.codenoise import checkpoint_steps, fuse_weights, missing, partition
 from farm.encode import open_writer
 from farm.errors import SpecError
-from farm.latent import LatentJob, ShardRunner
+from farm.codenoise import LatentJob
+from farm.latent import ShardRunner
 from farm.plan import plan_windows, split
 from farm.renderers import renderer_class
 from farm.spec import parse_spec

@@ -90,7 +90,7 @@ def test_two_submitted_jobs_share_the_cluster_and_are_ordinary_ray_jobs(tmp_path
     status = ray_cli(token_head, "job", "status", ids[0])
     assert status.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower()
     logs = ray_cli(token_head, "job", "logs", ids[1])
-    assert logs.returncode == 0 and "rendered 2 windows" in logs.stdout
+    assert logs.returncode == 0 and "co-denoised 2 windows" in logs.stdout  # window.reconcile: latent, the default
 
     table = farm(token_head, "list", COLUMNS="250")
     assert table.returncode == 0 and all(job_id in table.stdout for job_id in ids), table.stdout + table.stderr

@@ -73,7 +73,7 @@ def test_model_sizes_and_fault_lists_are_bounded_too(tmp_path, model):
 
 def test_a_huge_fail_windows_spec_builds_no_window_list(tmp_path):
     """The rule that checks window indices counts the windows; it never lists them."""
-    data = base_spec(tmp_path, frames=1_000_000, window={"length": 2, "overlap": 1},
+    data = base_spec(tmp_path, frames=1_000_000, window={"length": 2, "overlap": 1, "reconcile": "crossfade"},
                      model={"pipeline": "animatediff", "faults": {"fail_windows": [999_999]}})
     start = time.monotonic()
     found = problems(data)
