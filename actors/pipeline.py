@@ -131,9 +131,10 @@ class PipelineActor:
         if self.crash_on_step == runner.step and last and not self.restarted:
             os._exit(17)
 
-    def latent_decode(self, start: int, end: int):
-        """Frames [start, end) of this shard, final, as uint8."""
-        return self.shard.decode(start, end)
+    def latent_decode(self, start: int, end: int, carry=None, hand_over: bool = False):
+        """The frames of latent frames [start, end) of this shard, final, as uint8, and the
+        decoder's state for the next shard when `hand_over` (see ShardRunner.decode)."""
+        return self.shard.decode(start, end, carry, hand_over)
 
     def latent_stats(self) -> dict:
         return self.shard.stats.to_dict() | {"actor": self.actor, "node": self.node}

@@ -76,6 +76,7 @@ class LatentJob:
     height: int
     width: int
     checkpoints: tuple[int, ...]  # farm.codenoise.checkpoint_steps
+    causal_decode: bool = False  # the pipeline's descriptor: frames decode in order, state carried
 
 
 def partition(windows: Sequence[Window], actors: int) -> tuple[Shard, ...]:

@@ -63,10 +63,10 @@ class SimulatedRenderer:
     def latent_step(self, noise_pred, t, latents, generator) -> torch.Tensor:
         return latents - 0.1 * noise_pred
 
-    def latent_decode(self, latents) -> np.ndarray:
+    def latent_decode(self, latents, carry=None):
         frames, height, width = latents.shape[2], latents.shape[3] * 8, latents.shape[4] * 8
         means = latents.float().mean(dim=(0, 1, 3, 4)).sigmoid().numpy()
-        return np.broadcast_to(means[:, None, None, None], (frames, height, width, 3)).astype(np.float32)
+        return np.broadcast_to(means[:, None, None, None], (frames, height, width, 3)).astype(np.float32), None
 
     def warm_up(self, task, overrides=None) -> np.ndarray:
         """The frames without the sleep: the simulated pipeline's own first-call work."""

@@ -73,6 +73,7 @@ class ShardRunner:
         self.conds = {t.window.index: model.latent_conditioning(t) for t in tasks}
         self.preds: dict[int, torch.Tensor] = {}
         self.stats = ShardStats(windows=list(shard.windows))
+        self._carry = None  # a causal decoder's state after this shard's last decoded frame
 
     # -- one step ----------------------------------------------------------------------------
     def evaluate(self) -> list[dict[int, np.ndarray]]:
@@ -82,7 +83,7 @@ class ShardRunner:
         i, t = self.step, self.timesteps[self.step]
         for w in self.shard.windows:
             window = self.job.windows[w]
-            _at_step(self.model, i)
+            at_step(self.model, i)
             x = self.latents[:, :, window.start - self.lo : window.end - self.lo]
             self.preds[w] = self.model.latent_predict(self.conds[w], x, i, t)
         out = []
@@ -119,7 +120,7 @@ class ShardRunner:
         fused = fused.to(self.latents.dtype)
         for k in range(self.hi - self.lo):
             generator = torch.Generator(device="cpu").manual_seed(step_seed(self.job.seed, self.lo + k, i))
-            _at_step(self.model, i)
+            at_step(self.model, i)
             self.latents[:, :, k : k + 1] = self.model.latent_step(fused[:, :, k : k + 1], t,
                                                                   self.latents[:, :, k : k + 1], generator)
         self.stats.step_s += time.perf_counter() - t1
@@ -133,20 +134,25 @@ class ShardRunner:
         lo, hi = self.shard.owns
         return self.latents[:, :, lo - self.lo : hi - self.lo].float().cpu().numpy()
 
-    def decode(self, start: int, end: int) -> np.ndarray:
-        """Frames [start, end) (owned by this shard, fully denoised) as uint8 (F, H, W, 3)."""
+    def decode(self, start: int, end: int, carry=None, hand_over: bool = False):
+        """The frames latent frames [start, end) decode to (owned by this shard, fully
+        denoised), as uint8 (F, H, W, 3); and, with `hand_over`, the decoder's state after
+        them, for the next shard (a causal decoder; `carry` is the state the shard before
+        left, else this shard goes on from its own last call). Returns (frames, state)."""
         if self.step != self.job.steps:
             raise RuntimeError(f"shard {self.shard.index} is at step {self.step} of {self.job.steps}; "
                                "frames are final only after the last step")
         if not (self.shard.owns[0] <= start < end <= self.shard.owns[1]):
             raise ValueError(f"shard {self.shard.index} owns frames {self.shard.owns}; asked for [{start}, {end})")
         t0 = time.perf_counter()
-        frames = unit_to_uint8(self.model.latent_decode(self.latents[:, :, start - self.lo : end - self.lo]))
+        if carry is not None or start == 0:
+            self._carry = carry
+        frames, self._carry = self.model.latent_decode(self.latents[:, :, start - self.lo : end - self.lo], self._carry)
         self.stats.decode_s += time.perf_counter() - t0
-        return frames
+        return unit_to_uint8(frames), (self._carry if hand_over else None)
 
 
-def _at_step(model, step: int) -> None:
+def at_step(model, step: int) -> None:
     """Point the scheduler at `step`: schedulers that count their own steps (Euler, LCM)
     advance once per `step()` call, and a shard calls it once per frame."""
     scheduler = getattr(getattr(model, "pipe", None), "scheduler", None)

@@ -35,6 +35,13 @@ class Plan:
     frames: int
     windows: tuple[Window, ...]
     steps: int
+    #: The windows in latent frames, where a latent frame holds more than one frame (a video
+    #: VAE) and the windows are denoised together; None: the same as `windows`.
+    latent: tuple[Window, ...] | None = None
+
+    @property
+    def latent_windows(self) -> tuple[Window, ...]:
+        return self.latent if self.latent is not None else self.windows
 
     @property
     def rendered_frames(self) -> int:
@@ -74,5 +81,19 @@ def split(frames: int, length: int, overlap: int) -> tuple[Window, ...]:
 
 
 def plan_windows(spec: "JobSpec") -> Plan:
-    """Compile a job spec into its windows."""
-    return Plan(spec.frames, split(spec.frames, spec.window.length, spec.window.overlap), spec.steps)
+    """Compile a job spec into its windows. With a video VAE (`t` frames per latent frame)
+    and `window.reconcile: latent`, the windows are cut from the video's latent frames
+    (`(frames - 1) / t + 1` of them; a window of `length` frames holds `(length - 1) / t + 1`
+    and shares `overlap / t` with its neighbour), and each window's frames are those its
+    latent frames decode to: latent frame 0 is frame 0 alone, latent frame j is frames
+    t·j − t + 1 … t·j."""
+    t, w = spec.temporal_compression, spec.window
+    if t == 1 or w.reconcile != "latent":
+        return Plan(spec.frames, split(spec.frames, w.length, w.overlap), spec.steps)
+    latent = split((spec.frames - 1) // t + 1, (w.length - 1) // t + 1, w.overlap // t)
+    return Plan(spec.frames, tuple(_in_frames(lw, t) for lw in latent), spec.steps, latent)
+
+
+def _in_frames(w: Window, t: int) -> Window:
+    start = 0 if w.start == 0 else t * w.start - t + 1
+    return Window(w.index, start, t * (w.end - 1) + 1, t * w.overlap_prev, t * w.overlap_next)

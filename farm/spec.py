@@ -186,8 +186,18 @@ class MemorySpec(_Strict):
     """GPU memory knobs from the diffusers guides, applied once when an actor loads."""
 
     cpu_offload: bool = False  # enable_model_cpu_offload(): whole models move to the GPU in turn
+    # the denoiser's blocks stay on the CPU and move to the GPU a group at a time (enable_group_offload)
+    group_offload: bool = False
+    # the denoiser's weights stored in fp8 and upcast layer by layer (enable_layerwise_casting)
+    layerwise_casting: bool = False
     forward_chunking: bool = False  # unet.enable_forward_chunking(): feed-forward layers in chunks
     vae_slicing: bool = False  # vae.enable_slicing(): decode one image at a time
+    vae_tiling: bool = False  # vae.enable_tiling(): decode in overlapping spatial tiles
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        if v.get("cpu_offload") and v.get("group_offload"):
+            yield "group_offload", "take one of cpu_offload (whole models) and group_offload (blocks), not both"
     decode_chunk_size: int | None = Field(None, ge=1, le=MAX_WINDOW)  # frames decoded by the VAE at once
 
 
@@ -300,6 +310,15 @@ class SvdSpec(_Strict):
     color_match: bool = True
 
 
+class WanSpec(_Strict):
+    """Wan's own settings: all optional for text to video; `image` for image to video."""
+
+    image: Annotated[str, AfterValidator(_image_opens)] | None = None  # wan-i2v: the starting picture
+    shift: float = Field(5.0, gt=0, le=100)  # the flow-matching scheduler's shift (3.0 for 480p in Wan's guides)
+    guidance_2: float | None = Field(None, ge=0, le=MAX_GUIDANCE)  # Wan 2.2's low-noise expert; default `guidance`
+    max_sequence_length: int = Field(512, ge=1, le=512)  # text tokens the UMT5 encoder reads
+
+
 class ControlSpec(_Strict):
     """ControlNet conditioning: one control image (e.g. an OpenPose skeleton) per frame."""
 
@@ -352,8 +371,18 @@ class JobSpec(_Root):
     interpolate: InterpolateSpec | None = None
     svd: SvdSpec | None = None  # model.pipeline: svd
     control: ControlSpec | None = None  # model.pipeline: animatediff-controlnet
+    wan: WanSpec | None = None  # model.pipeline: wan (optional)
     retries: int = Field(3, ge=0, le=100)
     output: Annotated[str, Field(min_length=1), AfterValidator(check_output)]
+
+    @property
+    def wan_settings(self) -> WanSpec:
+        return self.wan or WanSpec()
+
+    @property
+    def temporal_compression(self) -> int:
+        """Frames per latent frame of the pipeline's VAE along time (farm.plan)."""
+        return descriptor(self.model.pipeline).temporal_compression
 
     @property
     def schedule(self) -> dict[int, str]:
@@ -425,10 +454,17 @@ def _pipeline_inputs(v: dict) -> Rules:
     for block, owner in _BLOCK_OWNERS.items():
         if block not in v:
             continue
-        if block == d.spec_block and v[block] is None:
+        if block == d.spec_block and v[block] is None and d.spec_block_required:
             yield block, f"model.pipeline {pipeline} needs its `{block}:` block with {d.spec_block_needs}"
         elif block != d.spec_block and v[block] is not None:
             yield block, f"the `{block}:` block is only for model.pipeline {owner}; this job uses {pipeline}"
+        elif block == d.spec_block and isinstance(v[block], dict):
+            for name in d.block_requires:
+                if v[block].get(name) is None:
+                    yield f"{block}.{name}", f"model.pipeline {pipeline} needs it"
+            for name, why in d.block_refuses.items():
+                if v[block].get(name) is not None:
+                    yield f"{block}.{name}", why
     if d.no_latent and _get(v, "window.reconcile") == "latent":
         yield "window.reconcile", f"latent is not for {pipeline}: {d.no_latent}; use crossfade"
     overlap = _get(v, "window.overlap")
@@ -438,10 +474,31 @@ def _pipeline_inputs(v: dict) -> Rules:
     video, frames = _get(v, "control.video"), v.get("frames")
     if d.spec_block == "control" and video is not None and frames is not None:
         yield from _control_frames(video, frames)
+    if d.temporal_compression > 1:
+        yield from _latent_frames_fit(v, pipeline, d.temporal_compression)
+
+
+def _latent_frames_fit(v: dict, pipeline: str, t: int) -> Rules:
+    """A video VAE that packs `t` frames into a latent frame takes `k·t + 1` frames; the
+    windows of a latent job are laid out in latent frames (farm.plan)."""
+    length, overlap, frames = _get(v, "window.length"), _get(v, "window.overlap"), v.get("frames")
+    if length is not None and length % t != 1:
+        yield "window.length", (f"must be {t}k + 1 for {pipeline} (its VAE packs {t} frames into each latent "
+                                f"frame after the first): e.g. {', '.join(str(t * k + 1) for k in (4, 8, 12, 20))}; "
+                                f"got {length}")
+    if _get(v, "window.reconcile") != "latent":
+        return
+    if frames is not None and frames % t != 1:
+        yield "frames", (f"must be {t}k + 1 for {pipeline} with window.reconcile: latent (the video is one run of "
+                         f"latent frames): e.g. {frames - frames % t + 1}; got {frames}")
+    if overlap is not None and overlap % t:
+        yield "window.overlap", (f"must be a multiple of {t} for {pipeline} with window.reconcile: latent (windows "
+                                 f"share whole latent frames): e.g. {max(t, overlap - overlap % t)}; got {overlap}")
 
 
 #: Each pipeline block and the pipeline that takes it.
-_BLOCK_OWNERS = {d.spec_block: name for name, d in REGISTRY.items() if d.spec_block}
+_BLOCK_OWNERS = {block: " or ".join(name for name, d in REGISTRY.items() if d.spec_block == block)
+                 for block in {d.spec_block for d in REGISTRY.values() if d.spec_block}}
 
 
 def _control_frames(video: str, frames: int) -> Rules:

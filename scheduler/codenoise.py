@@ -145,10 +145,24 @@ class CoDenoiser:
             inbox = next_inbox
         return slots
 
-    def _decode(self, first_frame: int) -> Iterator[np.ndarray]:
-        """The frames from `first_frame` on, in order, a chunk at a time: each shard decodes
-        the frames it owns, a few chunks ahead of the driver."""
-        chunks = {s.index: deque(_chunks(max(s.owns[0], first_frame), s.owns[1])) for s in self.shards}
+    def _decode(self, skip: int) -> Iterator[np.ndarray]:
+        """The video's frames in order, a chunk of latent frames per call, leaving out the
+        first `skip` (streamed before a recovery). Each shard decodes the frames it owns."""
+        if self.job.causal_decode:
+            frames = self._decode_in_turn()
+        else:  # one latent frame is one frame: start where the stream stopped
+            frames = self._decode_side_by_side(skip)
+            skip = 0
+        for chunk in frames:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            yield chunk[skip:]
+            skip = 0
+
+    def _decode_side_by_side(self, first: int) -> Iterator[np.ndarray]:
+        """Every shard decodes a few chunks ahead of the driver, at the same time."""
+        chunks = {s.index: deque(_chunks(max(s.owns[0], first), s.owns[1])) for s in self.shards}
         pending = {s.index: deque() for s in self.shards}
 
         def top_up(shard: Shard) -> None:
@@ -162,7 +176,25 @@ class CoDenoiser:
             while pending[shard.index]:
                 ref = pending[shard.index].popleft()
                 top_up(shard)
-                yield ray.get(ref)
+                yield ray.get(ref)[0]
+
+    def _decode_in_turn(self) -> Iterator[np.ndarray]:
+        """A causal decoder: from the first frame, shard after shard, a few chunks ahead;
+        each shard's first chunk continues the decoder's state that the shard before
+        handed over with its last."""
+        queue = deque((shard, a, b) for shard in self.shards for a, b in _chunks(*shard.owns))
+        pending: deque = deque()
+        carry = None
+        while queue or pending:
+            while queue and len(pending) < DECODE_AHEAD:
+                shard, a, b = queue.popleft()
+                hand_over = b == shard.owns[1] and shard.index < len(self.shards) - 1
+                frames, state = self.actors[shard.index].latent_decode.options(num_returns=2).remote(
+                    a, b, carry if a == shard.owns[0] else None, hand_over)
+                if hand_over:
+                    carry = state
+                pending.append(frames)
+            yield ray.get(pending.popleft())
 
     # -- faults ------------------------------------------------------------------------------
     def _recover(self, err: Exception, next_frame: int) -> None:

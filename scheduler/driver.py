@@ -220,8 +220,10 @@ class RenderJob:
     # 4-5 (latent): all windows denoised together on the actors, the frames decoded there.
     def co_denoise(self) -> None:
         spec = self.spec
-        job = LatentJob(self.plan.windows, fuse_weights(self.plan.windows, spec.window.blend), spec.steps,
-                        spec.seed, spec.height, spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every))
+        windows = self.plan.latent_windows  # in latent frames: the same as the windows but for a video VAE
+        job = LatentJob(windows, fuse_weights(windows, spec.window.blend), spec.steps, spec.seed, spec.height,
+                        spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every),
+                        causal_decode=self.pipeline.causal_decode)
         prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
         self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
         self.codenoiser = CoDenoiser(
@@ -237,7 +239,9 @@ class RenderJob:
             self._encode(self.interp.ready())
         for index in range(len(self.tasks)):
             self.ledger.done(index)
-            self.records[index] = _latent_record(self.tasks[index], self.codenoiser, self.latent_key)
+            task = self.tasks[index]
+            self.records[index] = (_latent_record(task, self.codenoiser, self.latent_key)
+                                   | self.pipeline.describe_inputs(spec, task))
 
     def _needed_from(self) -> int:
         return self.reconciler.first_unfinished_window if not self.ledger.failed else len(self.tasks)

@@ -48,6 +48,7 @@ import yaml
 
 from farm import __version__, outputs
 from farm.errors import ClusterError, SpecError
+from farm.pipelines import REGISTRY
 from farm.identity import is_local_ref
 from farm.spec import JobSpec, load_spec
 
@@ -173,15 +174,13 @@ class InputField:
     kind: str
 
 
-#: Every field whose value may be a local path. A new field that names local files is one
-#: more line here.
+#: Every field whose value may be a local path: the common ones here, and each pipeline's
+#: own from its descriptor (`local_inputs`).
 INPUT_FIELDS: tuple[InputField, ...] = (
     InputField("model.base", "model"),
     InputField("model.motion_adapter", "model"),
     InputField("model.loras.*.path", "path"),
-    InputField("svd.image", "path"),
-    InputField("control.video", "path"),
-    InputField("control.model", "model"),
+    *dict.fromkeys(InputField(path, kind) for d in REGISTRY.values() for path, kind in d.local_inputs),
     InputField("interpolate.weights", "path"),
     InputField("interpolate.model_dir", "path"),
 )

@@ -18,7 +18,7 @@ from scheduler.cli import main
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the module
 
-RECIPES = ["svd_product", "lcm_watch", "pose_dance", "scheduled_30s"]
+RECIPES = ["svd_product", "lcm_watch", "pose_dance", "scheduled_30s", "wan_t2v_long", "wan_i2v_product"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -89,3 +89,18 @@ def test_the_30_second_scheduled_twin_renders_and_lists_its_prompts(twins):
     changes = (64, 128, 192)
     assert {p["from_frame"] for p in blends} >= set(changes)  # each change is seen blending in
     assert all(any(k <= p["from_frame"] <= p["to_frame"] < k + 8 for k in changes) for p in blends)
+
+
+def test_the_wan_twin_co_denoises_its_latent_windows_and_blends_its_prompts(twins):
+    report = _render("wan_t2v_long", twins)
+    assert probe(twins / "tiny" / "wan_t2v_long.mp4").frames == 65
+    # windows of 17 frames laid out in latent frames: 5 latent frames each, 2 shared
+    assert [(w["start"], w["end"]) for w in report["windows"]] == [(0, 17), (9, 29), (21, 41), (33, 53), (45, 65)]
+    assert report["reconcile"] == "latent" and all(s["fused"] for s in report["seams"])
+    assert report["spec"]["wan"]["shift"] == 3.0
+
+
+def test_the_wan_image_to_video_twin_starts_from_its_picture(twins):
+    report = _render("wan_i2v_product", twins)
+    assert probe(twins / "tiny" / "wan_i2v_product.mp4").frames == 41
+    assert [w["conditioned_on"]["first_frame"] for w in report["windows"]] == [True, False, False]

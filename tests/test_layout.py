@@ -4,6 +4,7 @@ torch, no import cycles, and every pipeline is one file behind a descriptor."""
 from __future__ import annotations
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -84,13 +85,25 @@ def test_every_pipeline_the_spec_accepts_has_a_descriptor_and_a_renderer():
     from farm.renderers import renderer_class
 
     accepted = set(typing.get_args(ModelSpec.model_fields["pipeline"].annotation))
-    assert accepted == {"animatediff", "animatediff-controlnet", "svd"} <= set(REGISTRY)
+    assert accepted == {"animatediff", "animatediff-controlnet", "svd", "wan", "wan-i2v"} == set(REGISTRY)
     for name in REGISTRY:
         d = descriptor(name)
         assert d.name == name and d.tiny_base
         assert callable(renderer_class(name).render)
     with pytest.raises(ValueError, match="unknown pipeline 'nope'; known: animatediff"):
         descriptor("nope")
+
+
+def test_no_code_outside_the_pipeline_files_and_the_spec_names_wan():
+    """Wan was added as the descriptor's proof: one file (two, with image to video) and its
+    registry lines. Its tiny builders sit with the other tiny models."""
+    allowed = {ROOT / "farm/pipelines/wan.py", ROOT / "farm/pipelines/wan_i2v.py", ROOT / "farm/pipelines/__init__.py",
+               ROOT / "farm/spec.py", ROOT / "farm/models/tiny.py"}
+    for folder in ("farm", "actors", "scheduler"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path not in allowed:
+                found = re.findall(r"\bwan\b|wan[-_]i2v|WanPipeline", path.read_text(), flags=re.IGNORECASE)
+                assert not found, f"{path}: {found}"
 
 
 def test_generic_code_never_asks_for_a_pipeline_s_name():

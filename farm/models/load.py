@@ -84,18 +84,37 @@ def load_loras(pipe, loras) -> None:
     pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.weight for lora in loras])
 
 
-def apply_memory(pipe, memory, device: str) -> dict:
-    """Apply the `model.memory` knobs once, at load. Returns what was applied; CPU offload
-    only means something on CUDA and is skipped, and said so, on a CPU actor."""
+def apply_memory(pipe, memory, device: str, denoisers: list | None = None) -> dict:
+    """Apply the `model.memory` knobs once, at load. Returns what was applied. `denoisers`
+    are the modules the offload and casting knobs act on (the UNet by default; a DiT
+    pipeline's transformers). Offloading only means something on CUDA and is skipped, and
+    said so, on a CPU actor."""
     applied = {}
+    denoisers = denoisers if denoisers is not None else [pipe.unet]
+    cuda = device.startswith("cuda")
     if memory.forward_chunking:
         pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
         applied["forward_chunking"] = True
     if memory.vae_slicing:
         pipe.vae.enable_slicing()
         applied["vae_slicing"] = True
+    if memory.vae_tiling:
+        pipe.vae.enable_tiling()
+        applied["vae_tiling"] = True
+    if memory.layerwise_casting:
+        for module in denoisers:
+            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=module.dtype)
+        applied["layerwise_casting"] = "float8_e4m3fn"
+    if memory.group_offload:
+        if cuda:
+            for module in denoisers:
+                module.enable_group_offload(torch.device(device), offload_device=torch.device("cpu"),
+                                            offload_type="block_level", num_blocks_per_group=1)
+            applied["group_offload"] = "block_level, 1 block per group"
+        else:
+            applied["group_offload"] = "skipped: the actor runs on CPU"
     if memory.cpu_offload:
-        if device.startswith("cuda"):
+        if cuda:
             pipe.enable_model_cpu_offload(device=device)
             applied["cpu_offload"] = True
         else:
@@ -105,9 +124,16 @@ def apply_memory(pipe, memory, device: str) -> dict:
     return applied
 
 
-def place(pipe, memory, device: str):
-    """Move to `device`, unless model offload manages placement itself."""
+def place(pipe, memory, device: str, denoisers: list | None = None):
+    """Move to `device`, unless offloading manages placement itself (group offload moves
+    the denoisers block by block; the rest of the pipeline still goes to the device)."""
     if memory.cpu_offload and device.startswith("cuda"):
+        return pipe
+    if memory.group_offload and device.startswith("cuda"):
+        offloaded = {id(m) for m in (denoisers if denoisers is not None else [pipe.unet])}
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module) and id(module) not in offloaded:
+                module.to(device)
         return pipe
     return pipe.to(device)
 

@@ -13,6 +13,7 @@ then `os.replace`), and are laid out exactly like a hub checkout:
     <cache>/models/tiny-controlnet-v1/  a ControlNetModel folder that fits tiny-sd15
     <cache>/models/tiny-wan-v1/         a WanPipeline folder (Wan 2.1 layout: one transformer)
     <cache>/models/tiny-wan22-v1/       a WanPipeline folder (Wan 2.2 layout: two experts, boundary_ratio)
+    <cache>/models/tiny-wan-i2v-v1/     a WanImageToVideoPipeline folder (Wan 2.1 I2V layout: CLIP image encoder)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TINY_SVD = f"tiny-svd-{TINY_VERSION}"
 TINY_CONTROLNET = f"tiny-controlnet-{TINY_VERSION}"
 TINY_WAN = f"tiny-wan-{TINY_VERSION}"
 TINY_WAN22 = f"tiny-wan22-{TINY_VERSION}"
+TINY_WAN_I2V = f"tiny-wan-i2v-{TINY_VERSION}"
 
 _CROSS_ATTENTION_DIM = 32
 _VOCAB_SIZE = 1000
@@ -281,22 +283,26 @@ _WAN_WORDS = ("a red fox running through snow grey wolf in forest green blurry b
               "the of and night city river sunset").split()
 
 
-def _wan_components(boundary_ratio: float | None):
+def _wan_components(boundary_ratio: float | None, image: bool = False):
     """The parts of a tiny WanPipeline: a 2-layer WanTransformer3DModel (two of them, the
     high- and low-noise experts, with `boundary_ratio`), the Wan VAE at base_dim 3 (time
     compressed 4×, space 8×, like the real one), a 2-layer UMT5 encoder and a word-level
-    tokenizer built with the `tokenizers` library, and the flow-matching Euler scheduler."""
+    tokenizer built with the `tokenizers` library, and the flow-matching Euler scheduler.
+    With `image` (Wan 2.1 image-to-video): the transformer also reads the condition (4 mask
+    channels and 16 latent channels, 36 in all) and a CLIP image embedding (a tiny CLIP
+    vision tower taking 224×224 input, patch 14, as the real one)."""
     import torch
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, T5Config, UMT5EncoderModel
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     def transformer():
         torch.manual_seed(0)
+        extra = {"in_channels": 36, "image_dim": 32, "added_kv_proj_dim": 24} if image else {"in_channels": 16}
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, out_channels=16,
             text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **extra)
 
     parts = {"transformer": transformer()}
     if boundary_ratio is not None:
@@ -309,7 +315,7 @@ def _wan_components(boundary_ratio: float | None):
     parts["vae"] = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                     temperal_downsample=[False, True, True])
     torch.manual_seed(0)
-    parts["text_encoder"] = UMT5EncoderModel(T5Config(vocab_size=32, d_model=32, d_kv=8, num_heads=4, num_layers=2,
+    parts["text_encoder"] = UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=32, d_kv=8, num_heads=4, num_layers=2,
                                                       d_ff=37, relative_attention_num_buckets=8))
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: 3 + i for i, w in enumerate(_WAN_WORDS)}
     words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -317,6 +323,14 @@ def _wan_components(boundary_ratio: float | None):
     parts["tokenizer"] = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>",
                                                  unk_token="<unk>", model_max_length=512)
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    if image:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+        torch.manual_seed(0)
+        parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=224,
+            patch_size=14, projection_dim=32))
+        parts["image_processor"] = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224})
     return parts
 
 
@@ -334,6 +348,13 @@ def _build_wan22(folder: Path) -> None:
     WanPipeline(**_wan_components(0.875)).save_pretrained(folder, safe_serialization=True)
 
 
+def _build_wan_i2v(folder: Path) -> None:
+    """A WanImageToVideoPipeline folder, laid out like Wan-AI/Wan2.1-I2V-14B-480P-Diffusers."""
+    from diffusers import WanImageToVideoPipeline
+
+    WanImageToVideoPipeline(**_wan_components(None, image=True)).save_pretrained(folder, safe_serialization=True)
+
+
 _BUILDERS = {
     TINY_BASE: _build_base,
     TINY_MOTION_ADAPTER: _build_motion_adapter,
@@ -341,6 +362,7 @@ _BUILDERS = {
     TINY_CONTROLNET: _build_controlnet,
     TINY_WAN: _build_wan,
     TINY_WAN22: _build_wan22,
+    TINY_WAN_I2V: _build_wan_i2v,
 }
 
 

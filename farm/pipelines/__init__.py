@@ -10,11 +10,15 @@ from farm.pipelines._base import Pipeline
 from farm.pipelines.animatediff import AnimateDiff
 from farm.pipelines.controlnet import AnimateDiffControlNet
 from farm.pipelines.svd import Svd
+from farm.pipelines.wan import Wan
+from farm.pipelines.wan_i2v import WanI2V
 
 REGISTRY: dict[str, Pipeline] = {p.name: p for p in (
     AnimateDiff(),
     AnimateDiffControlNet(),
     Svd(),
+    Wan(),
+    WanI2V(),
 )}
 
 

@@ -43,6 +43,15 @@ class Pipeline:
     #: neighbouring windows share exactly one frame (`window.overlap` is 1).
     chained: ClassVar[bool] = False
 
+    #: Frames per latent frame along time: 1 for an image VAE (AnimateDiff), 4 for a video
+    #: VAE that packs 4 frames into each latent frame after the first. Above 1, a window has
+    #: `k * t + 1` frames, and in latent mode the windows are laid out in latent frames
+    #: (farm.plan).
+    temporal_compression: ClassVar[int] = 1
+    #: The VAE decodes a latent frame from the ones before it (a causal video VAE): a
+    #: co-denoised video is decoded in order, each shard continuing the decoder's state.
+    causal_decode: ClassVar[bool] = False
+
     #: None: the windows can be denoised together (`window.reconcile: latent`, the default;
     #: the renderer then has the `latent_*` methods farm/latent.py calls). Else why not,
     #: for the error that refuses it; the pipeline's default is then `crossfade`.
@@ -53,6 +62,13 @@ class Pipeline:
     #: must hold at least: required for this pipeline, refused for every other.
     spec_block: ClassVar[str | None] = None
     spec_block_needs: ClassVar[str] = ""
+    spec_block_required: ClassVar[bool] = True
+    #: Spec fields that may name local files, each ("block.field", "path" or "model"):
+    #: `farm submit` ships them with the job (scheduler/jobs.py).
+    local_inputs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: Fields of that block this pipeline needs, and those it refuses (each with the reason).
+    block_requires: ClassVar[tuple[str, ...]] = ()
+    block_refuses: ClassVar[dict[str, str]] = {}
     #: None: windows are conditioned on text (`prompt` or `prompts`, exactly one). Else why
     #: they are not, for the error that refuses a prompt.
     no_text: ClassVar[str | None] = None

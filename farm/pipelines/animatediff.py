@@ -212,10 +212,11 @@ class AnimateDiffRenderer:
         with torch.inference_mode():
             return pipe.scheduler.step(noise_pred, t, latents, **kwargs).prev_sample
 
-    def latent_decode(self, latents) -> np.ndarray:
+    def latent_decode(self, latents, carry=None):
         """9. Post processing, one frame at a time (a batch of one decodes to the same bits
         wherever the frame's actor is): (F, H, W, 3) float32 in [0, 1]; a frame that
-        decodes to NaN is decoded again with the VAE in fp32, as the ladder does."""
+        decodes to NaN is decoded again with the VAE in fp32, as the ladder does. The VAE
+        decodes each frame alone, so there is no state to carry: returns (frames, None)."""
         import torch
 
         from farm.fallbacks import is_broken
@@ -231,7 +232,7 @@ class AnimateDiffRenderer:
                 if is_broken(frame) == "decoded to NaN/inf":
                     frame = decode_in_fp32(pipe, one, lambda x: pipe.decode_latents(x, 1))
             frames.append(frame)
-        return np.concatenate(frames)
+        return np.concatenate(frames), None
 
 
 class _Hooks:

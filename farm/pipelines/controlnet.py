@@ -27,6 +27,7 @@ class AnimateDiffControlNet(AnimateDiff):
     name = "animatediff-controlnet"
     renderer = "farm.pipelines.controlnet:AnimateDiffControlNetRenderer"
     spec_block, spec_block_needs = "control", "`video:`"
+    local_inputs = (("control.video", "path"), ("control.model", "model"))
 
     def key_fields(self, spec: "JobSpec") -> dict:
         return super().key_fields(spec) | {

@@ -45,6 +45,7 @@ class Svd(Pipeline):
     no_latent = ("SVD windows are chained (each starts from the decoded last frame of the one before), "
                  "so no two windows are denoised at the same time")
     spec_block, spec_block_needs = "svd", "at least `image:`"
+    local_inputs = (("svd.image", "path"),)
     no_text = "is conditioned on svd.image, not on text"
     refuses = {
         "scheduler": "svd uses its own EulerDiscreteScheduler; remove model.scheduler",

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from farm.identity import ref_identity
 from farm.models.tiny import TINY_WAN
 from farm.pipelines._base import Pipeline
 from farm.tasks import Overrides, WindowTask
@@ -39,6 +38,7 @@ class Wan(Pipeline):
     temporal_compression = 4
     causal_decode = True
     spec_block, spec_block_needs, spec_block_required = "wan", "", False
+    block_refuses = {"image": "wan is text to video; use model.pipeline: wan-i2v to start from a picture"}
     refuses = {
         "scheduler": "wan uses the flow-matching Euler scheduler; set its shift with wan.shift",
         "loras": "LoRAs apply to the AnimateDiff pipelines, not to wan",
@@ -49,8 +49,7 @@ class Wan(Pipeline):
     def key_fields(self, spec: "JobSpec") -> dict:
         wan = spec.wan_settings
         return {"scheduler": {"class": "FlowMatchEulerDiscreteScheduler", "shift": wan.shift},
-                "guidance_2": wan.guidance_2, "max_sequence_length": wan.max_sequence_length,
-                "tiny": ref_identity(spec.model.base, TINY_WAN) if spec.model.base == "tiny" else None}
+                "guidance_2": wan.guidance_2, "max_sequence_length": wan.max_sequence_length}
 
 
 class WanRenderer:
@@ -60,8 +59,13 @@ class WanRenderer:
         self.device = device
         self.spec = spec
         t0 = time.perf_counter()
-        self.pipe, self.memory = load_wan(spec, device)
+        self.pipe, self.memory = self.load(spec, device)
         self.load_seconds = time.perf_counter() - t0
+
+    def load(self, spec: "JobSpec", device: str):
+        from diffusers import WanPipeline
+
+        return load_wan(spec, device, WanPipeline, TINY_WAN)
 
     def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
         import torch
@@ -72,8 +76,8 @@ class WanRenderer:
         if overrides.cpu_offload:
             offload_once(pipe, self.device, self.memory)
         # 1. Initial latents: per latent frame, the noise of the pixel frame it ends on.
-        latents = self.latent_noise(task.seed, w.start, w.start + (w.length - 1) // 4 + 1, task.height, task.width,
-                                    step=4, offset=w.start)
+        latents = self._noise(task.seed, [w.start + 4 * i for i in range((w.length - 1) // 4 + 1)],
+                              task.height, task.width)
         # 2. Text conditioning: the window's middle frame's.
         positive, negative = self._embeddings(task)
         # 3-4. Denoise and decode.
@@ -116,19 +120,19 @@ class WanRenderer:
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
         return list(self.pipe.scheduler.timesteps)
 
-    def latent_noise(self, seed: int, start: int, end: int, height: int, width: int, step: int = 4,
-                     offset: int = 0):
-        """Latent frames [start, end) of the video (or, with `offset`, of a window starting at
-        that pixel frame): each the noise of the pixel frame it ends on."""
+    def latent_noise(self, seed: int, start: int, end: int, height: int, width: int):
+        """Latent frames [start, end) of the video, each the noise of the frame it ends on."""
+        return self._noise(seed, [4 * j for j in range(start, end)], height, width)
+
+    def _noise(self, seed: int, frames: list[int], height: int, width: int):
+        """(1, z, len(frames), h, w): the noise of each of `frames` (farm.noise), fp32."""
         import torch
 
         from farm.noise import frame_noise
 
         scale = self.pipe.vae_scale_factor_spatial
         shape = (self.pipe.vae.config.z_dim, height // scale, width // scale)
-        first = offset - start * step if offset else 0
-        frames = [frame_noise(seed, first + step * j, shape) for j in range(start, end)]
-        return torch.stack(frames, dim=1).unsqueeze(0).to(self.device)
+        return torch.stack([frame_noise(seed, f, shape) for f in frames], dim=1).unsqueeze(0).to(self.device)
 
     def latent_conditioning(self, task: WindowTask) -> dict:
         positive, negative = self._embeddings(task)
@@ -147,15 +151,20 @@ class WanRenderer:
         else:
             model, guidance = pipe.transformer_2, cond["guidance_2"]
         with torch.inference_mode():
-            x = latents.to(model.dtype)
+            x, extra = self.model_input(cond, latents, model.dtype)
             timestep = t.expand(latents.shape[0])
             pred = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["positive"],
-                         return_dict=False)[0]
+                         return_dict=False, **extra)[0]
             if cond["guidance"] > 1.0:
                 uncond = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["negative"],
-                               return_dict=False)[0]
+                               return_dict=False, **extra)[0]
                 pred = uncond + guidance * (pred - uncond)
         return pred
+
+    def model_input(self, cond: dict, latents, dtype):
+        """The transformer's input for one window, and what else it reads (image to video
+        adds its condition and the picture's embedding)."""
+        return latents.to(dtype), {}
 
     def latent_step(self, noise_pred, t, latents, generator):
         import torch
@@ -175,7 +184,8 @@ class WanRenderer:
         mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
         first = carry is None
-        cache = [None] * vae._conv_num if first else [c if c is None else c.to(latents.device) for c in carry]
+        # the decoder's causal cache, as AutoencoderKLWan._decode keeps it (one entry per causal conv)
+        cache = [None] * vae._cached_conv_counts["decoder"] if first else [_to(c, latents.device) for c in carry]
         outs = []
         with torch.inference_mode():
             z = latents.to(vae.dtype) / inv_std + mean
@@ -184,30 +194,35 @@ class WanRenderer:
                 outs.append(vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first and i == 0))
             video = torch.clamp(torch.cat(outs, 2), min=-1.0, max=1.0)
             frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
-        carry = [c if c is None else c.cpu() for c in cache]
-        return np.asarray(frames, dtype=np.float32), carry
+        return np.asarray(frames, dtype=np.float32), [_to(c, "cpu") for c in cache]
 
 
-def load_wan(spec: "JobSpec", device: str):
-    """WanPipeline from `model.base` (one transformer, or Wan 2.2's two experts), the
-    flow-matching scheduler with `wan.shift`, and the memory knobs. Returns (pipe, applied
-    memory knobs)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+def load_wan(spec: "JobSpec", device: str, pipeline_class, tiny: str):
+    """`pipeline_class` (WanPipeline, WanImageToVideoPipeline) from `model.base` (one
+    transformer, or Wan 2.2's two experts), the flow-matching scheduler with `wan.shift`,
+    and the memory knobs. Returns (pipe, applied memory knobs)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     from farm.models.load import _load, apply_memory, place, quiet_progress, resolve_dtype, resolve_ref
 
     model = spec.model
     quiet_progress()
     dtype = resolve_dtype(model.dtype, device)
-    ref = resolve_ref(model.base, TINY_WAN)
-    pipe = _load("model.base", model.base, lambda: WanPipeline.from_pretrained(ref, dtype=dtype))
+    ref = resolve_ref(model.base, tiny)
+    pipe = _load("model.base", model.base, lambda: pipeline_class.from_pretrained(ref, dtype=dtype))
     if dtype != _fp32():
         pipe.vae.to(_fp32())  # the Wan VAE is run in fp32, as the diffusers guide loads it
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config,
                                                                  shift=spec.wan_settings.shift)
     pipe.set_progress_bar_config(disable=True)
-    applied = apply_memory(pipe, model.memory, device)
-    return place(pipe, model.memory, device), applied
+    denoisers = [m for m in (pipe.transformer, pipe.transformer_2) if m is not None]
+    applied = apply_memory(pipe, model.memory, device, denoisers)
+    return place(pipe, model.memory, device, denoisers), applied
+
+
+def _to(entry, device):
+    """A cache entry on `device` (entries are tensors, None, or a marker string)."""
+    return entry.to(device) if hasattr(entry, "to") else entry
 
 
 def _fp32():
