@@ -420,7 +420,7 @@ def part_freenoise(args) -> None:
     base = {"frames": args.frames, "size": args.size, "steps": args.steps}
     configs = {}
     for stride in args.fn_strides:
-        for threads in sorted({1, CORES}):
+        for threads in args.fn_threads:
             configs[f"FreeNoise s{stride} t{threads}"] = {"kind": "freenoise", "stride": stride, "threads": threads}
     for actors in (1, 2):
         configs[f"farm latent {actors}x1"] = {"kind": "farm", "actors": actors, "threads": 1}
@@ -625,6 +625,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fn-strides", type=lambda s: [int(x) for x in s.split(",")], default=[4, 12],
                     help="freenoise: FreeNoise context strides")
+    ap.add_argument("--fn-threads", type=lambda s: [int(x) for x in s.split(",")], default=sorted({1, CORES}),
+                    help="freenoise: torch threads of the FreeNoise process (1 and all cores)")
     ap.add_argument("--actors", type=int, default=64, help="sim: logical GPUs = actors")
     ap.add_argument("--windows", type=int, default=128, help="sim: windows")
     ap.add_argument("--seconds", type=float, default=4.0, help="sim: simulated seconds per window (S)")
@@ -639,7 +641,13 @@ def main() -> None:
     ap.add_argument("--fullsize-size", type=int, default=64)
     ap.add_argument("--fullsize-steps", type=int, default=4)
     args = ap.parse_args()
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}; load average {os.getloadavg()[0]:.2f}; {cpu_model()}", flush=True)
+    try:  # the code measured: the farm changes often, and the figures belong to one commit
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = "?"
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}; commit {commit}; load average {os.getloadavg()[0]:.2f}; "
+          f"{cpu_model()}", flush=True)
     parts = ["ratio", "freenoise", "sim", "seams"] if args.part == "all" else [args.part]
     for part in parts:
         if part == "sim":

@@ -59,3 +59,15 @@ def shared_ray():
 @pytest.fixture
 def spec_dict(tmp_path):
     return base_spec(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread in this process, as each CPU actor has: the in-process runs of a
+    co-denoised job give the farm's bits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,11 +18,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.codenoise import checkpoint_steps, fuse_weights, missing, partition
+from farm.codenoise import checkpoint_steps, missing, partition
 from farm.encode import open_writer
 from farm.errors import SpecError
-from farm.codenoise import LatentJob
-from farm.latent import ShardRunner
 from farm.plan import plan_windows, split
 from farm.renderers import renderer_class
 from farm.spec import parse_spec
@@ -31,6 +29,7 @@ from farm.tasks import WindowTask
 from farm.video import read_frames
 from scheduler.driver import render
 from tests.conftest import base_spec
+from tests.lockstep import lockstep
 
 POSES = "examples/tiny/poses"
 
@@ -116,38 +115,6 @@ def test_window_faults_are_refused_in_a_latent_job_and_step_crashes_in_a_crossfa
 def _spec(tmp_path, **overrides):
     window = overrides.pop("window", {"length": 16, "overlap": 4})
     return parse_spec(base_spec(tmp_path, window={**window, "reconcile": "latent"}, **overrides))
-
-
-def _job(spec) -> tuple[LatentJob, list[WindowTask]]:
-    from farm.pipelines import descriptor
-
-    plan = plan_windows(spec)
-    tasks = [descriptor(spec.model.pipeline).window_inputs(spec, WindowTask.from_spec(spec, w), None)
-             for w in plan.windows]
-    job = LatentJob(plan.windows, fuse_weights(plan.windows, spec.window.blend), spec.steps, spec.seed,
-                    spec.height, spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every))
-    return job, tasks
-
-
-def lockstep(renderer, spec, shards: int) -> np.ndarray:
-    """The job's frames with its windows spread over `shards` shards, run in turn here, each
-    handing its peers exactly what an actor's `latent_step` returns."""
-    job, tasks = _job(spec)
-    plan = partition(job.windows, shards)
-    runners = [ShardRunner(renderer, job, s, [tasks[w] for w in s.windows], 0) for s in plan]
-    for _ in range(job.steps):
-        sent = [r.evaluate() for r in runners]
-        for s, r in zip(plan, runners):
-            r.apply([sent[k][plan[k].peers.index(s.index)] for k in s.peers])
-    return np.concatenate([r.decode(*r.shard.owns) for r in runners])
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

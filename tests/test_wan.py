@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from farm.codenoise import checkpoint_steps, fuse_weights, partition
 from farm.errors import SpecError
-from farm.codenoise import LatentJob
-from farm.latent import ShardRunner
 from farm.pipelines import descriptor
 from farm.plan import plan_windows
 from farm.renderers import renderer_class
@@ -19,6 +16,7 @@ from farm.spec import FaultSpec, parse_spec
 from farm.tasks import WindowTask
 from farm.video import read_frames
 from scheduler.driver import render
+from tests.lockstep import lockstep
 
 
 def wan_spec(tmp_path, **overrides) -> dict:
@@ -66,39 +64,8 @@ def test_wan_takes_neither_an_animatediff_scheduler_nor_loras(tmp_path):
 
 # -- the step loop, in one process ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def wan(one_thread, tmp_path_factory):
     return renderer_class("wan")(parse_spec(wan_spec(tmp_path_factory.mktemp("wan"))), "cpu")
-
-
-def lockstep(renderer, spec, shards: int) -> np.ndarray:
-    """The job's frames with its windows on `shards` shards run in turn here, exchanging
-    what the actors' `latent_step` calls return and decoding in order, each shard
-    continuing the decoder's state the shard before handed over."""
-    plan = plan_windows(spec)
-    windows = plan.latent_windows
-    job = LatentJob(windows, fuse_weights(windows, spec.window.blend), spec.steps, spec.seed, spec.height, spec.width,
-                    checkpoint_steps(spec.steps, 5), causal_decode=True)
-    pipeline = descriptor(spec.model.pipeline)
-    tasks = [pipeline.window_inputs(spec, WindowTask.from_spec(spec, w), None) for w in plan.windows]
-    cut = partition(windows, shards)
-    runners = [ShardRunner(renderer, job, s, [tasks[w] for w in s.windows], 0) for s in cut]
-    for _ in range(spec.steps):
-        sent = [r.evaluate() for r in runners]
-        for s, r in zip(cut, runners):
-            r.apply([sent[k][cut[k].peers.index(s.index)] for k in s.peers])
-    frames, carry = [], None
-    for r in runners:
-        got, carry = r.decode(*r.shard.owns, carry=carry, hand_over=True)
-        frames.append(got)
-    return np.concatenate(frames)
 
 
 def test_co_denoised_wan_frames_are_the_same_bits_on_1_2_and_3_actors(wan, tmp_path):
@@ -149,17 +116,22 @@ def test_wan_22_switches_to_its_low_noise_expert_with_its_own_guidance(one_threa
 
 # -- through the farm ------------------------------------------------------------------------------
 def test_wan_renders_through_the_farm_in_both_modes(shared_ray, wan, tmp_path):
+    """Latent: two actors, the last shard's lost mid-way; the decode still runs in order and
+    the frames are those of the shards run here. Crossfade: windows rendered alone, then
+    all read back from the store."""
+    from farm.encode import open_writer
+
     latent = parse_spec(wan_spec(tmp_path, output=str(tmp_path / "latent.mp4"), encode={"crf": 0}))
+    latent = latent.model_copy(update={"model": latent.model.model_copy(update={"faults": FaultSpec(crash_on_step=2)})})
     report = render(latent, workers=2, threads=1, store=tmp_path / "store")
-    assert read_frames(tmp_path / "latent.mp4").shape == (41, 64, 64, 3)
     assert report["latent"]["actors"] == 2 and all(s["fused"] for s in report["seams"])
-    # a shard lost mid-way: the decode still runs in order and the frames are the same
-    crashed = latent.model_copy(update={
-        "output": str(tmp_path / "crashed.mp4"),
-        "model": latent.model.model_copy(update={"faults": FaultSpec(crash_on_step=2)})})
-    again = render(crashed, workers=2, threads=1, store=tmp_path / "store2")
-    assert [r["from_step"] for r in again["latent"]["recoveries"]] == [0]
-    assert np.array_equal(read_frames(tmp_path / "crashed.mp4"), read_frames(tmp_path / "latent.mp4"))
+    assert [r["from_step"] for r in report["latent"]["recoveries"]] == [0]
+    wan.spec = latent
+    with open_writer(tmp_path / "reference.mp4", 64, 64, latent.fps, 0, latent.encode.preset) as out:
+        for frame in lockstep(wan, latent, 1):
+            out.write(frame)
+    assert np.array_equal(read_frames(tmp_path / "latent.mp4"), read_frames(tmp_path / "reference.mp4"))
+    assert read_frames(tmp_path / "latent.mp4").shape == (41, 64, 64, 3)
 
     cross = parse_spec(wan_spec(tmp_path, output=str(tmp_path / "cross.mp4"), frames=40,
                                 window={"length": 17, "overlap": 5, "reconcile": "crossfade"}))
@@ -167,7 +139,7 @@ def test_wan_renders_through_the_farm_in_both_modes(shared_ray, wan, tmp_path):
     assert read_frames(tmp_path / "cross.mp4").shape == (40, 64, 64, 3) and first["windows_rendered"] == 3
     assert all(s["disagreement"] > 0 for s in first["seams"])
     rerun = render(cross, workers=2, threads=1, store=tmp_path / "store")
-    assert rerun["windows_rendered"] == 0 and rerun["windows_cached"] == 3
+    assert rerun["windows_rendered"] == 0 and rerun["windows_cached"] == 3 and rerun["actors"] == []
 
 
 # -- image to video ---------------------------------------------------------------------------------
@@ -216,11 +188,11 @@ def test_image_to_video_pins_the_first_window_and_is_the_same_bits_on_1_2_and_3_
     assert np.abs(np.rint(renderer.render(task) * 255) - np.rint(np.asarray(out.frames[0]) * 255)).max() <= 1
 
 
-def test_wan_image_to_video_renders_through_the_farm_in_both_modes(shared_ray, tmp_path, picture):
-    for mode, frames, overlap in (("latent", 41, 8), ("crossfade", 40, 5)):
-        out = tmp_path / f"{mode}.mp4"
-        spec = parse_spec(i2v_spec(tmp_path, picture, frames=frames, output=str(out),
-                                   window={"length": 17, "overlap": overlap, "reconcile": mode}))
-        report = render(spec, workers=2, threads=1, store=tmp_path / "store")
-        assert read_frames(out).shape == (frames, 64, 64, 3) and report["reconcile"] == mode
-        assert [w["conditioned_on"]["first_frame"] for w in report["windows"]] == [True, False, False]
+def test_wan_image_to_video_renders_through_the_farm_crossfaded(shared_ray, tmp_path, picture):
+    """(The co-denoised image-to-video twin renders in tests/test_examples.py.)"""
+    out = tmp_path / "crossfade.mp4"
+    spec = parse_spec(i2v_spec(tmp_path, picture, frames=40, output=str(out),
+                               window={"length": 17, "overlap": 5, "reconcile": "crossfade"}))
+    report = render(spec, workers=2, threads=1, store=tmp_path / "store")
+    assert read_frames(out).shape == (40, 64, 64, 3) and report["reconcile"] == "crossfade"
+    assert [w["conditioned_on"]["first_frame"] for w in report["windows"]] == [True, False, False]

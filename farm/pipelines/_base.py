@@ -101,6 +101,24 @@ class Pipeline:
         return True
 
 
+class LoadedRenderer:
+    """What every renderer starts with: its pipeline loaded once, by `load`, and timed.
+    A renderer class subclasses it and defines `load(spec, device) -> (pipe, applied
+    memory knobs)` and `render(task, overrides)`."""
+
+    def __init__(self, spec: "JobSpec", device: str):
+        import time
+
+        self.device = device
+        self.spec = spec
+        t0 = time.perf_counter()
+        self.pipe, self.memory = self.load(spec, device)
+        self.load_seconds = time.perf_counter() - t0
+
+    def load(self, spec: "JobSpec", device: str):
+        raise NotImplementedError
+
+
 def blank_frames(task: "WindowTask") -> np.ndarray:
     """(F, H, W, 3) black uint8 frames of a window's shape."""
     return np.zeros((task.window.length, task.height, task.width, 3), np.uint8)

@@ -13,7 +13,6 @@ scheduler step and VAE decode, one window or one frame at a time.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from farm.identity import lora_identity, ref_identity
 from farm.models.schedulers import SCHEDULERS
 from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER
-from farm.pipelines._base import Pipeline
+from farm.pipelines._base import LoadedRenderer, Pipeline
 from farm.tasks import Overrides, WindowTask
 
 if TYPE_CHECKING:
@@ -43,15 +42,9 @@ class AnimateDiff(Pipeline):
         }
 
 
-class AnimateDiffRenderer:
+class AnimateDiffRenderer(LoadedRenderer):
     """Holds one loaded AnimateDiffPipeline and renders windows with it."""
 
-    def __init__(self, spec: "JobSpec", device: str):
-        self.device = device
-        self.spec = spec
-        t0 = time.perf_counter()
-        self.pipe, self.memory = self.load(spec, device)
-        self.load_seconds = time.perf_counter() - t0
 
     def load(self, spec: "JobSpec", device: str):
         from farm.models.load import load_animatediff

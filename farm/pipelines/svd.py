@@ -18,7 +18,6 @@ SVD's reference sampler; a `guidance` below 1.0 is used for both ends.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ import numpy as np
 from farm.color import match_statistics
 from farm.errors import FarmError
 from farm.models.tiny import TINY_SVD
-from farm.pipelines._base import Pipeline
+from farm.pipelines._base import LoadedRenderer, Pipeline
 from farm.tasks import Overrides, WindowResult, WindowTask
 
 if TYPE_CHECKING:
@@ -106,15 +105,11 @@ def load_svd(spec: "JobSpec", device: str):
     return place(pipe, model.memory, device), applied
 
 
-class SvdRenderer:
+class SvdRenderer(LoadedRenderer):
     """Holds one loaded StableVideoDiffusionPipeline and renders windows with it."""
 
-    def __init__(self, spec: "JobSpec", device: str):
-        self.device = device
-        self.spec = spec
-        t0 = time.perf_counter()
-        self.pipe, self.memory = load_svd(spec, device)
-        self.load_seconds = time.perf_counter() - t0
+    def load(self, spec: "JobSpec", device: str):
+        return load_svd(spec, device)
 
     def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
         import torch

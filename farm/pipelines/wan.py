@@ -18,13 +18,12 @@ the shard before left it (`causal_decode`).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from farm.models.tiny import TINY_WAN
-from farm.pipelines._base import Pipeline
+from farm.pipelines._base import LoadedRenderer, Pipeline
 from farm.tasks import Overrides, WindowTask
 
 if TYPE_CHECKING:
@@ -52,15 +51,9 @@ class Wan(Pipeline):
                 "guidance_2": wan.guidance_2, "max_sequence_length": wan.max_sequence_length}
 
 
-class WanRenderer:
+class WanRenderer(LoadedRenderer):
     """Holds one loaded WanPipeline and renders windows with it."""
 
-    def __init__(self, spec: "JobSpec", device: str):
-        self.device = device
-        self.spec = spec
-        t0 = time.perf_counter()
-        self.pipe, self.memory = self.load(spec, device)
-        self.load_seconds = time.perf_counter() - t0
 
     def load(self, spec: "JobSpec", device: str):
         from diffusers import WanPipeline
