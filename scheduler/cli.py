@@ -153,9 +153,10 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
         lat = report.latent
         resumed = f", resumed from step {lat['resumed_from_step']}" if lat["resumed_from_step"] else ""
         asked = f" ({lat['actors_asked']} asked)" if lat.get("actors_asked", lat["actors"]) != lat["actors"] else ""
-        click.echo(f"co-denoised {len(report.windows)} windows on {lat['actors']} actors{asked}{resumed}, "
-                   f"{len(lat['recoveries'])} recoveries → {report.output_frames} frames at "
-                   f"{report.output_fps:g} fps in {report.stages['total']:.1f}s")
+        lost = f", {_count(len(lat['recoveries']), 'recovery')} from lost actors" if lat["recoveries"] else ""
+        click.echo(f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
+                   f"{asked}{resumed}{lost} → {report.output_frames} frames at {report.output_fps:g} fps "
+                   f"in {report.stages['total']:.1f}s")
     else:
         click.echo(
             f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
@@ -193,7 +194,7 @@ def plan(job, output, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{Path(job).name}: {len(p.windows)} windows, blend {spec.window.blend}")
+    table = Table(title=f"{Path(job).name}: {len(p.windows)} windows, blend {spec.window.blend}, reconcile {spec.window.reconcile}")
     for col in ("window", "frames", "length", "overlap prev", "overlap next"):
         table.add_column(col, justify="right")
     for w in p.windows:
@@ -393,7 +394,9 @@ def store_gc(store, older_than, dry_run):
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
 def _age(seconds: float) -> str:
