@@ -44,6 +44,7 @@ class PipelineActor:
         faults = spec.model.faults
         self.crash_on_step, self.step_delay = (faults.crash_on_step, faults.delay) if faults else (None, 0.0)
         self.shard = None
+        self.faults_armed = True
         self.warmup_seconds, self.warmup_skipped = None, None
         if spec.model.warmup:
             self._warm_up(spec)
@@ -98,12 +99,14 @@ class PipelineActor:
     # Co-denoising (window.reconcile: latent): one shard of the video, stepped in lockstep
     # with the other actors' shards; farm/latent.py does the work, scheduler/codenoise.py
     # makes the calls.
-    def latent_begin(self, job, shard, tasks, start_step: int, latents=None) -> dict:
-        """Hold `shard`'s latents (from `latents`, a checkpoint, or the noise at step 0)."""
+    def latent_begin(self, job, shard, tasks, start_step: int, latents=None, faults: bool = True) -> dict:
+        """Hold `shard`'s latents (from `latents`, a checkpoint, or the noise at step 0).
+        `faults`: whether injected faults (crash_on_step) may fire in this attempt."""
         from farm.latent import ShardRunner
         from farm.renderers import latent_model
 
         self.shard = None  # a shard of an earlier attempt goes first (its memory, too)
+        self.faults_armed = faults
         self.shard = ShardRunner(latent_model(self.renderer), job, shard, tasks, start_step, latents)
         return {"actor": self.actor, "node": self.node, "shard": shard.index, "windows": list(shard.windows)}
 
@@ -125,10 +128,11 @@ class PipelineActor:
 
     def _maybe_crash(self, runner) -> None:
         """Fault injection: `model.faults.delay` sleeps before every step; `crash_on_step`:
-        the actor of the last shard exits hard on reaching that step, in its first life."""
+        the actor of the last shard exits hard on reaching that step, in its first life and
+        the job's first attempt."""
         time.sleep(self.step_delay)
         last = runner.shard.owns[1] == runner.job.windows[-1].end
-        if self.crash_on_step == runner.step and last and not self.restarted:
+        if self.crash_on_step == runner.step and last and not self.restarted and self.faults_armed:
             os._exit(17)
 
     def latent_decode(self, start: int, end: int, carry=None, hand_over: bool = False):

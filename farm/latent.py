@@ -91,7 +91,8 @@ class ShardRunner:
             sent = {}
             for p in pieces:
                 start = self.job.windows[p.window].start
-                sent[p.window] = self.preds[p.window][:, :, p.start - start : p.end - start].cpu().numpy()
+                # fp32 (exactly, from fp16/bf16, which numpy cannot hold): the fold upcasts anyway
+                sent[p.window] = self.preds[p.window][:, :, p.start - start : p.end - start].float().cpu().numpy()
                 self.stats.sent_bytes += sent[p.window].nbytes
             out.append(sent)
         self.stats.predict_s += time.perf_counter() - t0

@@ -400,19 +400,16 @@ class JobSpec(_Root):
 
     @classmethod
     def _prepare(cls, data: dict) -> dict:
-        """The pipeline's own defaults (its descriptor's `defaults`); a chained pipeline's
-        windows share exactly one frame."""
+        """The pipeline's own defaults (its descriptor's `defaults` and `window_defaults`:
+        a chained pipeline's windows share exactly one frame and are crossfaded)."""
         model = data.get("model")
         pipeline = model.get("pipeline") if isinstance(model, dict) else None
         if not isinstance(pipeline, str) or pipeline not in REGISTRY:
             return data
         d = descriptor(pipeline)
         window = data.get("window") or {}
-        if d.chained and isinstance(window, dict) and "overlap" not in window:
-            data = {**data, "window": {**window, "overlap": 1}}
-        window = data.get("window") or {}
-        if d.no_latent and isinstance(window, dict) and "reconcile" not in window:
-            data = {**data, "window": {**window, "reconcile": "crossfade"}}
+        if isinstance(window, dict):
+            data = {**data, "window": {**d.window_defaults, **window}}
         return {**d.defaults, **data}
 
     @classmethod
@@ -467,6 +464,10 @@ def _pipeline_inputs(v: dict) -> Rules:
                     yield f"{block}.{name}", why
     if d.no_latent and _get(v, "window.reconcile") == "latent":
         yield "window.reconcile", f"latent is not for {pipeline}: {d.no_latent}; use crossfade"
+    if _get(v, "window.reconcile") == "latent":
+        for field, why in d.latent_refuses.items():
+            if _get(v, field):
+                yield field, why
     overlap = _get(v, "window.overlap")
     if d.chained and overlap is not None and overlap != 1:
         yield "window.overlap", (f"must be 1 for {pipeline} (each window starts from the last frame of the "

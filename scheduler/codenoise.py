@@ -65,6 +65,7 @@ class CoDenoiser:
         self.resumed_from_step: int | None = None
         self.recoveries: list[dict] = []
         self.shards: tuple[Shard, ...] = ()
+        self.inflight: list = []  # every call of the current attempt, cancelled if it fails
         self.denoise_seconds = 0.0
         self.stats: list[dict] = []
 
@@ -85,6 +86,8 @@ class CoDenoiser:
                 self.stats = ray.get([a.latent_stats.remote() for a in self.actors[: len(self.shards)]])
                 return
             except ray.exceptions.RayError as err:
+                if _raised_by_the_code(err):  # not a lost actor: the same inputs would raise again
+                    raise LatentError(f"co-denoising failed: {first_line(err.cause)}") from err
                 self._recover(err, next_frame)
 
     def exchange_bytes_per_step(self) -> int:
@@ -102,19 +105,25 @@ class CoDenoiser:
         for shard, actor in zip(self.shards, self.actors):
             tasks = [self.prepare(self.tasks[w]) for w in shard.windows]
             latents = self.checkpoints.load(start, *shard.covers) if start else None
-            refs.append(actor.latent_begin.remote(self.job, shard, tasks, start, latents))
+            refs.append(actor.latent_begin.remote(self.job, shard, tasks, start, latents,
+                                                  faults=not self.recoveries))  # injected crashes: once
+            del tasks, latents  # one shard's inputs at a time in the driver
+        self.inflight = list(refs)
         ray.get(refs)
 
     def _denoise(self, start: int) -> None:
         """Submit every step of every shard, then read the checkpoint slots step by step."""
         t0 = time.perf_counter()
-        slots = self._submit_steps(start)
-        for step, refs in slots:
-            parts = ray.get(refs)
+        slots = deque(self._submit_steps(start))
+        while slots:
+            step, refs = slots.popleft()  # dropped once read: no step's latents stay pinned
+            ray.wait(refs, num_returns=len(refs))
             if step in self.job.checkpoints:
-                for shard, latents in zip(self.shards, parts):
-                    self.checkpoints.put(step, *shard.owns, latents)
+                for shard, ref in zip(self.shards, refs):  # one shard's latents at a time
+                    self.checkpoints.put(step, *shard.owns, ray.get(ref))
                 self.checkpoints.keep_only(step)
+            else:
+                ray.get(refs)  # raises if a step failed
             self.progress.steps_done(step, self.job.steps)
             self.progress.stage(f"denoising: step {step}/{self.job.steps}")
         self.denoise_seconds += time.perf_counter() - t0
@@ -135,6 +144,7 @@ class CoDenoiser:
                 returns = len(shard.peers) + 1
                 refs = actor.latent_step.options(num_returns=returns).remote(apply, *(inbox[shard.index] if apply else ()))
                 refs = [refs] if returns == 1 else list(refs)
+                self.inflight.append(refs[-1])
                 for ref, peer in zip(refs, shard.peers):
                     next_inbox[peer][self.shards[peer].peers.index(shard.index)] = ref
                 step_slots.append(refs[-1])
@@ -169,6 +179,7 @@ class CoDenoiser:
             while len(pending[shard.index]) < DECODE_AHEAD and chunks[shard.index]:
                 a, b = chunks[shard.index].popleft()
                 pending[shard.index].append(self.actors[shard.index].latent_decode.remote(a, b))
+                self.inflight.append(pending[shard.index][-1])
 
         for shard in self.shards:
             top_up(shard)
@@ -194,14 +205,18 @@ class CoDenoiser:
                 if hand_over:
                     carry = state
                 pending.append(frames)
+                self.inflight.append(frames)
             yield ray.get(pending.popleft())
 
     # -- faults ------------------------------------------------------------------------------
     def _recover(self, err: Exception, next_frame: int) -> None:
         """Keep the actors that still answer and start again from the last checkpoint."""
         if len(self.recoveries) >= self.retries:
-            raise LatentError(f"co-denoising failed {len(self.recoveries) + 1} times (retries: {self.retries}); "
+            raise LatentError(f"co-denoising lost actors {len(self.recoveries) + 1} times (retries: {self.retries}); "
                               f"last error: {first_line(err)}") from err
+        for ref in self.inflight:  # the survivors' queued steps would only fail, later: drop them
+            ray.cancel(ref)
+        self.inflight = []
         alive, infos = [], []
         deadline = time.monotonic() + ACTOR_RETURN_WAIT_S
         for actor in self.actors:
@@ -237,6 +252,14 @@ class CoDenoiser:
             "wait_share": round(1 - sum(busy) / (wall * len(busy)), 4) if wall and busy else None,
             "shard_stats": self.stats,
         }
+
+
+def _raised_by_the_code(err: Exception) -> bool:
+    """An exception the actor's code raised (a bug, bad inputs, out of memory), as opposed
+    to an actor, node or object that was lost."""
+    cause = getattr(err, "cause", None)
+    return isinstance(err, ray.exceptions.RayTaskError) and cause is not None and not isinstance(
+        cause, ray.exceptions.RayError)
 
 
 def _answer(actor, deadline: float) -> dict | None:

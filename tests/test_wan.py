@@ -196,3 +196,23 @@ def test_wan_image_to_video_renders_through_the_farm_crossfaded(shared_ray, tmp_
     report = render(spec, workers=2, threads=1, store=tmp_path / "store")
     assert read_frames(out).shape == (40, 64, 64, 3) and report["reconcile"] == "crossfade"
     assert [w["conditioned_on"]["first_frame"] for w in report["windows"]] == [True, False, False]
+
+
+def test_a_wan_job_without_a_window_block_gets_wans_native_windows(tmp_path):
+    data = wan_spec(tmp_path, frames=161)
+    del data["window"]
+    spec = parse_spec(data)
+    assert (spec.window.length, spec.window.overlap, spec.window.reconcile) == (81, 16, "latent")
+    tiled = wan_spec(tmp_path)
+    tiled["model"] = {**tiled["model"], "memory": {"vae_tiling": True}}
+    with pytest.raises(SpecError, match="model.memory.vae_tiling: a co-denoised wan video is decoded one latent frame"):
+        parse_spec(tiled)
+
+
+def test_a_bf16_wan_job_co_denoises_on_several_actors(one_thread, tmp_path):
+    """Predictions leave a shard as fp32 (numpy has no bfloat16); the fold upcasts its own
+    the same way, so the frames still do not depend on the actors."""
+    spec = parse_spec(wan_spec(tmp_path, model={"pipeline": "wan", "base": "tiny", "dtype": "bf16"}))
+    renderer = renderer_class("wan")(spec, "cpu")
+    assert renderer.pipe.transformer.dtype == torch.bfloat16
+    assert np.array_equal(lockstep(renderer, spec, 2), lockstep(renderer, spec, 1))

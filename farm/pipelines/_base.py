@@ -56,6 +56,8 @@ class Pipeline:
     #: the renderer then has the `latent_*` methods farm/latent.py calls). Else why not,
     #: for the error that refuses it; the pipeline's default is then `crossfade`.
     no_latent: ClassVar[str | None] = None
+    #: Fields a co-denoised job of this pipeline does not take, each with the reason.
+    latent_refuses: ClassVar[dict[str, str]] = {}
 
     # What the job spec may say for this pipeline; farm/spec.py reads these.
     #: The spec block that holds this pipeline's own inputs (`svd:`, `control:`), and what it
@@ -74,8 +76,9 @@ class Pipeline:
     no_text: ClassVar[str | None] = None
     #: Fields under `model:` this pipeline does not take, each with the reason.
     refuses: ClassVar[dict[str, str]] = {}
-    #: Its own defaults for top-level spec fields.
+    #: Its own defaults for top-level spec fields, and for the fields of `window:`.
     defaults: ClassVar[dict] = {}
+    window_defaults: ClassVar[dict] = {}
 
     def key_fields(self, spec: "JobSpec") -> dict:
         """What this pipeline adds to the model part of every window key (farm.keys):

@@ -53,6 +53,7 @@ class Svd(Pipeline):
                               "use model.memory.decode_chunk_size",
     }
     defaults = {"guidance": 3.0}  # SVD's max_guidance_scale in diffusers
+    window_defaults = {"overlap": 1, "reconcile": "crossfade"}
 
     def key_fields(self, spec: "JobSpec") -> dict:
         return {

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from farm.errors import FarmError
 from farm.models.tiny import TINY_WAN
 from farm.pipelines._base import LoadedRenderer, Pipeline
 from farm.tasks import Overrides, WindowTask
@@ -44,6 +45,9 @@ class Wan(Pipeline):
         "memory.forward_chunking": "forward chunking is a UNet knob; wan is a transformer",
     }
     defaults = {"guidance": 5.0}  # WanPipeline's default
+    window_defaults = {"length": 81, "overlap": 16}  # Wan's native 81 frames; 4 shared latent frames
+    latent_refuses = {"model.memory.vae_tiling": "a co-denoised wan video is decoded one latent frame at a time, "
+                                                 "in order across the actors, without tiles; use it with crossfade"}
 
     def key_fields(self, spec: "JobSpec") -> dict:
         wan = spec.wan_settings
@@ -105,9 +109,11 @@ class WanRenderer(LoadedRenderer):
 
     # Co-denoising (farm/latent.py) -------------------------------------------------------
     def latent_dtype(self):
+        """fp32: WanPipeline prepares its latents in fp32 (its flow-matching step then returns
+        the transformer's dtype; the farm keeps fp32 throughout, the same in fp32 runs)."""
         import torch
 
-        return torch.float32  # WanPipeline keeps its latents in fp32 whatever the transformer's dtype
+        return torch.float32
 
     def latent_timesteps(self, steps: int) -> list:
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
@@ -173,6 +179,9 @@ class WanRenderer(LoadedRenderer):
         import torch
 
         vae = self.pipe.vae
+        hook = getattr(vae, "_hf_hook", None)
+        if hook is not None:  # model CPU offload: calling the decoder's parts skips the hook that moves it
+            hook.pre_forward(vae)
         z_dim = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
@@ -205,6 +214,9 @@ def load_wan(spec: "JobSpec", device: str, pipeline_class, tiny: str):
     pipe = _load("model.base", model.base, lambda: pipeline_class.from_pretrained(ref, dtype=dtype))
     if dtype != _fp32():
         pipe.vae.to(_fp32())  # the Wan VAE is run in fp32, as the diffusers guide loads it
+    if pipe.config.expand_timesteps or getattr(pipe.vae.config, "patch_size", None):
+        raise FarmError(f"model.base {model.base!r} is a Wan 2.2 TI2V checkpoint (a patchified VAE and per-token "
+                        "timesteps), which the farm does not run yet; use a Wan 2.1 or Wan 2.2 A14B checkpoint")
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config,
                                                                  shift=spec.wan_settings.shift)
     pipe.set_progress_bar_config(disable=True)
