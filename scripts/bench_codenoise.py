@@ -46,6 +46,10 @@ sim        SIMULATED: one machine announces --actors logical GPUs to Ray (as
            beside it (--no-crossfade to skip). FARM_LATENT_PLACEMENT_S is raised to 900 s here
            (default 120 s) so a slow start of 64 actors on 2 cores does not start the job
            on fewer.
+transport  SIMULATED actors (as `sim`, --actors 4 --windows 8 --seconds 1 suit it): the farm's
+           transport (`refs`: predictions go from actor to actor by object ref, every step
+           submitted at once) against the driver relay (`driver`: FARM_LATENT_TRANSPORT's
+           other value), at --sizes 32,512, interleaved: denoise wall and wait_share.
 seams      The tiny model, --seeds seeds, both modes (1 actor): per-seam disagreement of the
            neighbouring windows (crossfade) vs fused (latent), the seam jump ratios
            (farm.metrics.seam_ratios), flicker score, and how far the two videos are apart
@@ -58,6 +62,7 @@ Commands (repository root; `all` runs the four parts one after the other):
     .venv/bin/python scripts/bench_codenoise.py freenoise [--frames 76 --steps 8 --repeats 2]
     .venv/bin/python scripts/bench_codenoise.py sim [--actors 64 --windows 128 --seconds 4 --steps 20]
     .venv/bin/python scripts/bench_codenoise.py seams [--seeds 3] [--fullsize /tmp/models]
+    .venv/bin/python scripts/bench_codenoise.py transport --actors 4 --windows 8 --seconds 1 --sim-steps 10 --repeats 3
 """
 
 from __future__ import annotations
@@ -527,6 +532,54 @@ def part_sim(args) -> None:
               f"others CPU {c['others_cpu']:.2f}")
 
 
+# -- 5. transport ----------------------------------------------------------------------------
+def part_transport(args) -> None:
+    """The two ways predictions can travel between shards, side by side: `refs` (the farm's:
+    each step's object refs go straight into the peers' next calls, all steps submitted at
+    once) and `driver` (the driver fetches every step's predictions and submits the next
+    step with the values). SIMULATED actors (as `sim`), at two frame sizes: at 32x32 a
+    prediction piece is a few KB (Ray inlines it in the reply to the owner, the driver);
+    at 512x512 it is 256 KB (Ray's shared-memory object store, fetched by the peer)."""
+    import scheduler.codenoise as codenoise
+
+    tmp = tempfile.mkdtemp(prefix="bench-codenoise-transport-")
+    start_ray(num_cpus=args.actors + 4, num_gpus=args.actors)
+    rows: dict[tuple[int, str], list[dict]] = {}
+    specs = {size: with_fields(sim_job(args.windows, 16, 4, size, args.seconds, os.path.join(tmp, f"t{size}.mp4")),
+                               steps=args.steps, window__reconcile="latent") for size in args.sizes}
+    for r in range(args.repeats):
+        for size in args.sizes:
+            for transport in ("refs", "driver"):
+                codenoise.TRANSPORT = transport
+                rep = farm(specs[size], args.actors, 1)
+                lat = rep["latent"]
+                rows.setdefault((size, transport), []).append(
+                    {"render": rep["stages"]["render"], "denoise": lat["denoise_seconds"], "wait": lat["wait_share"],
+                     "bytes": lat["exchange_bytes_per_step"]})
+                print(f"repeat {r + 1}: {size}x{size} {transport}: denoise {lat['denoise_seconds']:.3f} s, "
+                      f"wait_share {lat['wait_share']:.4f}", flush=True)
+    codenoise.TRANSPORT = "refs"
+    import ray
+
+    ray.shutdown()
+    ideal = math.ceil(args.windows / args.actors) * args.seconds
+    print()
+    print("=== SIMULATION (SimulatedRenderer sleeps; not a real model) ===")
+    print(f"machine: {CORES} cores, {cpu_model()}; {args.actors} simulated actors, {args.windows} windows of 16/4, "
+          f"S = {args.seconds:g} s per window, {args.steps} steps; ideal denoise {ideal:.3f} s; "
+          f"{args.repeats} interleaved repeats")
+    print(f"{'size':>9} {'transport':>10} {'denoise min':>12} {'median':>8} {'per step over ideal':>20} "
+          f"{'wait_share':>11} {'bytes/step':>11}")
+    for (size, transport), v in rows.items():
+        d = [x["denoise"] for x in v]
+        print(f"{size:>9} {transport:>10} {min(d):>12.3f} {statistics.median(d):>8.3f} "
+              f"{1000 * (min(d) - ideal) / args.steps:>17.1f} ms {statistics.median(x['wait'] for x in v):>11.4f} "
+              f"{v[0]['bytes']:>11}")
+    for size in args.sizes:
+        lo, med = ratios([x["denoise"] for x in rows[(size, "driver")]], [x["denoise"] for x in rows[(size, "refs")]])
+        print(f"{size}x{size}: driver / refs denoise wall {lo:.3f}x (minima), {med:.3f}x (median per repeat)")
+
+
 # -- 4. seams --------------------------------------------------------------------------------
 def _frames(path: str) -> np.ndarray:
     from farm.video import iter_frames
@@ -618,7 +671,9 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "_child":
         return _child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["ratio", "freenoise", "sim", "seams", "all"])
+    ap.add_argument("part", choices=["ratio", "freenoise", "sim", "seams", "transport", "all"])
+    ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[32, 512],
+                    help="transport: frame sizes")
     ap.add_argument("--frames", type=int, default=76, help="ratio, freenoise: frames (76 = 6 windows of 16/4)")
     ap.add_argument("--size", type=int, default=64, help="frame width = height (sim: see --sim-size)")
     ap.add_argument("--steps", type=int, default=8, help="ratio, freenoise: DDIM steps")
@@ -650,7 +705,11 @@ def main() -> None:
           f"{cpu_model()}", flush=True)
     parts = ["ratio", "freenoise", "sim", "seams"] if args.part == "all" else [args.part]
     for part in parts:
-        if part == "sim":
+        if part == "transport":
+            t_args = argparse.Namespace(**vars(args))
+            t_args.steps = args.sim_steps
+            part_transport(t_args)
+        elif part == "sim":
             sim_args = argparse.Namespace(**vars(args))
             sim_args.steps, sim_args.size = args.sim_steps, args.sim_size
             part_sim(sim_args)

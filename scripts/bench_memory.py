@@ -63,7 +63,7 @@ def job_dict(config: str, frames: int, out: str) -> dict:
         "width": size,
         "height": size,
         "steps": steps,
-        "window": {"length": 16, "overlap": 4, "blend": "linear"},
+        "window": {"length": 16, "overlap": 4, "blend": "linear", "reconcile": "crossfade"},
         "output": out,
     }
 

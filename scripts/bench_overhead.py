@@ -51,7 +51,7 @@ def job(frames: int, out: str, size: int = 64, steps: int = 4, models: tuple | N
             "width": size,
             "height": size,
             "steps": steps,
-            "window": {"length": 16, "overlap": 4},
+            "window": {"length": 16, "overlap": 4, "reconcile": "crossfade"},  # windows dispatched one by one
             "output": out,
         }
     )

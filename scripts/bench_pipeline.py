@@ -76,7 +76,7 @@ def job(args, out: str, interpolate: bool, sim: float | None = None):
         "width": args.size,
         "height": args.size,
         "steps": args.steps,
-        "window": {"length": 16, "overlap": 4, "blend": "linear"},
+        "window": {"length": 16, "overlap": 4, "blend": "linear", "reconcile": "crossfade"},
         "output": out,
     }
     if interpolate:

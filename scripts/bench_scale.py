@@ -61,7 +61,7 @@ def job(windows: int, length: int, overlap: int, size: int, seconds: float, out:
             "width": size,
             "height": size,
             "steps": 1,
-            "window": {"length": length, "overlap": overlap, "blend": blend},
+            "window": {"length": length, "overlap": overlap, "blend": blend, "reconcile": "crossfade"},
             "encode": {"parallel": encoders},
             "output": out,
         }

@@ -50,7 +50,7 @@ def job(frames: int, size: int, steps: int, seed: int, blend: str, out: str):
             "height": size,
             "steps": steps,
             "seed": seed,
-            "window": {"length": 16, "overlap": 4, "blend": blend},
+            "window": {"length": 16, "overlap": 4, "blend": blend, "reconcile": "crossfade"},
             "output": out,
         }
     )
