@@ -18,7 +18,8 @@ import yaml  # noqa: E402
 def base_spec(tmp_path, **overrides) -> dict:
     """A small valid AnimateDiff job as a plain dict; `overrides` replace top-level keys."""
     spec = {
-        "model": {"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny", "dtype": "auto"},
+        # no warm-up window: it changes no frame (tests/test_ray_render.py) and costs each actor start
+        "model": {"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny", "dtype": "auto", "warmup": False},
         "prompt": "a red fox running through snow",
         "negative_prompt": "blurry, flickering",
         "frames": 52,

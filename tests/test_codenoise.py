@@ -192,7 +192,7 @@ def test_the_farm_renders_a_latent_job_with_the_same_frames_on_1_and_4_actors_of
         shared_ray, animatediff, tmp_path, monkeypatch):
     import scheduler.driver
 
-    monkeypatch.setattr(scheduler.driver, "LATENT_PLACEMENT_S", 10.0)  # the shared Ray has 4 CPUs
+    monkeypatch.setattr(scheduler.driver, "LATENT_PLACEMENT_S", 6.0)  # the shared Ray has 4 CPUs
     spec = _spec(tmp_path, frames=64)
     spec = spec.model_copy(update={"encode": spec.encode.model_copy(update={"crf": 0}),
                                    "model": spec.model.model_copy(update={"warmup": False})})

@@ -115,7 +115,7 @@ def test_the_warmup_window_changes_no_frame(tmp_path):
     from scheduler.driver import render
 
     model = base_spec(tmp_path)["model"]
-    warm = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "warm.mp4")))
+    warm = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "warm.mp4"), model=model | {"warmup": True}))
     cold = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "cold.mp4"), model=model | {"warmup": False}))
     with_warmup = render(warm, store=False, workers=1, threads=1)
     without = render(cold, store=False, workers=1, threads=1)
