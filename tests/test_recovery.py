@@ -168,7 +168,8 @@ def test_losing_two_of_four_nodes_mid_job_loses_no_window(cluster, reference, tm
 
 
 # -- co-denoised jobs (window.reconcile: latent) ----------------------------------------------
-LATENT = {"frames": 64, "steps": 4, "window": {"length": 16, "overlap": 4, "reconcile": "latent", "checkpoint_every": 1}}
+LATENT = {"frames": 64, "steps": 4, "window": {"length": 16, "overlap": 4, "reconcile": "latent", "checkpoint_every": 1},
+          "encode": {"crf": 0}}
 
 
 def _latent(tmp_path, name, workers, faults=None, progress=None):
@@ -179,10 +180,20 @@ def _latent(tmp_path, name, workers, faults=None, progress=None):
 
 
 @pytest.fixture(scope="module")
-def latent_reference(cluster, tmp_path_factory):
+def latent_reference(one_thread, tmp_path_factory):
+    """The job's frames with its shards run in turn in this process (tests/lockstep.py),
+    through the same lossless encoder: what every recovered job must give."""
+    from farm.encode import open_writer
+    from farm.renderers import renderer_class
+    from tests.lockstep import lockstep
+
     tmp = tmp_path_factory.mktemp("latent_reference")
-    report = _latent(tmp, "reference.mp4", workers=1)
-    assert report["latent"]["actors"] == 1 and report["latent"]["recoveries"] == []
+    data = base_spec(tmp, output=str(tmp / "reference.mp4"), **LATENT)
+    spec = parse_spec(data)
+    frames = lockstep(renderer_class("animatediff")(spec, "cpu"), spec, 1)
+    with open_writer(tmp / "reference.mp4", 64, 64, spec.fps, 0, spec.encode.preset) as out:
+        for frame in frames:
+            out.write(frame)
     return read_frames(tmp / "reference.mp4")
 
 
@@ -214,7 +225,7 @@ def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_f
     monkeypatch.setattr(scheduler.codenoise, "ACTOR_RETURN_WAIT_S", 5.0)
     doomed = cluster.farm_workers[0]
     try:  # four actors on the four pipe nodes: the lost one has nowhere to restart
-        report = _latent(tmp_path, "lost.mp4", workers=4, faults={"delay": 0.4},  # steps slow enough to die in
+        report = _latent(tmp_path, "lost.mp4", workers=4, faults={"delay": 1.0},  # steps slow enough to die in
                          progress=_KillNodeAtStep(cluster, doomed, 1))
     finally:
         cluster.farm_workers = cluster.farm_workers[1:] + [cluster.add_node(num_cpus=1, resources=PIPE)]
