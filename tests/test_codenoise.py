@@ -212,7 +212,9 @@ def test_the_farm_renders_a_latent_job_on_4_actors_of_6_asked_with_the_frames_of
     assert r["latent"]["exchange_bytes_per_step"] > 0 and r["latent"]["resumed_from_step"] == 0
 
 
-def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ray, animatediff, tmp_path):
+def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ray, one_thread, tmp_path):
+    """Run with Wan (a video VAE, a causal decoder carried across shards: the longest path
+    through resuming); the checkpoints and the resume are the same code for every pipeline."""
     import os
     import signal
     import subprocess
@@ -223,32 +225,35 @@ def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ra
 
     from farm.keys import latent_job_key, model_identity, task_key
 
-    data = base_spec(tmp_path, frames=40, steps=6, output=str(tmp_path / "killed.mp4"),
-                     window={"length": 16, "overlap": 4, "reconcile": "latent", "checkpoint_every": 2},
-                     encode={"crf": 0})
-    data["model"] = {**data["model"], "warmup": False, "faults": {"delay": 0.4}}
+    data = {"model": {"pipeline": "wan", "base": "tiny", "warmup": False, "faults": {"delay": 0.4}},
+            "prompt": "a red fox running through snow", "negative_prompt": "blurry", "frames": 41, "fps": 16,
+            "width": 64, "height": 64, "steps": 6, "guidance": 5.0, "seed": 1, "wan": {"max_sequence_length": 16},
+            "window": {"length": 17, "overlap": 8, "reconcile": "latent", "checkpoint_every": 2},
+            "encode": {"crf": 0}, "output": str(tmp_path / "killed.mp4")}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
+    plan = plan_windows(spec)
     model_id = model_identity(spec, "cpu")
-    key = latent_job_key([task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan_windows(spec).windows],
-                         spec.window.blend)
+    key = latent_job_key([task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan.windows], spec.window.blend)
     checkpoints = LatentCheckpoints(tmp_path / "store", key)
+    latent_frames = plan.latent_windows[-1].end
     driver = subprocess.Popen([str(Path(sys.executable).parent / "farm"), "render", str(tmp_path / "job.yaml"),
                                "--workers", "2", "--threads", "1", "--store", str(tmp_path / "store")],
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while checkpoints.latest(spec.frames) == 0 and driver.poll() is None and time.monotonic() < deadline:
+        while checkpoints.latest(latent_frames) == 0 and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
     finally:
         driver.wait()
-    saved = checkpoints.latest(spec.frames)
+    saved = checkpoints.latest(latent_frames)
     assert 2 <= saved < spec.steps and not (tmp_path / "killed.mp4").exists()
 
     report = render(spec, workers=2, threads=1, store=tmp_path / "store")
     assert report["latent"]["resumed_from_step"] >= saved
     with open_writer(tmp_path / "reference.mp4", 64, 64, spec.fps, 0, spec.encode.preset, 1, 120) as out:
-        for frame in lockstep(animatediff, spec, 1):
+        for frame in lockstep(renderer_class("wan")(spec, "cpu"), spec, 1):
             out.write(frame)
+    assert read_frames(tmp_path / "killed.mp4").shape == (41, 64, 64, 3)
     assert np.array_equal(read_frames(tmp_path / "killed.mp4"), read_frames(tmp_path / "reference.mp4"))
