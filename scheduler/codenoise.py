@@ -6,18 +6,19 @@ planner (farm/codenoise.py); the arithmetic runs on the actors (farm/latent.py).
 Transport: each step is one actor call per shard. The call's return values are the
 predictions for each peer (one object each) and the shard's checkpoint slot; the driver
 passes a peer's object refs straight into the next step's call of the shard they are for,
-so the predictions go from actor to actor through Ray's object store and never through
-the driver, and the driver submits every step of every shard up front: Ray runs each
-actor's calls in order and starts a call once its peers' predictions exist. The driver
-only reads the checkpoint slots (a few bytes, or a shard's latents every
-`window.checkpoint_every` steps) and, at the end, the decoded frames.
+so the predictions go from actor to actor through Ray's object store, not through the
+driver. A shard's next call goes out as soon as its last one is done (and its peers have
+sent theirs), so a call never waits at the driver behind one that a lost actor can no
+longer answer. The driver reads only the checkpoint slots (a few bytes, or a shard's
+latents every `window.checkpoint_every` steps) and, at the end, the decoded frames.
 
 Faults: a lost actor fails its calls and, through their missing predictions, every call
-after them. The driver then asks each actor for its info (Ray restarts a lost actor where
-it can, reloading its pipeline); those that answer within ACTOR_RETURN_WAIT_S carry on,
-the windows are spread over them anew, and every shard restarts from the last whole
-checkpoint. The frames do not depend on how the windows are spread, so the video is the
-same bits as an undisturbed run.
+after them. The driver then restarts every actor of the job (`ray.kill` with restart: each
+reloads its pipeline, and no call of the failed attempt stays queued anywhere) and asks
+each for its info; those that answer within ACTOR_RETURN_WAIT_S carry on (an actor whose
+node is gone waits for resources and does not), the windows are spread over them anew,
+and every shard starts again from the last whole checkpoint. The frames do not depend on
+how the windows are spread, so the video is the same bits as an undisturbed run.
 """
 
 from __future__ import annotations
@@ -112,48 +113,61 @@ class CoDenoiser:
         ray.get(refs)
 
     def _denoise(self, start: int) -> None:
-        """Submit every step of every shard, then read the checkpoint slots step by step."""
+        """Step every shard from `start` to the last step. A shard's next call goes out as
+        soon as its own last call is done and each peer has sent the call whose predictions
+        it needs; the refs of those predictions go straight into it. So no call is ever
+        queued behind one that can no longer run: a call waiting for a lost actor's
+        predictions would hold up every later call of this driver to its actor, the
+        recovery's questions included. Each shard's checkpoint part is written as it comes."""
         t0 = time.perf_counter()
-        slots = deque(self._submit_steps(start))
-        while slots:
-            step, refs = slots.popleft()  # dropped once read: no step's latents stay pinned
-            ray.wait(refs, num_returns=len(refs))
-            if step in self.job.checkpoints:
-                for shard, ref in zip(self.shards, refs):  # one shard's latents at a time
-                    self.checkpoints.put(step, *shard.owns, ray.get(ref))
-                self.checkpoints.keep_only(step)
-            else:
-                ray.get(refs)  # raises if a step failed
-            self.progress.steps_done(step, self.job.steps)
-            self.progress.stage(f"denoising: step {step}/{self.job.steps}")
-        self.denoise_seconds += time.perf_counter() - t0
+        n, last = len(self.shards), self.job.steps
+        sent = [start - 1] * n  # the last call made to each shard (call k applies step k-1, evaluates step k)
+        done = [start - 1] * n  # the last call each shard finished
+        outs: dict[tuple[int, int], list] = {}  # (shard, call) -> its predictions for each peer, by ref
+        slots: dict = {}  # the slot ref of each shard's call in flight -> (shard, call)
+        parts = {}  # call -> shards whose part is in
 
-    def _submit_steps(self, start: int) -> list[tuple[int, list]]:
-        """One `latent_step` call per shard per step; each peer's predictions go, as object
-        refs, into the next call of the shard they are for. Returns, per step finished,
-        the shards' checkpoint-slot refs."""
-        inbox: list[list] = [[] for _ in self.shards]
-        slots = []
-        for step in range(start, self.job.steps + 1):
-            apply = step > start
-            if not apply and step == self.job.steps:
-                break  # resumed from the last step: nothing to denoise
-            next_inbox: list[list] = [[None] * len(s.peers) for s in self.shards]
-            step_slots = []
-            for shard, actor in zip(self.shards, self.actors):
-                returns = len(shard.peers) + 1
-                refs = actor.latent_step.options(num_returns=returns).remote(apply, *(inbox[shard.index] if apply else ()))
-                refs = [refs] if returns == 1 else list(refs)
-                self.inflight.append(refs[-1])
-                for ref, peer in zip(refs, shard.peers):
-                    next_inbox[peer][self.shards[peer].peers.index(shard.index)] = ref
-                step_slots.append(refs[-1])
-            if apply:
-                slots.append((step, step_slots))
-            if TRANSPORT == "driver":  # the step's predictions through the driver, step by step
-                next_inbox = [ray.get(refs) for refs in next_inbox]
-            inbox = next_inbox
-        return slots
+        def ready_to_send(j: int) -> bool:
+            k = sent[j] + 1
+            return k <= last and done[j] >= k - 1 and all(sent[p] >= k - 1 for p in self.shards[j].peers)
+
+        def send(j: int) -> None:
+            shard, k = self.shards[j], sent[j] + 1
+            inbox = [outs[(p, k - 1)][self.shards[p].peers.index(j)] for p in shard.peers] if k > start else []
+            if TRANSPORT == "driver":  # the predictions through the driver, for measuring
+                inbox = ray.get(inbox)
+            returns = len(shard.peers) + 1
+            refs = self.actors[j].latent_step.options(num_returns=returns).remote(k > start, *inbox)
+            refs = [refs] if returns == 1 else list(refs)
+            outs[(j, k)], sent[j] = refs[:-1], k
+            slots[refs[-1]] = (j, k)
+            self.inflight.append(refs[-1])
+
+        if start == last:
+            return  # resumed from the last step: nothing to denoise
+        for j in range(n):
+            send(j)
+        while slots:
+            [ref], _ = ray.wait(list(slots), num_returns=1)
+            j, k = slots.pop(ref)
+            latents = ray.get(ref)  # raises if the call failed
+            done[j] = k
+            if k > start:
+                if k in self.job.checkpoints:
+                    self.checkpoints.put(k, *self.shards[j].owns, latents)
+                parts.setdefault(k, set()).add(j)
+                if len(parts[k]) == n:  # every shard has finished step k
+                    if k in self.job.checkpoints:
+                        self.checkpoints.keep_only(k)
+                    self.progress.steps_done(k, last)
+                    self.progress.stage(f"denoising: step {k}/{last}")
+            waiting = [i for i in range(n) if ready_to_send(i)]
+            while waiting:  # a send can make a peer ready in turn
+                send(waiting.pop())
+                waiting = [i for i in range(n) if ready_to_send(i)]
+            for key in [key for key in outs if all(sent[p] >= key[1] + 1 or sent[p] == last for p in range(n))]:
+                del outs[key]  # every peer's next call has its refs
+        self.denoise_seconds += time.perf_counter() - t0
 
     def _decode(self, skip: int) -> Iterator[np.ndarray]:
         """The video's frames in order, a chunk of latent frames per call, leaving out the
@@ -217,10 +231,10 @@ class CoDenoiser:
         for ref in self.inflight:  # the survivors' queued steps would only fail, later: drop them
             ray.cancel(ref)
         self.inflight = []
+        for actor in self.actors:  # and every actor starts afresh: nothing of the failed attempt runs on
+            ray.kill(actor, no_restart=False)
         alive, infos = [], []
-        deadline = time.monotonic() + ACTOR_RETURN_WAIT_S
-        for actor in self.actors:
-            info = _answer(actor, deadline)
+        for actor, info in zip(self.actors, _answers(self.actors, ACTOR_RETURN_WAIT_S)):
             if info is None:
                 ray.kill(actor, no_restart=True)
             else:
@@ -262,18 +276,25 @@ def _raised_by_the_code(err: Exception) -> bool:
         cause, ray.exceptions.RayError)
 
 
-def _answer(actor, deadline: float) -> dict | None:
-    """The actor's info once it answers (a restarting actor is unavailable for a while),
-    or None if it is dead or has not answered by `deadline`."""
-    while True:
-        try:
-            return ray.get(actor.info.remote(), timeout=max(0.1, deadline - time.monotonic()))
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.5)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-            return None
+def _answers(actors: list, wait_s: float) -> list[dict | None]:
+    """Each actor's info once it answers, asked of all at once (a restarting actor is
+    unavailable for a while, and one that waits for a node that is gone must not use up
+    the others' time); None for those dead or silent after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    infos: list[dict | None] = [None] * len(actors)
+    pending = {actor.info.remote(): i for i, actor in enumerate(actors)}
+    while pending and time.monotonic() < deadline:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.1, deadline - time.monotonic()))
+        for ref in ready:
+            i = pending.pop(ref)
+            try:
+                infos[i] = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(0.2)
+                pending[actors[i].info.remote()] = i  # restarting: ask again
+            except ray.exceptions.RayError:
+                pass  # dead for good
+    return infos
 
 
 def _chunks(start: int, end: int) -> list[tuple[int, int]]:

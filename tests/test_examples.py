@@ -91,13 +91,16 @@ def test_the_30_second_scheduled_twin_renders_and_lists_its_prompts(twins):
     assert all(any(k <= p["from_frame"] <= p["to_frame"] < k + 8 for k in changes) for p in blends)
 
 
-def test_the_wan_twin_co_denoises_its_latent_windows_and_blends_its_prompts(twins):
-    report = _render("wan_t2v_long", twins)
-    assert probe(twins / "tiny" / "wan_t2v_long.mp4").frames == 65
-    # windows of 17 frames laid out in latent frames: 5 latent frames each, 2 shared
-    assert [(w["start"], w["end"]) for w in report["windows"]] == [(0, 17), (9, 29), (21, 41), (33, 53), (45, 65)]
-    assert report["reconcile"] == "latent" and all(s["fused"] for s in report["seams"])
-    assert report["spec"]["wan"]["shift"] == 3.0
+def test_the_wan_twin_lays_its_latent_windows_out_in_latent_frames(twins):
+    """(Co-denoised Wan renders through the farm in tests/test_wan.py and tests/test_codenoise.py.)"""
+    from farm.plan import plan_windows
+
+    spec = parse_spec(yaml.safe_load((twins / "tiny" / "wan_t2v_long.yaml").read_text()), source="wan_t2v_long")
+    plan = plan_windows(spec)
+    assert spec.frames == 65 and spec.window.reconcile == "latent" and len(spec.schedule) == 2
+    # windows of 17 frames: 5 latent frames each, 2 shared
+    assert [(w.start, w.end) for w in plan.windows] == [(0, 17), (9, 29), (21, 41), (33, 53), (45, 65)]
+    assert [(w.start, w.end) for w in plan.latent_windows] == [(0, 5), (3, 8), (6, 11), (9, 14), (12, 17)]
 
 
 def test_the_wan_image_to_video_twin_starts_from_its_picture(twins):

@@ -222,10 +222,10 @@ def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_f
         cluster, latent_reference, tmp_path, monkeypatch):
     import scheduler.codenoise
 
-    monkeypatch.setattr(scheduler.codenoise, "ACTOR_RETURN_WAIT_S", 5.0)
+    monkeypatch.setattr(scheduler.codenoise, "ACTOR_RETURN_WAIT_S", 25.0)  # the survivors reload their pipelines
     doomed = cluster.farm_workers[0]
     try:  # four actors on the four pipe nodes: the lost one has nowhere to restart
-        report = _latent(tmp_path, "lost.mp4", workers=4, faults={"delay": 1.0},  # steps slow enough to die in
+        report = _latent(tmp_path, "lost.mp4", workers=4, faults={"delay": 0.6},  # steps slow enough to die in
                          progress=_KillNodeAtStep(cluster, doomed, 1))
     finally:
         cluster.farm_workers = cluster.farm_workers[1:] + [cluster.add_node(num_cpus=1, resources=PIPE)]
