@@ -224,11 +224,12 @@ class CoDenoiser:
 
     # -- faults ------------------------------------------------------------------------------
     def _recover(self, err: Exception, next_frame: int) -> None:
-        """Keep the actors that still answer and start again from the last checkpoint."""
+        """Restart every actor, keep those that answer, and start again from the last
+        whole checkpoint (the next attempt of `frames`)."""
         if len(self.recoveries) >= self.retries:
             raise LatentError(f"co-denoising lost actors {len(self.recoveries) + 1} times (retries: {self.retries}); "
                               f"last error: {first_line(err)}") from err
-        for ref in self.inflight:  # the survivors' queued steps would only fail, later: drop them
+        for ref in self.inflight:  # calls of the failed attempt not started yet: drop them
             ray.cancel(ref)
         self.inflight = []
         for actor in self.actors:  # and every actor starts afresh: nothing of the failed attempt runs on
