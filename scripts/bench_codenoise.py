@@ -74,7 +74,7 @@ import os
 # after 120 s.
 os.environ.setdefault("FARM_LATENT_PLACEMENT_S", "900")
 
-from _bench import cpu_model  # noqa: E402
+from _bench import Periodic, cpu_model  # noqa: E402
 from bench_scale import CpuSampler, analyse  # noqa: E402  (also puts the repository on sys.path)
 from bench_scale import job as sim_job  # noqa: E402
 
@@ -249,7 +249,7 @@ def _pss(pid: int) -> int:
     return 0
 
 
-class TreeMemory:
+class TreeMemory(Periodic):
     """Samples the memory of this process and all its descendants every `period` s (see the
     module docstring). `mark()` resets every tree process's peak (clear_refs 5) and starts
     the "during the render" peaks; `sample()` may also be called directly."""
@@ -257,15 +257,14 @@ class TreeMemory:
     def __init__(self, period: float = 0.2, pss_every: int = 5):
         import psutil
 
+        super().__init__(period)
         self.me = psutil.Process()
-        self.period, self.pss_every = period, pss_every
+        self.pss_every = pss_every
         self.procs: dict[int, dict] = {}  # pid -> {name, hwm, hwm_run, rss_mark}
         self.pss_peak = 0
         self.marked = False
         self.lock = threading.Lock()
         self._n = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _tree(self) -> list:
         import psutil
@@ -315,18 +314,8 @@ class TreeMemory:
             self.marked = True
         self.sample()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.period)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
+        self.sample()
 
 
 def _mib(kb: float) -> float:

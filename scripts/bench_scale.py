@@ -33,7 +33,7 @@ job too, e.g. `--seconds 4 --windows 512 --small-actors 0 --no-e2 --capacity-siz
 
 from __future__ import annotations
 
-from _bench import cpu_model
+from _bench import Periodic, cpu_model
 
 import argparse
 import logging
@@ -148,7 +148,7 @@ def analyse(report: dict, actors: int, seconds: float) -> dict:
     }
 
 
-class CpuSampler:
+class CpuSampler(Periodic):
     """Samples, every `period` s: the machine's busy CPU time (/proc/stat, every process,
     other users' included), the CPU time of this driver's whole process tree (the driver,
     ffmpeg, and the Ray head and actors it started; summed from per-process increments
@@ -157,12 +157,8 @@ class CpuSampler:
     `between(t0, t1)` says how loaded the machine was, and by whom."""
 
     def __init__(self, period: float = 0.25):
-        import threading
-
-        self.period = period
+        super().__init__(period)
         self.samples: list[tuple[float, ...]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
         self._ffmpeg: dict[int, float] = {}
         self._hz = os.sysconf("SC_CLK_TCK")
         self._last: dict[int, float] = {}
@@ -206,18 +202,7 @@ class CpuSampler:
         self._last = now
         return (time.perf_counter(), (total - idle) / hz, total / hz, own, sum(self._ffmpeg.values()), self._tree)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(self._sample())
-            self._stop.wait(self.period)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
         self.samples.append(self._sample())
 
     def between(self, t0: float, t1: float) -> dict:

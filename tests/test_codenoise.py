@@ -155,17 +155,17 @@ def test_controlnet_frames_are_the_same_bits_on_1_to_4_actors(one_thread, tmp_pa
     assert all(np.array_equal(frames[n], frames[1]) for n in (2, 3, 4))
 
 
-def test_fusing_changes_the_frames_in_the_overlaps_only_near_them(animatediff, tmp_path):
-    """Against each window denoised alone: the fused video differs where windows overlap
-    (and, through the motion modules, around them), and the first window's own frames
-    far from any seam still follow the same denoising."""
+def test_fusing_changes_a_window_most_where_it_overlaps_its_neighbour(animatediff, tmp_path):
+    """Against the first window denoised alone: the fused video differs most over the
+    frames it shares with the second window (12-15), less far from the seam (0-3), where
+    only the motion modules carry the change."""
     spec = _spec(tmp_path, frames=28)
     animatediff.spec = spec
     fused = lockstep(animatediff, spec, 2)
     alone = animatediff.render(WindowTask.from_spec(spec, plan_windows(spec).windows[0]))
     diff = np.abs(fused[:16].astype(np.int16) - (np.clip(np.rint(alone * 255), 0, 255)).astype(np.int16)).mean(axis=(1, 2, 3))
     assert diff[12:].mean() > 0.5  # the overlap is fused with the second window
-    assert diff.max() > diff.min()
+    assert diff[12:].mean() > diff[:4].mean()
 
 
 def test_a_single_window_is_diffusers_own_loop(animatediff, tmp_path):
