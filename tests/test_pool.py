@@ -156,8 +156,8 @@ def test_a_chunk_that_fails_on_every_rife_actor_fails_the_job_with_a_report(undi
 
 
 def test_when_every_chunk_fails_the_error_says_what_the_rife_actors_hit(undisturbed, tmp_path):
-    """Every chunk raises: the RIFE actors' node is blocklisted before any chunk spends its
-    attempts, and the job's error still names the chunks' own error, not only 'no actor'."""
+    """Every chunk raises: the RIFE actors' node is blocklisted (an actor may be first)
+    before any chunk spends its attempts, and the job's error still names the chunks' own error, not only 'no actor'."""
     tmp, _ = undisturbed
     spec = _rife_job(tmp_path, "all.mp4", fail_chunks=list(range(20)))
     with pytest.raises(InterpolationError, match=r"no RIFE actor is left.*The last chunk error \(chunk \d+\): "
@@ -166,4 +166,6 @@ def test_when_every_chunk_fails_the_error_says_what_the_rife_actors_hit(undistur
     report = json.loads((tmp_path / "all.mp4.report.json").read_text())
     assert report["state"] == "FAILED" and "InjectedFault" in report["error"]
     assert report["interpolate"]["failed_attempts"] >= 3
-    assert [b["kind"] for b in report["interpolate"]["blocklist"]] == ["node"]
+    kinds = [b["kind"] for b in report["interpolate"]["blocklist"]]
+    # the node goes; an actor that happened to fail three chunks first may be listed before it
+    assert "node" in kinds and set(kinds) <= {"node", "actor"} and kinds.count("node") == 1
