@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from farm.tasks import FaultContext, WindowResult, WindowTask
@@ -95,6 +97,12 @@ class PipelineActor:
             fallbacks=fallbacks,
         )
 
+    def render_apart(self, task: WindowTask) -> tuple[WindowResult, np.ndarray]:
+        """`render` with the frames as a second return (`num_returns=2`): the driver takes
+        the small result and passes the frames' ref on to a segment task (the segment path,
+        scheduler/segments.py), so the frames never reach it."""
+        result = self.render(task)
+        return replace(result, frames=None), result.frames
 
     # Co-denoising (window.reconcile: latent): one shard of the video, stepped in lockstep
     # with the other actors' shards; farm/latent.py does the work, scheduler/codenoise.py

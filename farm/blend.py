@@ -145,13 +145,24 @@ class Reconciler:
         for k in range(lo, hi):  # neighbours that both cover frame f
             a = self._parts[k][f - self.windows[k].start]
             b = self._parts[k + 1][f - self.windows[k + 1].start]
-            self._disagree.setdefault(k, []).append(float(np.abs(np.subtract(a, b, dtype=np.float32)).mean()))
-        acc = None
-        for i in range(lo, hi + 1):
-            w = self.windows[i]
-            weight = float(self.weights[i][f - w.start])
-            if weight == 0.0:
-                continue
-            term = self._parts[i][f - w.start].astype(np.float32) * np.float32(weight)
-            acc = term if acc is None else acc + term
-        return levels_to_uint8(acc)
+            self._disagree.setdefault(k, []).append(disagreement(a, b))
+        return weighted_frame((self._parts[i][f - self.windows[i].start], float(self.weights[i][f - self.windows[i].start]))
+                              for i in range(lo, hi + 1))
+
+
+def disagreement(a, b) -> float:
+    """How much two windows' renders of one frame differ: mean absolute difference, in levels."""
+    return float(np.abs(np.subtract(a, b, dtype=np.float32)).mean())
+
+
+def weighted_frame(terms) -> np.ndarray:
+    """One blended frame from (frame, weight) pairs in window order: the same float32
+    arithmetic, in the same order, wherever it runs (the driver or a segment task), so the
+    frames are the same bits (zero weights are skipped)."""
+    acc = None
+    for frame, weight in terms:
+        if weight == 0.0:
+            continue
+        term = frame.astype(np.float32) * np.float32(weight)
+        acc = term if acc is None else acc + term
+    return levels_to_uint8(acc)

@@ -11,6 +11,8 @@ half file under the final name.
                           joined without re-encoding (concat demuxer, stream copy). For a
                           driver whose single encoder cannot keep up with its GPUs.
     open_writer           the one the spec's `encode.parallel` asks for
+    write_segment         one segment of the video encoded on its own (a segment task's,
+                          farm/segments.py), and `join_segments` to join them in order
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class ParallelVideoWriter(_Writer):
             self.abort()
             raise EncodeError(f"ffmpeg failed to finish {self.path}: {failed[0].error}")
         try:
-            _concat([s.path for s in self._segments], self._tmp)
+            join_segments([s.path for s in self._segments], self._tmp)
         except EncodeError:
             self.abort()
             raise
@@ -165,6 +167,50 @@ class ParallelVideoWriter(_Writer):
         for segment in self._segments:
             segment.join()
             segment.path.unlink(missing_ok=True)
+        self._tmp.unlink(missing_ok=True)
+
+
+class SegmentFiles(_Writer):
+    """The driver's side of the segment path (farm/segments.py): encoded segments arrive as
+    bytes, in any order, and are written next to the output at once (`add`), so the driver
+    holds none of them; `close` joins them in order into the output (stream copy) and moves
+    it into place with `os.replace`. `frames_written` counts the frames of the segments
+    added."""
+
+    def __init__(self, path: str | Path, segments: int):
+        self.path = Path(path)
+        self.segments = segments
+        self.frames_written = 0
+        self._parts: dict[int, Path] = {}
+        self._tmp = _part_file(self.path)
+
+    def add(self, index: int, data: bytes, frames: int) -> None:
+        if index in self._parts:
+            return  # a retried segment that had finished after all: the first copy stays
+        part = _part_file(self.path)
+        part.write_bytes(data)
+        self._parts[index] = part
+        self.frames_written += frames
+
+    def close(self) -> Path:
+        missing = [i for i in range(self.segments) if i not in self._parts]
+        if missing:
+            self.abort()
+            raise EncodeError(f"segments {missing[:8]} of {self.path} never arrived")
+        try:
+            join_segments([self._parts[i] for i in range(self.segments)], self._tmp)
+        except EncodeError:
+            self.abort()
+            raise
+        for part in self._parts.values():
+            part.unlink(missing_ok=True)
+        os.replace(self._tmp, self.path)
+        _remove_orphan_parts(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        for part in self._parts.values():
+            part.unlink(missing_ok=True)
         self._tmp.unlink(missing_ok=True)
 
 
@@ -230,8 +276,29 @@ def _ffmpeg_writer(path: Path, width: int, height: int, fps: float, crf: int, pr
     return gen
 
 
-def _concat(parts: list[Path], out: Path) -> None:
-    """Join mp4 segments of one encoding into `out` without re-encoding."""
+def write_segment(path: Path, encoding, frames) -> int:
+    """Encode `frames` (an iterable of uint8 (H, W, 3)) into the H.264 segment `path`, which
+    starts on a key frame; `encoding` is a farm.segments.Encoding. Returns the frames written."""
+    gen, n = None, 0
+    try:
+        for frame in frames:
+            _check_frame(frame, encoding.width, encoding.height, n)
+            if gen is None:
+                gen = _ffmpeg_writer(path, encoding.width, encoding.height, encoding.fps, encoding.crf,
+                                     encoding.preset, faststart=False)
+            gen.send(np.ascontiguousarray(frame))
+            n += 1
+        if gen is None:
+            raise EncodeError(f"segment {path.name} has no frames")
+        gen.close()
+    except (OSError, RuntimeError) as err:
+        raise EncodeError(f"ffmpeg stopped while writing frame {n} of {path.name}: {err}") from err
+    return n
+
+
+def join_segments(parts: list[Path], out: Path) -> None:
+    """Join mp4 segments of one encoding into `out` without re-encoding (concat demuxer,
+    stream copy, +faststart)."""
     listing = out.with_name(out.name + ".txt")
     listing.write_text("".join("file '{}'\n".format(str(p).replace("'", "'\\''")) for p in parts))
     try:

@@ -100,3 +100,19 @@ class Filmstrips:
     def strips(self) -> list[SeamStrip]:
         """The kept seams, in video order."""
         return sorted((s for _, _, s in self._kept), key=lambda s: s.window)
+
+
+def ranked(windows: Sequence[Window], parts: dict[int, dict], disagreement: dict[int, float],
+           keep: int = KEEP) -> list[SeamStrip]:
+    """The strips the segment tasks made (farm/segments.py; `parts`: seam → {"blended":
+    {frame: thumbnail}, "own": {window: {frame: thumbnail}}}), the `keep` whose windows
+    disagreed most, in video order: what `Filmstrips.strips()` gives on the driver path."""
+    strips = []
+    for prev, nxt in zip(windows, windows[1:]):
+        part = parts.get(prev.index)
+        if part is None:
+            continue
+        strips.append(SeamStrip(prev.index, (nxt.start - 1, prev.end), (nxt.start, prev.end - 1),
+                                disagreement.get(prev.index) or 0.0, dict(part["blended"]), dict(part["own"])))
+    kept = heapq.nlargest(keep, strips, key=lambda s: (s.disagreement, -s.window))
+    return sorted(kept, key=lambda s: s.window)

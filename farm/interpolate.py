@@ -72,14 +72,22 @@ class Chunk:
 
 def plan_chunks(r: Retiming, chunk: int) -> list[Chunk]:
     """Cut the input into chunks of `chunk` pairs sharing their end frames (pure)."""
+    return chunks_between(r, 0, max(r.frames_in - 1, 1), chunk, final=True)
+
+
+def chunks_between(r: Retiming, first: int, last: int, chunk: int, final: bool) -> list[Chunk]:
+    """The chunks of input frames [first, last] (a segment of the video; `final`: it ends
+    the video): chunks of `chunk` pairs from `first`, producing the output frames whose
+    positions lie in [first, last) (the final chunk also takes those at and past `last`).
+    Consecutive segments cut this way produce every output frame exactly once (pure)."""
     g = r.grid_positions()
     n, s = r.frames_in, r.steps
-    bounds = [(a, min(a + chunk, n - 1)) for a in range(0, max(n - 1, 1), chunk)]
+    bounds = [(a, min(a + chunk, last, n - 1)) for a in range(first, last, chunk)] or [(first, first)]
     out = []
     for i, (a, b) in enumerate(bounds):
-        final = i == len(bounds) - 1
+        rest = final and i == len(bounds) - 1
         lo = np.searchsorted(g, a * s, side="left")
-        hi = len(g) if final else np.searchsorted(g, b * s, side="left")
+        hi = len(g) if rest else np.searchsorted(g, b * s, side="left")
         out.append(Chunk(i, a, b, int(lo), tuple(int(x - a * s) for x in g[lo:hi])))
     return out
 

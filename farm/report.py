@@ -76,6 +76,9 @@ class Report(Mapping):
     seam_check: dict | None = None
     reconcile: str = "crossfade"  # window.reconcile
     latent: dict | None = None  # co-denoising: shards, checkpoints, resumed_from_step, recoveries, exchange
+    # where the frames were reconciled and encoded (`path`: driver or segments; the segments'
+    # tasks, nodes and attempts) and the driver's own CPU time per window
+    encode: dict | None = None
 
     def to_dict(self) -> dict:
         out = {}

@@ -163,6 +163,7 @@ class FaultSpec(_Strict):
     nan_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls decode to NaN frames
     fail_chunks: list[Frame] = Field([], max_length=MAX_LIST)  # these RIFE chunks raise on every attempt
     crash_on_step: Call | None = None  # latent: the last shard's actor exits on reaching this step, first life only
+    crash_segments: list[Frame] = Field([], max_length=MAX_LIST)  # these segment tasks' processes exit, first attempt
 
 
 
@@ -273,7 +274,11 @@ class EncodeSpec(_Strict):
     # ffmpeg processes encoding consecutive segments at once, joined without re-encoding at
     # the end; for drivers whose one encoder cannot keep up with many GPUs (docs/benchmarks.md)
     parallel: int = Field(1, ge=1, le=16)
-    segment_frames: int = Field(120, ge=8, le=MAX_FRAMES)  # frames per segment when parallel > 1
+    # frames per segment, at least (parallel > 1, or path: segments, where segments end mid-seam)
+    segment_frames: int = Field(120, ge=8, le=MAX_FRAMES)
+    # where the frames are reconciled, metered, interpolated and encoded: in the driver, in
+    # segment tasks on the cluster (the driver never touches a frame), or chosen by job size
+    path: Literal["auto", "driver", "segments"] = "auto"
 
 
 class InterpolateSpec(_Strict):
@@ -420,6 +425,32 @@ class JobSpec(_Root):
         yield from _prompt_source(v)
         yield from _faults_name_real_windows(v)
         yield from _faults_fit_reconcile(v)
+        yield from _segments_fit(v)
+
+
+def _segments_fit(v: dict) -> Rules:
+    """The segment path (`encode.path: segments`) takes windows that do not depend on one
+    another and a decoder without state; the driver's parallel writer is the other path's."""
+    path, pipeline = _get(v, "encode.path"), _get(v, "model.pipeline")
+    if path == "segments" and pipeline is not None:
+        why = segments_refused(descriptor(pipeline), _get(v, "window.reconcile"))
+        if why:
+            yield "encode.path", f"segments is not for this job: {why}; use driver (or auto)"
+    if path == "segments" and (_get(v, "encode.parallel") or 1) > 1:
+        yield "encode.parallel", "is the driver path's parallel writer; with path: segments the cluster encodes"
+    if _get(v, "model.faults.crash_segments") and path != "segments":
+        yield "model.faults.crash_segments", "needs encode.path: segments"
+    if _get(v, "model.faults.fail_chunks") and path == "segments":
+        yield "model.faults.fail_chunks", "fails the RIFE actors' chunks, which only encode.path: driver has"
+
+
+def segments_refused(d, reconcile: str | None) -> str | None:
+    """Why a job of pipeline `d` cannot take the segment path (None: it can)."""
+    if d.chained:
+        return "each window starts from the window before's last frame, which the driver must see"
+    if reconcile == "latent" and d.causal_decode:
+        return "its video decoder carries state from chunk to chunk, so its frames come to the driver in turn"
+    return None
 
 
 def _window_fits(v: dict) -> Rules:

@@ -33,6 +33,7 @@ import ray
 
 from farm.codenoise import Shard, partition
 from farm.errors import LatentError
+from farm.segments import Source
 from farm.codenoise import LatentJob
 from farm.store import LatentCheckpoints
 from farm.tasks import WindowTask
@@ -71,6 +72,18 @@ class CoDenoiser:
         self.stats: list[dict] = []
 
     def frames(self) -> Iterator[np.ndarray]:
+        for chunk in self._run(refs=False):
+            yield from chunk
+
+    def chunk_refs(self) -> Iterator[tuple[Source, ray.ObjectRef]]:
+        """The decoded chunks in order, each as (its frames, the ref of its array): the
+        frames stay in the object store for the segment tasks (scheduler/segments.py). For
+        decoders without state (not `causal_decode`), whose chunks are frames one to one."""
+        if self.job.causal_decode:
+            raise ValueError("a causal decoder's chunks reach the driver in turn: use frames()")
+        yield from self._run(refs=True)
+
+    def _run(self, refs: bool) -> Iterator:
         next_frame = 0
         while True:
             try:
@@ -81,9 +94,14 @@ class CoDenoiser:
                 self.progress.stage(f"denoising on {len(self.shards)} actors" + (f" from step {start}" if start else ""))
                 self._begin(start)
                 self._denoise(start)
-                for frames in self._decode(next_frame):
-                    next_frame += len(frames)
-                    yield from frames
+                if refs:
+                    for source, ref in self._decode_side_by_side(next_frame, refs=True):
+                        next_frame = source.end
+                        yield source, ref
+                else:
+                    for frames in self._decode(next_frame):
+                        next_frame += len(frames)
+                        yield frames
                 self.stats = ray.get([a.latent_stats.remote() for a in self.actors[: len(self.shards)]])
                 return
             except ray.exceptions.RayError as err:
@@ -184,24 +202,28 @@ class CoDenoiser:
             yield chunk[skip:]
             skip = 0
 
-    def _decode_side_by_side(self, first: int) -> Iterator[np.ndarray]:
-        """Every shard decodes a few chunks ahead of the driver, at the same time."""
+    def _decode_side_by_side(self, first: int, refs: bool = False) -> Iterator:
+        """Every shard decodes a few chunks ahead of the driver, at the same time. `refs`:
+        yield (Source, ref of the frames) once a chunk is decoded, leaving its frames where
+        they are (its second return, the decoder state, tells whether the call failed)."""
         chunks = {s.index: deque(_chunks(max(s.owns[0], first), s.owns[1])) for s in self.shards}
         pending = {s.index: deque() for s in self.shards}
 
         def top_up(shard: Shard) -> None:
             while len(pending[shard.index]) < DECODE_AHEAD and chunks[shard.index]:
                 a, b = chunks[shard.index].popleft()
-                pending[shard.index].append(self.actors[shard.index].latent_decode.remote(a, b))
-                self.inflight.append(pending[shard.index][-1])
+                frames, state = self.actors[shard.index].latent_decode.options(num_returns=2).remote(a, b)
+                pending[shard.index].append((a, b, frames, state))
+                self.inflight += [frames, state]
 
         for shard in self.shards:
             top_up(shard)
         for shard in self.shards:
             while pending[shard.index]:
-                ref = pending[shard.index].popleft()
+                a, b, frames, state = pending[shard.index].popleft()
+                ray.get(state)  # raises if the call failed
                 top_up(shard)
-                yield ray.get(ref)[0]
+                yield (Source(a, b), frames) if refs else ray.get(frames)
 
     def _decode_in_turn(self) -> Iterator[np.ndarray]:
         """A causal decoder: from the first frame, shard after shard, a few chunks ahead;

@@ -9,9 +9,14 @@ actors in chunks, and interpolated frames stream to ffmpeg in order. The driver 
 the windows and chunks around the front of the video, never the whole video.
 
 Steps 4-5 come in two kinds (`window.reconcile`): `crossfade` renders each window on its
-own and blends the decoded overlaps here; `latent` denoises all windows together on the
-actors (scheduler/codenoise.py), fusing the overlaps at every step, and the actors decode
-the frames, which arrive here final and in order.
+own and blends the decoded overlaps; `latent` denoises all windows together on the actors
+(scheduler/codenoise.py), fusing the overlaps at every step, and the actors decode the
+frames, final and in order.
+
+Steps 5-7 run in one of two places (`encode.path`): here, in the driver (`_InDriver`), or
+on the cluster, where segment tasks reconcile, meter, interpolate and encode consecutive
+segments of the video from the frames in the object store, and the driver only joins the
+encoded segments (scheduler/segments.py): it never touches a frame.
 
 What is specific to a pipeline (chained windows, per-window inputs, what may be stored)
 comes from its descriptor (farm/pipelines/); the driver never asks for a pipeline's name.
@@ -24,11 +29,14 @@ import os
 import time
 from pathlib import Path
 
+import ray
+
+from actors.segment import RifeSetup
 from farm.blend import Reconciler
 from farm.codenoise import LatentJob, checkpoint_steps, fuse_weights
 from farm.color import DriftMeter
-from farm.encode import VideoWriter, open_writer
-from farm.errors import FarmError, SeamCheckFailed, WindowFatal
+from farm.encode import SegmentFiles, VideoWriter, open_writer
+from farm.errors import ClusterError, FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
 from farm.keys import latent_job_key, model_identity, task_key
@@ -38,6 +46,7 @@ from farm.pipelines import descriptor
 from farm.plan import plan_windows
 from farm.prompts import window_prompts
 from farm.report import Report, report_path, versions
+from farm.segments import Encoding, Interpolation, choose_path, plan_latent_segments, plan_segments
 from farm.rife import backends, weights
 from farm.spec import InterpolateJob, JobSpec
 from farm.states import JobState, Ledger, WindowState
@@ -47,6 +56,7 @@ from farm.util import write_json_atomic
 from farm.video import iter_frames, probe
 from scheduler.cluster import (
     connect,
+    RIFE_GPU_SHARE,
     pool_shape,
     release_request,
     start_pipeline_actors,
@@ -59,6 +69,7 @@ from scheduler.dispatch import WindowDispatcher
 from scheduler.pool import ActorPool
 from scheduler.progress import NullProgress
 from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
+from scheduler.segments import SegmentStage, store_get, store_put
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
@@ -98,10 +109,11 @@ class RenderJob:
         self.clock = Stopwatch()
         self.stages: dict[str, float] = {}
         self.records: dict[int, dict] = {}
-        self.session = self.pool = self.interp = self.codenoiser = None
-        self.actors, self.actor_infos, self.rife_actors = [], [], []
+        self.session = self.pool = self.stream = self.codenoiser = None
+        self.actors, self.actor_infos, self.rife_actors, self.rife_infos = [], [], [], []
         self.t_render: float | None = None
-        self.frames_blended = self.frames_out = 0
+        self.frames_out = 0
+        self.store_writes: list = []  # the segment path's store writes, running on this node
 
     def run(self) -> Report:
         # 1. Validate what lives outside the spec (RIFE weights, ncnn, the bucket).
@@ -142,20 +154,30 @@ class RenderJob:
             self.tasks = [WindowTask.from_spec(self.spec, w) for w in self.plan.windows]
         self.ledger = Ledger([w.index for w in self.plan.windows], retries=self.spec.retries)
         self.inputs = _WindowInputs(self.spec)
+        self.path = choose_path(self.spec, len(self.plan.windows))  # `auto` may still become `driver` (step 3)
+        self.segmented = self.path == "segments"
+        ip = self.spec.interpolate
+        self.retime = retiming(self.spec.frames, self.spec.fps, fps=ip.fps, factor=ip.factor) if ip else None
 
     # 3. ------------------------------------------------------------------------------------
     def start_actors(self) -> None:
         spec, ip, progress = self.spec, self.spec.interpolate, self.progress
         progress.stage("starting actors")
-        rife_cpus = ip.workers if ip else 0
         self.clock.start("startup")
-        self.session = connect(self.address, cpus_wanted=(self.workers or 1) * (self.threads or 1) + rife_cpus)
+        segments = self.path != "driver"  # a CPU for the segment tasks, if it may come to that
+        rife_cpus = ip.workers if ip and self.path != "segments" else 0
+        self.session = connect(self.address, cpus_wanted=(self.workers or 1) * (self.threads or 1) + rife_cpus
+                               + segments)
         gpus = wants_gpus(self.session, self.gpus_per_worker)
         self.keys = _Keys(spec, "cuda" if gpus else "cpu")
-        self.workers, self.threads = pool_shape(self.session, self.workers, self.threads, reserved_cpus=rife_cpus,
-                                                gpus_per_worker=self.gpus_per_worker)
+        self.workers, self.threads = pool_shape(self.session, self.workers, self.threads,
+                                                reserved_cpus=rife_cpus + segments, gpus_per_worker=self.gpus_per_worker)
         if self.pipeline.chained:
             self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
+        self.path = _place_path(self.path, self.session, self.workers, 1 if gpus else self.threads)
+        self.segmented = self.path == "segments"
+        if ip and self.segmented:
+            rife_cpus = 0
         self.workers_asked = self.workers
         if self.latent or not self._all_stored():
             # a co-denoised job starts on the actors that could be placed: its frames are the same
@@ -166,34 +188,31 @@ class RenderJob:
                                                             "(waiting for nodes or model loads)"),
                 partial_after=LATENT_PLACEMENT_S if self.latent else None)
             self.keys.use_devices(info["device"] for info in self.actor_infos)
-        self.pool = ActorPool(self.actors, self.actor_infos, self.ledger, method="render",
-                              per_actor=PER_ACTOR_IN_FLIGHT, on_failure=progress.window_failed)
+        self.pool = ActorPool(self.actors, self.actor_infos, self.ledger, per_actor=PER_ACTOR_IN_FLIGHT,
+                              method="render_apart" if self.segmented else "render", apart=self.segmented,
+                              on_failure=progress.window_failed)
         self.interp = PassThrough()
-        if ip:
+        if ip and not self.segmented:  # the segment tasks interpolate their own segments
             faults = spec.model.faults
             self.rife_infos, self.interp = _start_interpolation(
-                ip, self.rife_bytes, self.session, retiming(spec.frames, spec.fps, fps=ip.fps, factor=ip.factor),
-                self.rife_actors, spec.retries, fail_chunks=tuple(faults.fail_chunks) if faults else ())
+                ip, self.rife_bytes, self.session, self.retime, self.rife_actors, spec.retries,
+                fail_chunks=tuple(faults.fail_chunks) if faults else ())
         self.clock.stop("startup")
         self.ledger.job(JobState.RUNNING)
 
     # 4-7. ----------------------------------------------------------------------------------
     def render_and_encode(self) -> None:
-        """Frames reach the encoder in order: blended here from windows that come back (or
-        out of the store) in any order, or final from the co-denoising actors. Finished
-        frames go to interpolation and on to the encoder as they come."""
+        """Frames reach the encoder in order: blended from windows that come back (or out of
+        the store) in any order, or final from the co-denoising actors; interpolated and
+        encoded as they come, in the driver or in segment tasks (`self.stream`)."""
         spec, progress = self.spec, self.progress
         progress.stage("rendering")
         if not self.latent:
             progress.windows_total(len(self.tasks))
-        progress.frames_total(self.interp.retime.frames_out if spec.interpolate else spec.frames)
-        self.reconciler = Reconciler(self.plan.windows, spec.window.blend)
-        self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
-        self.strips = Filmstrips(self.plan.windows)  # the seams up close, for the HTML report
-        self.drift = DriftMeter()  # colour drift of each window from the first frame
+        progress.frames_total(self.retime.frames_out if spec.interpolate else spec.frames)
         self.t_render, self.epoch0 = self.clock.elapsed(), time.time()
-        with open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
-                         spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames) as self.out:
+        self.cpu0 = time.process_time()  # the driver's own CPU time, every thread of it
+        with self._open_stream() as self.stream:
             if self.latent:
                 self.co_denoise()
             else:
@@ -202,20 +221,45 @@ class RenderJob:
             if self.ledger.failed:
                 raise _job_failed(self.ledger, self.store, spec.output)  # no partial video; an older one is kept
             progress.stage("finishing")
-            self._encode(self.interp.finish())  # the tail of the interpolation
+            self.stream.finish()  # the tail of the interpolation and the encoding
+            self._stored()
             self.clock.start("encode")  # closing the stream moves the file into place
         self.clock.stop("encode")
-        self.frames_out = self.out.frames_written
+        self.driver_cpu = time.process_time() - self.cpu0
+        self.frames_out = self.stream.frames_written
         self.ledger.job(JobState.DONE)
 
-    # 4-5 (crossfade): each window alone, the decoded overlaps blended here.
+    def _open_stream(self):
+        spec, ip = self.spec, self.spec.interpolate
+        if not self.segmented:
+            writer = open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
+                                 spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames)
+            return _InDriver(self.plan.windows, spec.window.blend, self.interp, writer, self.clock, self.progress)
+        encoding = Encoding(spec.width, spec.height, spec.output_fps, spec.encode.crf, spec.encode.preset)
+        interpolation = Interpolation(self.retime, ip.chunk, ip.scene_threshold, tuple(ip.cuts)) if ip else None
+        if self.latent:
+            jobs = plan_latent_segments(self.plan.windows, spec.encode.segment_frames, encoding, interpolation)
+        else:
+            jobs = plan_segments(self.plan.windows, spec.window.blend, spec.encode.segment_frames, encoding,
+                                 interpolation)
+        rife = None
+        if ip:
+            weights = [ray.put(self.rife_bytes)] if self.rife_bytes is not None else None
+            rife = RifeSetup(ip.backend, weights, ip.model_dir, ip.gpuid)
+        faults = spec.model.faults
+        return SegmentStage(jobs, SegmentFiles(self.local_out, len(jobs)), spec.retries, rife=rife,
+                            gpus=RIFE_GPU_SHARE if ip and self.session.gpus else 0.0,
+                            crash=tuple(faults.crash_segments) if faults else (),
+                            on_done=lambda output: self.progress.frames_written(self.stream.frames_written))
+
+    # 4-5 (crossfade): each window alone, the decoded overlaps blended.
     def dispatch_windows(self) -> None:
         dispatcher = WindowDispatcher(self.pool, self.ledger)
         for result in dispatcher.run(self.tasks, limit=self._needed_from, cached=self._from_store,
                                      prepare=self.inputs.prepare, chained=self.pipeline.chained):
             self._keep(result)
             if not self.ledger.failed:  # once a window has failed, nothing more is encoded
-                self._blend_and_encode(result)
+                self.stream.window(result)
 
     # 4-5 (latent): all windows denoised together on the actors, the frames decoded there.
     def co_denoise(self) -> None:
@@ -231,12 +275,12 @@ class RenderJob:
             spec.retries, progress=self.progress)
         for index in range(len(self.tasks)):
             self.ledger.start(index)
-        for frame in self.codenoiser.frames():
-            self.strips.frame(self.frames_blended, frame, lambda seam: None)
-            self.frames_blended += 1
-            self.meter.add(frame)
-            self.interp.push(frame)
-            self._encode(self.interp.ready())
+        if self.segmented:  # the decoded chunks stay in the object store
+            for source, ref in self.codenoiser.chunk_refs():
+                self.stream.chunk(source, ref)
+        else:
+            for frame in self.codenoiser.frames():
+                self.stream.frame(frame)
         for index in range(len(self.tasks)):
             self.ledger.done(index)
             task = self.tasks[index]
@@ -244,15 +288,25 @@ class RenderJob:
                                    | self.pipeline.describe_inputs(spec, task))
 
     def _needed_from(self) -> int:
-        return self.reconciler.first_unfinished_window if not self.ledger.failed else len(self.tasks)
+        return self.stream.first_needed_window() if not self.ledger.failed else len(self.tasks)
 
     def _from_store(self, task: WindowTask) -> WindowResult | None:
         with self.clock.lap("store"):
-            return _read_window(self.store, self.keys.get(task), task)
+            key = self.keys.get(task)
+            if not self.segmented:
+                return _read_window(self.store, key, task)
+            if not self.store.has(key):
+                return None
+            ref = store_get(self.store.root, key)  # read and checked on this node, in a task
+            if ref is None:  # it failed its check and was removed
+                self.store.corrupt.append(key)
+                return None
+            return _read_window(self.store, key, task, frames=ref)
 
     def _keep(self, result: WindowResult) -> None:
         """Store a rendered window under its key and record it for the report."""
-        self.inputs.finished(result.index, result.frames)
+        if not self.segmented:
+            self.inputs.finished(result.index, result.frames)
         status = self.ledger.windows[result.index]
         task = self.inputs.prepared(result.index)
         if status.state is WindowState.CACHED:
@@ -261,30 +315,26 @@ class RenderJob:
         else:
             key = self.keys.put(task, result.device)
             if self.pipeline.storable(result):
+                meta = dict(job=Path(self.spec.output).name, index=result.index, start=result.start, end=result.end,
+                            attempts=status.attempts, node=result.node, actor=result.actor, seconds=result.seconds)
                 with self.clock.lap("store"):
-                    self.store.put(key, result.frames, job=Path(self.spec.output).name, index=result.index,
-                                   start=result.start, end=result.end, attempts=status.attempts, node=result.node,
-                                   actor=result.actor, seconds=result.seconds)
+                    if self.segmented and not isinstance(self.store, NoStore):
+                        self.store_writes.append(store_put(self.store.root, key, result.frames, **meta))
+                    elif not self.segmented:
+                        self.store.put(key, result.frames, **meta)
             self.progress.window_done(result)
         record = _window_record(result, status, task, key, self.epoch0, self.clock.elapsed() - self.t_render)
         self.records[result.index] = record | self.inputs.describe(result.index)
 
-    def _blend_and_encode(self, result: WindowResult) -> None:
-        self.reconciler.add(result.index, result.frames)
-        self.strips.window(result.index, result.frames, result.start)
-        self.drift.add(result.index, result.frames)
-        for frame in self.clock.timed_iter("blend", self.reconciler.ready()):
-            self.strips.frame(self.frames_blended, frame, self.reconciler.seam_disagreement)
-            self.frames_blended += 1
-            self.meter.add(frame)
-            self.interp.push(frame)
-        self._encode(self.interp.ready())
-
-    def _encode(self, frames) -> None:
-        for frame in frames:
-            with self.clock.lap("encode"):
-                self.out.write(frame)
-        self.progress.frames_written(self.out.frames_written)
+    def _stored(self) -> None:
+        """Wait for the segment path's store writes; one that failed is logged (the video is
+        complete; that window is rendered again next time)."""
+        for ref in self.store_writes:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as err:
+                logging.getLogger(__name__).warning("a window could not be stored: %s", err)
+        self.store_writes = []
 
     def stop_actors(self) -> None:
         stop_actors(self.actors + self.rife_actors)
@@ -295,17 +345,14 @@ class RenderJob:
 
     # 8. ------------------------------------------------------------------------------------
     def write_report(self) -> Report:
-        metrics = flicker_report(self.meter.curve, self.plan.windows, self.reconciler.disagreement(),
-                                 fused=self.latent)
-        drift = self.drift.per_window()
+        stream = self.stream
+        metrics = flicker_report(stream.curve, self.plan.windows, stream.disagreement(), fused=self.latent)
+        drift = stream.drift()
         for index, value in drift.items():
             self.records[index]["color_drift"] = value
         metrics["color_drift_max"] = max(drift.values(), default=None)
         if self.spec.interpolate:
-            metrics["interpolate"] = self.interp.summary() | {
-                "actors": self.rife_infos,
-                "first_chunk_at": round(self.interp.first_submit_at - self.clock.t0 - self.t_render, 4),
-            }
+            metrics["interpolate"] = self._interpolation()
         if self.codenoiser is not None:
             metrics["latent"] = self.codenoiser.report() | {"key": self.latent_key, "actors_asked": self.workers_asked,
                                                             "actors_placed": len(self.actor_infos)}
@@ -313,7 +360,15 @@ class RenderJob:
             worst = max(metrics["seams"], key=lambda seam: seam["jump_ratio"], default=None)
             metrics["seam_check"] = {"limit": self.check_seams, "worst": worst,
                                      "passed": worst is None or worst["jump_ratio"] <= self.check_seams}
-        return self._report(filmstrips=[s.to_html_data() for s in self.strips.strips()], **metrics)
+        return self._report(filmstrips=[s.to_html_data() for s in stream.strips(self.plan.windows)], **metrics)
+
+    def _interpolation(self) -> dict:
+        if self.segmented:
+            return self.stream.interpolation(self.retime, self.spec.interpolate.backend)
+        return self.interp.summary() | {
+            "actors": self.rife_infos,
+            "first_chunk_at": round(self.interp.first_submit_at - self.clock.t0 - self.t_render, 4),
+        }
 
     def write_failure_report(self, err: FarmError) -> None:
         """The report of a failed job. Its own failure (a full disk, say) is logged, never
@@ -326,7 +381,9 @@ class RenderJob:
         fields = {"error": None if isinstance(err, WindowFatal) else str(err)}  # a window's error is in `failed`
         if self.codenoiser is not None:
             fields["latent"] = self.codenoiser.report() | {"key": self.latent_key}
-        if isinstance(self.interp, InterpolationStage):
+        if self.segmented and self.spec.interpolate and isinstance(self.stream, SegmentStage):
+            fields["interpolate"] = self.stream.interpolation(self.retime, self.spec.interpolate.backend)
+        elif isinstance(self.interp, InterpolationStage):
             fields["interpolate"] = self.interp.summary() | {"actors": self.rife_infos}
         try:
             self._report(**fields)
@@ -354,10 +411,19 @@ class RenderJob:
             blocklist=self.pool.blocklist.report() if self.pool else [],
             stages={k: round(v, 4) for k, v in self.stages.items()},
             plan=self.plan.to_dict() | {"windows": len(self.plan.windows)}, actors=self.actor_infos,
-            reconcile=spec.window.reconcile,
+            reconcile=spec.window.reconcile, encode=self._encode_report(),
             workers=self.workers, threads_per_actor=self.threads, spec=spec.model_dump(mode="json"), **fields)
         report.write(self.local_out, filmstrips)
         return report
+
+    def _encode_report(self) -> dict:
+        """Where the frames were reconciled and encoded, and what that cost the driver."""
+        out = self.stream.report() if isinstance(self.stream, SegmentStage) else {"path": "driver"}
+        cpu = getattr(self, "driver_cpu", None)
+        if cpu is not None:
+            out["driver_cpu_seconds"] = round(cpu, 4)
+            out["driver_cpu_ms_per_window"] = round(1000 * cpu / max(1, len(self.plan.windows)), 3)
+        return out
 
     def _all_stored(self) -> bool:
         """True if every window is in the store and passes its check (read one at a time).
@@ -446,6 +512,92 @@ def _start_interpolation(ip, rife_bytes: bytes | None, session, retime, started:
     return infos, InterpolationStage(pool, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
 
 
+class _InDriver:
+    """Steps 5-7 in the driver: windows blended here as they arrive (any order), finished
+    frames through the RIFE actors' stage (`interp`) and into `writer`, in order. The
+    segment path's `SegmentStage` (scheduler/segments.py) has the same interface."""
+
+    def __init__(self, windows, blend: str, interp, writer, clock: Stopwatch, progress: NullProgress):
+        self.reconciler = Reconciler(windows, blend)
+        self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
+        self.filmstrips = Filmstrips(windows)  # the seams up close, for the HTML report
+        self.drift_meter = DriftMeter()  # colour drift of each window from the first frame
+        self.interp, self.writer, self.clock, self.progress = interp, writer, clock, progress
+        self.frames_blended = 0
+
+    def __enter__(self):
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writer.__exit__(*exc)
+
+    @property
+    def frames_written(self) -> int:
+        return self.writer.frames_written
+
+    def first_needed_window(self) -> int:
+        return self.reconciler.first_unfinished_window
+
+    def window(self, result: WindowResult) -> None:
+        """A window is back: blend what it completes, pass it on."""
+        self.reconciler.add(result.index, result.frames)
+        self.filmstrips.window(result.index, result.frames, result.start)
+        self.drift_meter.add(result.index, result.frames)
+        for frame in self.clock.timed_iter("blend", self.reconciler.ready()):
+            self._pass_on(frame, self.reconciler.seam_disagreement)
+        self._encode(self.interp.ready())
+
+    def frame(self, frame) -> None:
+        """A final frame (co-denoised), in order."""
+        self._pass_on(frame, lambda seam: None)
+        self._encode(self.interp.ready())
+
+    def _pass_on(self, frame, disagreement) -> None:
+        self.filmstrips.frame(self.frames_blended, frame, disagreement)
+        self.frames_blended += 1
+        self.meter.add(frame)
+        self.interp.push(frame)
+
+    def finish(self) -> None:
+        self._encode(self.interp.finish())  # the tail of the interpolation
+
+    def _encode(self, frames) -> None:
+        for frame in frames:
+            with self.clock.lap("encode"):
+                self.writer.write(frame)
+        self.progress.frames_written(self.writer.frames_written)
+
+    # what the report needs
+    @property
+    def curve(self) -> list[float]:
+        return self.meter.curve
+
+    def disagreement(self) -> dict[int, float]:
+        return self.reconciler.disagreement()
+
+    def strips(self, windows):
+        return self.filmstrips.strips()
+
+    def drift(self) -> dict[int, float]:
+        return self.drift_meter.per_window()
+
+
+def _place_path(path: str, session, workers: int, cpus_per_actor: int) -> str:
+    """`auto` keeps the segment path only if the cluster has a CPU left beside the pipeline
+    actors for the segment tasks; `segments` without one is an error, not a stall."""
+    if path == "driver":
+        return path
+    free = session.cpus - workers * cpus_per_actor
+    if free >= 1:
+        return path
+    if path == "segments":
+        raise ClusterError(f"encode.path: segments needs a CPU beside the pipeline actors for the segment tasks; "
+                           f"the {workers} actors take {workers * cpus_per_actor} of the cluster's {session.cpus}. "
+                           "Start fewer actors or threads (--workers, --threads), or use encode.path: driver")
+    return "driver"
+
+
 class _WindowInputs:
     """Each window's own inputs, added by its pipeline's descriptor just before it is looked
     up or sent (control frames; a chained pipeline's frame from the window before). Holds
@@ -507,8 +659,9 @@ def _device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _read_window(store: WindowStore, key: str, task: WindowTask) -> WindowResult | None:
-    frames = store.get(key)
+def _read_window(store: WindowStore, key: str, task: WindowTask, frames=None) -> WindowResult | None:
+    """A stored window as a result: its frames read here, or `frames` (a ref) already read."""
+    frames = store.get(key) if frames is None else frames
     if frames is None:
         return None
     entry = store.entry(key)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
@@ -157,22 +157,26 @@ class _Call:
     submitted: float
     index: int = -1
     payload: tuple = ()
+    frames: object = None  # `apart`: the ref of the work's second return, its frames
 
 
 class ActorPool:
     """Runs numbered pieces of work (`index`, `*payload`) as `actor.<method>.remote(*payload)`
     on a fixed set of actors. The caller decides what to submit and when; the pool retries
     failed work itself (retries first, in index order) and hands back results as they
-    finish."""
+    finish. With `apart`, the method returns (result, frames) and the pool fetches only
+    the result, a dataclass whose `frames` it replaces with the frames' object ref."""
 
     def __init__(self, actors: Sequence[object], infos: Sequence[dict], ledger: Ledger, *, method: str,
                  what: str = "pipeline", per_actor: int = 2, blocklist_after: int = BLOCKLIST_AFTER,
+                 apart: bool = False,
                  clock: Callable[[], float] = time.time,
                  on_failure: Callable[[int, str, bool], None] = lambda index, error, retrying: None):
         slots = [Slot(a, info["actor"], info["node"]) for a, info in zip(actors, infos)]
         self.policy = PoolPolicy(slots, per_actor, blocklist_after)
         self.ledger = ledger
         self.method, self.what = method, what
+        self.apart = apart  # the method returns (result, frames): results carry the frames' ref
         self.clock = clock
         self.on_failure = on_failure
         self._calls: dict[ray.ObjectRef, _Call] = {}
@@ -196,8 +200,11 @@ class ActorPool:
         if slot is None:
             return False
         self.ledger.start(index)
-        ref = getattr(slot.actor, self.method).remote(*payload)
-        self._calls[ref] = _Call("work", slot, self.clock(), index, payload)
+        if self.apart:
+            ref, frames = getattr(slot.actor, self.method).options(num_returns=2).remote(*payload)
+        else:
+            ref, frames = getattr(slot.actor, self.method).remote(*payload), None
+        self._calls[ref] = _Call("work", slot, self.clock(), index, payload, frames)
         slot.in_flight += 1
         return True
 
@@ -264,6 +271,8 @@ class ActorPool:
             self._failed(call, f"its actor was lost ({type(err).__name__}): {first_line(err)}", lost=True)
             return None
         self.ledger.done(index)
+        if call.frames is not None:
+            result = replace(result, frames=call.frames)  # the frames stay in the object store
         return index, result
 
     def _raised(self) -> str:
