@@ -9,6 +9,7 @@ them. The RIFE model is loaded once per worker process and kept for its next seg
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import ray
@@ -51,6 +52,14 @@ def _backend(rife: RifeSetup):
         _BACKENDS[rife.key] = (TorchRife(ray.get(rife.weights[0])) if rife.backend == "torch"
                                else NcnnRife(rife.model_dir, rife.gpuid))
     return _BACKENDS[rife.key]
+
+
+def ready(hold: float = 0.3) -> int:
+    """A no-op segment-shaped task: started before the render, it leaves a worker process
+    with the segment code imported, so the first segments do not pay for starting one.
+    It holds its worker a moment, so that several start side by side."""
+    time.sleep(hold)
+    return os.getpid()
 
 
 def segment_task():

@@ -75,6 +75,7 @@ def render_html(report: dict, filmstrips: list[dict] | None = None) -> str:
         _filmstrips(filmstrips or [], report.get("seams") or []),
         _blocklist(report.get("blocklist") or []),
         _key_values("Interpolation", report.get("interpolate")),
+        _encoding(report.get("encode")),
         "<h2>Spec</h2>",
         _spec(report.get("spec")),
         _key_values("Versions", report.get("versions")),
@@ -355,6 +356,22 @@ def _key_values(title: str, data) -> str:
         return ""
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_plain(v))}</td></tr>" for k, v in data.items())
     return f"<h2>{_e(title)}</h2><table>{rows}</table>"
+
+
+def _encoding(enc) -> str:
+    """Where the frames were blended and encoded; on the segment path, a row per segment."""
+    if not enc:
+        return ""
+    head = _key_values("Encoding", {k: v for k, v in enc.items() if k != "segments"})
+    segments = enc.get("segments") or []
+    if not segments:
+        return head
+    rows = "".join(
+        f"<tr><td class=n>{s['index']}</td><td class=n>{s['start']}–{s['end'] - 1}</td>"
+        f"<td class=n>{s['frames_out']}</td><td>{_e(str(s['node'])[:12])}</td><td class=n>{s['seconds']:.2f}</td>"
+        f"<td class=n>{s['attempts']}</td><td>{_e('; '.join(s['failures']))}</td></tr>" for s in segments)
+    return (head + "<table><tr><th>segment</th><th>frames</th><th>encoded</th><th>node</th><th>seconds</th>"
+            f"<th>attempts</th><th>failed attempts</th></tr>{rows}</table>")
 
 
 def _spec(spec) -> str:

@@ -68,11 +68,10 @@ def choose_path(spec, windows: int) -> str:
 def cut_points(windows: Sequence[Window], segment_frames: int) -> list[int]:
     """The first frame of every segment but the first: middles of seam overlaps, at least
     `segment_frames` apart (the last segment may be shorter)."""
-    total = windows[-1].end
     cuts, last = [], 0
     for prev, nxt in zip(windows, windows[1:]):
         middle = (nxt.start + prev.end) // 2
-        if middle - last >= segment_frames and total - middle > 0:
+        if middle - last >= segment_frames:
             cuts.append(middle)
             last = middle
     return cuts

@@ -162,6 +162,12 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
             f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
             f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
         )
+    enc = report.encode or {}
+    if enc.get("path") == "segments":
+        retried = f", {_count(enc['failed_attempts'], 'segment')} sent again" if enc["failed_attempts"] else ""
+        click.echo(f"blended and encoded in {_count(enc['count'], 'segment')} by Ray tasks on "
+                   f"{_count(len(enc['nodes']), 'node')}{retried}; driver CPU "
+                   f"{enc['driver_cpu_ms_per_window']:.2f} ms per window")
     if report.seam_ratio_max is not None:
         click.echo(f"flicker score {report.flicker['score']:.4f}; seam jump ratio max "
                    f"{report.seam_ratio_max:.3f}, median {report.seam_ratio_median:.3f}")
@@ -207,6 +213,19 @@ def plan(job, output, as_json):
         f"(+{d['overlap_frames']} in overlaps)   steps: {p.steps}   "
         f"denoising work: {d['denoise_frame_steps']} frame-steps"
     )
+    console.print(_encode_plan(spec, p))
+
+
+def _encode_plan(spec, p) -> str:
+    """Where `farm render` will blend and encode (before the cluster has its say)."""
+    from farm.segments import choose_path, cut_points
+
+    path = choose_path(spec, len(p.windows))
+    why = f" (encode.path: auto, {len(p.windows)} windows)" if spec.encode.path == "auto" else ""
+    if path == "driver":
+        return f"encode: in the driver{why}"
+    segments = len(cut_points(p.windows, spec.encode.segment_frames)) + 1
+    return f"encode: {_count(segments, 'segment')} of ≥ {spec.encode.segment_frames} frames in Ray tasks{why}"
 
 
 @main.command()

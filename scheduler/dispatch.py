@@ -32,11 +32,12 @@ def may_start(index: int, need_from: int, lookahead: int, chained: bool, ledger:
 
 
 class WindowDispatcher:
-    def __init__(self, pool: ActorPool, ledger: Ledger, *, lookahead: int | None = None):
+    def __init__(self, pool: ActorPool, ledger: Ledger, *, lookahead: int | None = None, extra_lookahead: int = 0):
         self.pool = pool
         self.ledger = ledger
         slots = len(pool.policy.slots)
-        self.lookahead = lookahead if lookahead is not None else 2 * pool.policy.per_actor * max(1, slots)
+        self.lookahead = (lookahead if lookahead is not None else 2 * pool.policy.per_actor * max(1, slots)
+                          ) + extra_lookahead
 
     def run(self, tasks: Sequence[WindowTask], limit: Callable[[], int] = lambda: 0,
             cached: Callable[[WindowTask], WindowResult | None] = lambda task: None,

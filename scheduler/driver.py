@@ -69,7 +69,7 @@ from scheduler.dispatch import WindowDispatcher
 from scheduler.pool import ActorPool
 from scheduler.progress import NullProgress
 from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
-from scheduler.segments import SegmentStage, store_get, store_put
+from scheduler.segments import SegmentStage, store_get, store_put, warm_workers
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
@@ -192,6 +192,8 @@ class RenderJob:
                               method="render_apart" if self.segmented else "render", apart=self.segmented,
                               on_failure=progress.window_failed)
         self.interp = PassThrough()
+        if self.segmented:  # worker processes for the segment tasks, started while nothing else waits
+            warm_workers(self.session.cpus - len(self.actors) * (1 if gpus else self.threads))
         if ip and not self.segmented:  # the segment tasks interpolate their own segments
             faults = spec.model.faults
             self.rife_infos, self.interp = _start_interpolation(
@@ -254,7 +256,9 @@ class RenderJob:
 
     # 4-5 (crossfade): each window alone, the decoded overlaps blended.
     def dispatch_windows(self) -> None:
-        dispatcher = WindowDispatcher(self.pool, self.ledger)
+        # on the segment path the look-ahead spans two segments' windows, so that one can be
+        # encoded while the next one's windows render
+        dispatcher = WindowDispatcher(self.pool, self.ledger, extra_lookahead=2 * self.stream.widest)
         for result in dispatcher.run(self.tasks, limit=self._needed_from, cached=self._from_store,
                                      prepare=self.inputs.prepare, chained=self.pipeline.chained):
             self._keep(result)
@@ -293,6 +297,7 @@ class RenderJob:
     def _from_store(self, task: WindowTask) -> WindowResult | None:
         with self.clock.lap("store"):
             key = self.keys.get(task)
+            self.keys.looked_up[task.window.index] = key
             if not self.segmented:
                 return _read_window(self.store, key, task)
             if not self.store.has(key):
@@ -524,6 +529,7 @@ class _InDriver:
         self.drift_meter = DriftMeter()  # colour drift of each window from the first frame
         self.interp, self.writer, self.clock, self.progress = interp, writer, clock, progress
         self.frames_blended = 0
+        self.widest = 0  # windows a segment reads (none here)
 
     def __enter__(self):
         self.writer.__enter__()
@@ -636,6 +642,7 @@ class _Keys:
         self.spec = spec
         self._ids: dict[str, dict] = {}
         self.kind = device_kind
+        self.looked_up: dict[int, str] = {}  # window → the key it was looked up under
 
     def _id(self, kind: str) -> dict:
         if kind not in self._ids:
@@ -652,7 +659,11 @@ class _Keys:
         return task_key(self._id(self.kind), task)
 
     def put(self, task: WindowTask, device: str) -> str:
-        return task_key(self._id(_device_kind(device)), task)
+        """The key a window rendered on `device` is stored under (the one it was looked up
+        under, when the device class is the same)."""
+        kind = _device_kind(device)
+        known = self.looked_up.pop(task.window.index, None)
+        return known if known is not None and kind == self.kind else task_key(self._id(kind), task)
 
 
 def _device_kind(device: str) -> str:

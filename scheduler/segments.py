@@ -17,6 +17,7 @@ figures, never a frame.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ import ray
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.segment import RifeSetup, segment_task
+from actors.segment import RifeSetup, ready, segment_task
 from farm.color import color_distance
 from farm.encode import SegmentFiles
 from farm.errors import EncodeError
@@ -35,6 +36,10 @@ from farm.segments import SegmentJob, SegmentOutput, Source, with_sources
 from farm.store import WindowStore
 from farm.util import first_line
 
+
+
+#: How often, at most, the driver looks for finished segments while windows arrive.
+POLL_EVERY_S = 1.0
 
 
 class SegmentStage:
@@ -57,6 +62,8 @@ class SegmentStage:
         self._running: dict[ray.ObjectRef, tuple[SegmentJob, int]] = {}
         self.outputs: dict[int, SegmentOutput] = {}
         self.attempts: dict[int, list[str]] = {}
+        self._polled = 0.0
+        self.widest = max((len(job.sources) for job in self.jobs), default=0)  # windows one segment reads
 
     def __enter__(self):
         return self
@@ -109,7 +116,8 @@ class SegmentStage:
                 job = self.jobs[self._next] = with_sources(job, self._sources)
             self._send(job, attempt=0)
             self._next += 1
-        self.poll()
+        if time.monotonic() - self._polled > POLL_EVERY_S:  # a look per window would cost a Ray call each
+            self.poll()
 
     def _send(self, job: SegmentJob, attempt: int) -> None:
         refs = [self._refs[_key(s)] for s in job.sources]
@@ -119,6 +127,7 @@ class SegmentStage:
     # -- segments come back --------------------------------------------------------------------
     def poll(self, timeout: float = 0) -> None:
         """Take every segment that has finished (waiting up to `timeout` for one)."""
+        self._polled = time.monotonic()
         while self._running:
             done, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
             if not done:
@@ -225,6 +234,19 @@ class SegmentStage:
                           "attempts": 1 + len(self.attempts.get(o.index, [])),
                           "failures": self.attempts.get(o.index, [])} for o in outs],
         }
+
+
+#: Segment workers started before the render, at most (each is one CPU's worth of encoder).
+WARM_WORKERS = 4
+
+
+def warm_workers(free_cpus: int) -> int:
+    """Start up to WARM_WORKERS worker processes for the segment tasks while the actors load
+    (Ray keeps idle workers and gives them the next tasks): the first segments then start
+    at once, and the processes' start-up is not paid in the middle of the render."""
+    n = max(0, min(WARM_WORKERS, free_cpus))
+    task = _remote(ready).options(num_cpus=1)
+    return len(set(ray.get([task.remote() for _ in range(n)])))
 
 
 def _key(source: Source) -> tuple:

@@ -28,7 +28,9 @@ Starting 64 actors takes 1.5-2.5 minutes on 2 cores (each imports torch); it is 
 counted. To see whether the overhead is a fixed cost per job or per window, run a longer
 job too, e.g. `--seconds 4 --windows 512 --small-actors 0 --no-e2 --capacity-size 0`.
 `--encoders 1,4` runs the 64-actor job and the driver capacity probe once per value of
-`encode.parallel`, side by side.
+`encode.parallel`, side by side. `--paths driver,segments` runs the 64-actor job once per
+`encode.path`, side by side (on the segment path, Ray tasks blend, measure and encode:
+docs/benchmarks.md, "Segments").
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def job(windows: int, length: int, overlap: int, size: int, seconds: float, out: str, blend: str = "linear",
-        encoders: int = 1):
+        encoders: int = 1, path: str = "driver"):
     from farm.spec import parse_spec
 
     frames = length + (windows - 1) * (length - overlap)
@@ -62,7 +64,7 @@ def job(windows: int, length: int, overlap: int, size: int, seconds: float, out:
             "height": size,
             "steps": 1,
             "window": {"length": length, "overlap": overlap, "blend": blend, "reconcile": "crossfade"},
-            "encode": {"parallel": encoders},
+            "encode": {"parallel": encoders, "path": path},
             "output": out,
         }
     )
@@ -279,7 +281,9 @@ def main() -> None:
     ap.add_argument("--no-e2", action="store_true", help="skip the small simulated E(2) check")
     ap.add_argument("--capacity-size", type=int, default=512, help="frame size for the driver capacity probe (0: skip)")
     ap.add_argument("--encoders", default="1", help="encode.parallel values to compare, e.g. 1,4")
+    ap.add_argument("--paths", default="driver", help="encode.path values to compare, e.g. driver,segments")
     args = ap.parse_args()
+    paths = args.paths.split(",")
     encoders = [int(p) for p in args.encoders.split(",")]
 
     import ray
@@ -293,16 +297,17 @@ def main() -> None:
     print(f"SIMULATION: {args.actors} logical GPUs on one machine ({cores} cores, {cpu_model()}); "
           f"each window sleeps {args.seconds:g} s in a real PipelineActor (SimulatedRenderer)", flush=True)
 
-    def measured(actors: int, windows: int, label: str, encoders: int = 1) -> dict:
+    def measured(actors: int, windows: int, label: str, encoders: int = 1, path: str = "driver") -> dict:
         spec = job(windows, args.length, args.overlap, args.size, args.seconds, os.path.join(tmp, "out.mp4"),
-                   encoders=encoders)
+                   encoders=encoders, path=path)
         load = os.getloadavg()[0]
         with CpuSampler() as cpu:
             t_call = time.perf_counter()
             report = run(spec, actors)
         a = analyse(report, actors, args.seconds)
         t0 = t_call + report["stages"]["plan"] + a["startup"]
-        a.update(cpu.between(t0, t0 + a["render"]), label=label, actors=actors, load=load)
+        a.update(cpu.between(t0, t0 + a["render"]), label=label, actors=actors, load=load,
+                 cpu_ms_per_window=report["encode"]["driver_cpu_ms_per_window"])
         print(f"{label}: {windows} windows ({spec.frames} frames {args.size}x{args.size}) on {actors} actors: "
               f"startup {a['startup']:.1f} s (not counted), render {a['render']:.3f} s, ideal {a['ideal']:.3f} s, "
               f"overhead {100 * a['overhead']:+.2f} %; load average before {load:.1f}", flush=True)
@@ -313,9 +318,11 @@ def main() -> None:
         rows.append(measured(args.small_actors, args.small_actors * args.windows // args.actors,
                              f"{args.small_actors} actors"))
     for r in range(args.repeats):
-        for p in encoders:
-            label = f"{args.actors} actors" + (f", {p} enc" if p > 1 else "") + (f" #{r + 1}" if r else "")
-            rows.append(measured(args.actors, args.windows, label, p))
+        for path in paths:
+            for p in encoders if path == "driver" else [1]:
+                label = (f"{args.actors} actors" + (f", {p} enc" if p > 1 else "") + (", segments" if path != "driver"
+                         else "") + (f" #{r + 1}" if r else ""))
+                rows.append(measured(args.actors, args.windows, label, p, path))
     if args.profile:
         spec = job(args.windows, args.length, args.overlap, args.size, args.seconds, os.path.join(tmp, "prof.mp4"))
         a = analyse(run(spec, args.actors, profile=True), args.actors, args.seconds)
@@ -372,6 +379,7 @@ def main() -> None:
         line("  CPU (cores) used by other processes", lambda a: a["others_cpu"])
         line("driver process CPU (cores) during render", lambda a: a["driver_cpu"])
         line("ffmpeg CPU (cores) during render", lambda a: a["ffmpeg_cpu"])
+        line("driver CPU per window, from the report (ms)", lambda a: a["cpu_ms_per_window"])
         line("driver busy: blend (s)", lambda a: a["blend"])
         line("driver busy: encode writes (s)", lambda a: a["encode"])
         line("driver busy: store bookkeeping, store off (s)", lambda a: a["store"])

@@ -174,10 +174,11 @@ def test_no_frame_is_dropped_or_repeated_at_a_segment_join(tmp_path, interpolate
 @pytest.mark.usefixtures("shared_ray")
 def test_a_segment_whose_worker_dies_is_sent_again_and_the_video_is_the_same(tmp_path):
     data = dict(frames=64, model={"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny",
-                                  "faults": {"simulate_seconds": 0}})
+                                  "faults": {"simulate_seconds": 0}}, encode={"crf": 18})  # the usual crf
     clean, a = _render(tmp_path, "clean", "segments", **data)
     data["model"]["faults"]["crash_segments"] = [1]
     crashed, b = _render(tmp_path, "crashed", "segments", **data)
+    assert len(a) == len(b) == 64 == crashed["output_frames"]  # the frame count is exact
     assert np.array_equal(a, b)
     seg = crashed["encode"]["segments"][1]
     assert seg["attempts"] == 2 and "Worker" in seg["failures"][0] and crashed["encode"]["failed_attempts"] == 1
