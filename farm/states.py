@@ -5,6 +5,8 @@
                 │           ├──► PENDING   (the attempt failed and retries are left)
                 │           └──► FAILED    (the attempt failed and the budget is spent)
                 └──► CACHED                (found, verified, in the window store)
+             DONE, CACHED ──► PENDING      (segment path: its frames were lost with their
+                                            node before every segment reading them was done)
 
     job:     PENDING ──► RUNNING ──► DONE | FAILED
 
@@ -36,8 +38,8 @@ class JobState(str, Enum):
 _WINDOW_MOVES = {
     WindowState.PENDING: {WindowState.RUNNING, WindowState.CACHED},
     WindowState.RUNNING: {WindowState.DONE, WindowState.PENDING, WindowState.FAILED},
-    WindowState.DONE: set(),
-    WindowState.CACHED: set(),
+    WindowState.DONE: {WindowState.PENDING},
+    WindowState.CACHED: {WindowState.PENDING},
     WindowState.FAILED: set(),
 }
 _JOB_MOVES = {
@@ -132,6 +134,14 @@ class Ledger:
         """The attempt was cut short by us (its actor was blocklisted mid-window): back to
         the queue, and the attempt does not count."""
         self._move(index, WindowState.PENDING).attempts -= 1
+
+    def lost(self, index: int) -> None:
+        """A finished window's frames were lost with their node before they were encoded
+        (the segment path keeps them in Ray's object store): back to the queue, to be read
+        from the store or rendered again (another attempt)."""
+        if self.windows[index].state not in (WindowState.DONE, WindowState.CACHED):
+            raise IllegalTransition(f"window {index}: {self.windows[index].state.value} is not finished")
+        self._move(index, WindowState.PENDING)
 
     def in_state(self, state: WindowState) -> list[int]:
         return [i for i, w in self.windows.items() if w.state is state]

@@ -176,8 +176,6 @@ class RenderJob:
             self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
         self.path = _place_path(self.path, self.session, self.workers, 1 if gpus else self.threads)
         self.segmented = self.path == "segments"
-        if ip and self.segmented:
-            rife_cpus = 0
         self.workers_asked = self.workers
         if self.latent or not self._all_stored():
             # a co-denoised job starts on the actors that could be placed: its frames are the same
@@ -259,11 +257,18 @@ class RenderJob:
         # on the segment path the look-ahead spans two segments' windows, so that one can be
         # encoded while the next one's windows render
         dispatcher = WindowDispatcher(self.pool, self.ledger, extra_lookahead=2 * self.stream.widest)
-        for result in dispatcher.run(self.tasks, limit=self._needed_from, cached=self._from_store,
-                                     prepare=self.inputs.prepare, chained=self.pipeline.chained):
-            self._keep(result)
-            if not self.ledger.failed:  # once a window has failed, nothing more is encoded
-                self.stream.window(result)
+        tasks = self.tasks
+        while tasks:
+            for result in dispatcher.run(tasks, limit=self._needed_from, cached=self._from_store,
+                                         prepare=self.inputs.prepare, chained=self.pipeline.chained):
+                self._keep(result)
+                if not self.ledger.failed:  # once a window has failed, nothing more is encoded
+                    self.stream.window(result)
+            # segment path: windows whose frames were lost with their node go round again
+            lost = self.stream.lost_windows() if not self.ledger.failed else []
+            for index in lost:
+                self.ledger.lost(index)
+            tasks = [self.tasks[index] for index in lost]
 
     # 4-5 (latent): all windows denoised together on the actors, the frames decoded there.
     def co_denoise(self) -> None:
@@ -544,6 +549,9 @@ class _InDriver:
 
     def first_needed_window(self) -> int:
         return self.reconciler.first_unfinished_window
+
+    def lost_windows(self) -> list[int]:
+        return []  # the frames are here
 
     def window(self, result: WindowResult) -> None:
         """A window is back: blend what it completes, pass it on."""

@@ -10,6 +10,11 @@ figures, never a frame.
   and the object store frees the frames.
 - A segment task that fails (its worker died, its node was lost, ffmpeg failed) is sent
   again, up to `retries` times; one that fails every attempt fails the job (EncodeError).
+- A window's frames live on the node that rendered it until its segments are done. If
+  that node is lost first, the segments that read it fail with lost inputs: the window is
+  given back to the driver (`lost_windows`), which reads it from the store or renders it
+  again, and the segments are sent again when it is back (that does not count against
+  their retries).
 - The window store lives on the driver's node: windows are written to it and read from it
   by small tasks pinned to this node (`store_put`, `store_get`), not by the driver.
 """
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import ObjectLostError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.segment import RifeSetup, ready, segment_task
@@ -43,6 +48,10 @@ POLL_EVERY_S = 1.0
 
 
 class SegmentStage:
+    """The driver's side of the segment path: `window` / `chunk` as frames arrive,
+    `lost_windows` after the windows are dispatched, `finish` at the end; `curve`,
+    `disagreement`, `strips`, `drift`, `interpolation` and `report` for the report."""
+
     def __init__(self, jobs: Sequence[SegmentJob], files: SegmentFiles, retries: int, *,
                  rife: RifeSetup | None = None, gpus: float = 0.0, crash: Sequence[int] = (),
                  on_done=lambda output: None):
@@ -57,6 +66,10 @@ class SegmentStage:
         self._refs: dict[tuple, ray.ObjectRef] = {}  # source → its frames in the object store
         self._sources: list[Source] = []  # decoded chunks, in frame order (latent)
         self._arrived: set[int] = set()  # windows in the object store (crossfade)
+        self._node: dict[int, str] = {}  # window → the node holding its frames
+        self._lost: set[int] = set()  # windows whose frames were lost with their node
+        self.windows_lost: set[int] = set()  # every window that ever was
+        self._resend: list[tuple[SegmentJob, int]] = []  # segments waiting for lost windows
         self._covered = 0  # decoded frames [0, covered) are in the object store (latent)
         self._next = 0  # first segment not sent yet (they are sent in order)
         self._running: dict[ray.ObjectRef, tuple[SegmentJob, int]] = {}
@@ -83,9 +96,12 @@ class SegmentStage:
 
     # -- sources arrive --------------------------------------------------------------------
     def window(self, result) -> None:
-        """A window is back; its frames (`result.frames`, a ref) stay in the object store."""
+        """A window is back; its frames (`result.frames`, a ref) stay in the object store,
+        on the node that rendered it (or, read from the store, on this one)."""
         self._refs[("window", result.index)] = result.frames
+        self._node[result.index] = _this_node() if result.device == "store" else result.node
         self._arrived.add(result.index)
+        self._lost.discard(result.index)
         self._send_ready()
 
     def chunk(self, source: Source, ref: ray.ObjectRef) -> None:
@@ -116,6 +132,9 @@ class SegmentStage:
                 job = self.jobs[self._next] = with_sources(job, self._sources)
             self._send(job, attempt=0)
             self._next += 1
+        for job, attempt in [r for r in self._resend if self._ready(r[0])]:
+            self._resend.remove((job, attempt))
+            self._send(job, attempt)
         if time.monotonic() - self._polled > POLL_EVERY_S:  # a look per window would cost a Ray call each
             self.poll()
 
@@ -142,6 +161,9 @@ class SegmentStage:
         except RayError as err:
             error = f"{type(err).__name__}: {first_line(err)}"
             self.attempts.setdefault(job.index, []).append(error)
+            if _lost_input(err) and self._forget_lost_windows():
+                self._resend.append((job, attempt))  # when its windows are back; not the segment's fault
+                return
             if attempt >= self.retries:
                 raise EncodeError(f"segment {job.index} (frames {job.start}–{job.end - 1}) failed all "
                                   f"{attempt + 1} attempts; last error: {error}") from err
@@ -152,6 +174,26 @@ class SegmentStage:
         self.outputs[job.index] = output
         self._release()
         self.on_done(output)
+
+    def _forget_lost_windows(self) -> bool:
+        """The windows in the object store whose node is gone: no longer there. True if
+        there were any (the driver renders them again: `lost_windows`)."""
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        lost = [w for w in self._arrived if self._node.get(w) not in alive]
+        for w in lost:
+            self._arrived.discard(w)
+            self._refs.pop(("window", w), None)
+            self._lost.add(w)
+        self.windows_lost.update(lost)
+        return bool(lost)
+
+    def lost_windows(self) -> list[int]:
+        """Wait for the segments sent, then the windows whose frames were lost with their
+        node and that a segment still needs: the driver reads or renders them again and
+        gives them back through `window`."""
+        while self._running:
+            self.poll(timeout=None)
+        return sorted(self._lost)
 
     def _release(self) -> None:
         """Drop the refs no segment still to finish reads: the object store frees them."""
@@ -166,6 +208,10 @@ class SegmentStage:
     def finish(self) -> None:
         """Wait for every segment; the files are joined when the writer closes."""
         self._send_ready()
+        if self._resend:
+            job = self._resend[0][0]
+            raise EncodeError(f"segment {job.index} (frames {job.start}–{job.end - 1}) lost windows "
+                              f"{sorted(self._lost)} with their node, and they did not come back")
         if self._next < len(self.jobs):
             job = self.jobs[self._next]
             raise EncodeError(f"segment {job.index} (frames {job.start}–{job.end - 1}) never had all its frames")
@@ -227,6 +273,7 @@ class SegmentStage:
             "count": len(self.jobs),
             "done": len(outs),
             "failed_attempts": sum(len(a) for a in self.attempts.values()),
+            "windows_lost": sorted(self.windows_lost),  # frames lost with their node: read or rendered again
             "nodes": sorted({o.node for o in outs}),
             "seconds": round(sum(o.seconds for o in outs), 4),
             "segments": [{"index": o.index, "start": self.jobs[o.index].start, "end": self.jobs[o.index].end,
@@ -236,8 +283,10 @@ class SegmentStage:
         }
 
 
-#: Segment workers started before the render, at most (each is one CPU's worth of encoder).
+#: Segment workers started before the render, at most (each is one CPU's worth of encoder),
+#: and how long the driver waits for them (on a busy shared cluster they may never start).
 WARM_WORKERS = 4
+WARM_WAIT_S = 20.0
 
 
 def warm_workers(free_cpus: int) -> int:
@@ -246,7 +295,20 @@ def warm_workers(free_cpus: int) -> int:
     at once, and the processes' start-up is not paid in the middle of the render."""
     n = max(0, min(WARM_WORKERS, free_cpus))
     task = _remote(ready).options(num_cpus=1)
-    return len(set(ray.get([task.remote() for _ in range(n)])))
+    refs = [task.remote() for _ in range(n)]
+    done, waiting = ray.wait(refs, num_returns=n, timeout=WARM_WAIT_S)  # CPUs busy with other jobs: go on
+    for ref in waiting:
+        ray.cancel(ref)
+    return len(set(ray.get(done)))
+
+
+def _lost_input(err: Exception) -> bool:
+    """The task failed because an object it reads is gone (its node was lost)."""
+    return isinstance(err, ObjectLostError) or isinstance(getattr(err, "cause", None), ObjectLostError)
+
+
+def _this_node() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def _key(source: Source) -> tuple:
@@ -255,7 +317,7 @@ def _key(source: Source) -> tuple:
 
 # -- the window store, on the driver's node ------------------------------------------------------
 def _here() -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return NodeAffinitySchedulingStrategy(_this_node(), soft=False)
 
 
 def _put(root: str, key: str, frames: np.ndarray, meta: dict) -> None:

@@ -164,6 +164,11 @@ def test_losing_two_of_four_nodes_mid_job_loses_no_window(cluster, reference, tm
     dead = {n.node_id for n in doomed}
     assert all(w["node"] not in dead for w in lost)  # rerun elsewhere
     assert report["windows_rendered"] == 12
+    # On the segment path a finished window's frames stay on its node until its segments are
+    # encoded: those lost with the nodes were read from the store or rendered again.
+    assert report["encode"]["path"] == "segments"
+    again = [report["windows"][i] for i in report["encode"]["windows_lost"]]
+    assert all(w["cached"] or w["node"] not in dead for w in again)
     _assert_matches(reference, tmp_path / "lost.mp4")
 
 

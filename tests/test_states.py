@@ -72,3 +72,17 @@ def test_a_window_we_interrupted_goes_back_without_spending_an_attempt():
     ledger.start(0)
     ledger.done(0)
     assert ledger.windows[0].attempts == 1
+
+
+def test_a_finished_window_whose_frames_were_lost_goes_back_to_the_queue():
+    ledger = Ledger([0, 1])
+    ledger.start(0)
+    ledger.done(0)
+    ledger.cached(1)
+    ledger.lost(0)
+    ledger.lost(1)
+    assert ledger.in_state(WindowState.PENDING) == [0, 1]
+    ledger.start(0)
+    assert ledger.windows[0].attempts == 2  # rendering it again is another attempt
+    with pytest.raises(IllegalTransition, match="not finished"):
+        ledger.lost(0)  # only frames that were there can be lost
