@@ -81,14 +81,12 @@ def cut_points(windows: Sequence[Window], segment_frames: int) -> list[int]:
 class Source:
     """Frames [start, end) that a segment reads: one window's render (`window` is its index,
     `weights` its normalised blend weight per frame), or one decoded chunk of a co-denoised
-    job (`window` None: the frames are final). `skip`: frames at the head of the stored
-    array that are not these frames (a chunk decoded again after a recovery)."""
+    job (`window` None: the frames are final)."""
 
     start: int
     end: int
     window: int | None = None
     weights: tuple[float, ...] | None = None
-    skip: int = 0
 
 
 @dataclass(frozen=True)
@@ -259,7 +257,7 @@ def _blend(job: SegmentJob, arrays: Sequence[np.ndarray], out: SegmentOutput) ->
             raise ValueError(f"segment {job.index}: no source holds frame {f}")
         if covering[0][0].window is None:  # decoded, final
             s, a = covering[0]
-            frame = a[s.skip + f - s.start]
+            frame = a[f - s.start]
         else:
             for (s, a), (t, b) in zip(covering, covering[1:]):
                 if f < job.end:

@@ -69,7 +69,7 @@ from scheduler.dispatch import WindowDispatcher
 from scheduler.pool import ActorPool
 from scheduler.progress import NullProgress
 from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
-from scheduler.segments import SegmentStage, store_get, store_put, warm_workers
+from scheduler.segments import SegmentStage, store_get, store_put, warm_workers, warmed
 from scheduler.timing import Stopwatch
 
 PER_ACTOR_IN_FLIGHT = 2
@@ -176,6 +176,9 @@ class RenderJob:
             self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
         self.path = _place_path(self.path, self.session, self.workers, 1 if gpus else self.threads)
         self.segmented = self.path == "segments"
+        # worker processes for the segment tasks start while the actors load
+        warming = warm_workers(self.session.cpus - self.workers * (1 if gpus else self.threads)) \
+            if self.segmented else []
         self.workers_asked = self.workers
         if self.latent or not self._all_stored():
             # a co-denoised job starts on the actors that could be placed: its frames are the same
@@ -190,8 +193,7 @@ class RenderJob:
                               method="render_apart" if self.segmented else "render", apart=self.segmented,
                               on_failure=progress.window_failed)
         self.interp = PassThrough()
-        if self.segmented:  # worker processes for the segment tasks, started while nothing else waits
-            warm_workers(self.session.cpus - len(self.actors) * (1 if gpus else self.threads))
+        warmed(warming)
         if ip and not self.segmented:  # the segment tasks interpolate their own segments
             faults = spec.model.faults
             self.rife_infos, self.interp = _start_interpolation(
@@ -384,6 +386,7 @@ class RenderJob:
         """The report of a failed job. Its own failure (a full disk, say) is logged, never
         raised: the job's error is the one the caller must see."""
         self.clock.stop_open()  # a stage the error cut short (startup, encode) still counts
+        self._stored()  # the windows rendered so far are in the store before the job says so
         if self.t_render is not None:
             self.stages.setdefault("render", self.clock.elapsed() - self.t_render)
         if self.ledger.state is not JobState.FAILED:

@@ -289,14 +289,19 @@ WARM_WORKERS = 4
 WARM_WAIT_S = 20.0
 
 
-def warm_workers(free_cpus: int) -> int:
+def warm_workers(free_cpus: int) -> list[ray.ObjectRef]:
     """Start up to WARM_WORKERS worker processes for the segment tasks while the actors load
     (Ray keeps idle workers and gives them the next tasks): the first segments then start
-    at once, and the processes' start-up is not paid in the middle of the render."""
-    n = max(0, min(WARM_WORKERS, free_cpus))
+    at once, and the processes' start-up is not paid in the middle of the render. Returns
+    the calls, for `warmed`."""
     task = _remote(ready).options(num_cpus=1)
-    refs = [task.remote() for _ in range(n)]
-    done, waiting = ray.wait(refs, num_returns=n, timeout=WARM_WAIT_S)  # CPUs busy with other jobs: go on
+    return [task.remote() for _ in range(max(0, min(WARM_WORKERS, free_cpus)))]
+
+
+def warmed(calls: list[ray.ObjectRef]) -> int:
+    """Wait (at most WARM_WAIT_S: on a busy shared cluster they may never start) for the
+    workers `warm_workers` started; how many there are."""
+    done, waiting = ray.wait(calls, num_returns=len(calls), timeout=WARM_WAIT_S)
     for ref in waiting:
         ray.cancel(ref)
     return len(set(ray.get(done)))
@@ -312,7 +317,7 @@ def _this_node() -> str:
 
 
 def _key(source: Source) -> tuple:
-    return ("window", source.window) if source.window is not None else ("chunk", source.start, source.skip)
+    return ("window", source.window) if source.window is not None else ("chunk", source.start)
 
 
 # -- the window store, on the driver's node ------------------------------------------------------
