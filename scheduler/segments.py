@@ -176,10 +176,10 @@ class SegmentStage:
         self.on_done(output)
 
     def _forget_lost_windows(self) -> bool:
-        """The windows in the object store whose node is gone: no longer there. True if
+        """The windows a segment still reads whose node is gone: no longer there. True if
         there were any (the driver renders them again: `lost_windows`)."""
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        lost = [w for w in self._arrived if self._node.get(w) not in alive]
+        lost = [w for w in self._arrived if ("window", w) in self._refs and self._node.get(w) not in alive]
         for w in lost:
             self._arrived.discard(w)
             self._refs.pop(("window", w), None)

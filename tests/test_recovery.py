@@ -227,7 +227,8 @@ def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_f
         cluster, latent_reference, tmp_path, monkeypatch):
     import scheduler.codenoise
 
-    monkeypatch.setattr(scheduler.codenoise, "ACTOR_RETURN_WAIT_S", 25.0)  # the survivors reload their pipelines
+    # the survivors restart and reload their pipelines side by side on 2 cores: 25 s was once too short
+    monkeypatch.setattr(scheduler.codenoise, "ACTOR_RETURN_WAIT_S", 40.0)
     doomed = cluster.farm_workers[0]
     try:  # four actors on the four pipe nodes: the lost one has nowhere to restart
         report = _latent(tmp_path, "lost.mp4", workers=4, faults={"delay": 0.6},  # steps slow enough to die in
