@@ -148,8 +148,6 @@ def plan_segments(windows: Sequence[Window], blend: str, segment_frames: int, en
     windows = tuple(windows)
     total = windows[-1].end
     weights = frame_weights(windows, blend)
-    strips = [Strip(prev.index, (nxt.start - 1, prev.end), (nxt.start, prev.end - 1))
-              for prev, nxt in zip(windows, windows[1:])]
     bounds = [0, *cut_points(windows, segment_frames), total]
     out = []
     for index, (start, end) in enumerate(zip(bounds, bounds[1:])):
@@ -158,7 +156,7 @@ def plan_segments(windows: Sequence[Window], blend: str, segment_frames: int, en
                         for w in windows if w.start <= last and w.end > start)
         out.append(SegmentJob(
             index, start, end, total, sources, encoding, interpolation,
-            strips=tuple(s for s in strips if s.frames[0] < end and s.frames[1] >= start),
+            strips=_strips(windows, start, end),
             window_ends=tuple((w.index, w.end - 1) for w in windows if start <= w.end - 1 < end)))
     return out
 
@@ -170,7 +168,15 @@ def plan_latent_segments(windows: Sequence[Window], segment_frames: int, encodin
     windows = tuple(windows)
     total = windows[-1].end
     bounds = [0, *cut_points(windows, segment_frames), total]
-    return [SegmentJob(i, a, b, total, (), encoding, interpolation) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    return [SegmentJob(i, a, b, total, (), encoding, interpolation, strips=_strips(windows, a, b))
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
+def _strips(windows: Sequence[Window], start: int, end: int) -> tuple[Strip, ...]:
+    """The seams' filmstrips that show frames of [start, end)."""
+    strips = (Strip(prev.index, (nxt.start - 1, prev.end), (nxt.start, prev.end - 1))
+              for prev, nxt in zip(windows, windows[1:]))
+    return tuple(s for s in strips if s.frames[0] < end and s.frames[1] >= start)
 
 
 def with_sources(job: SegmentJob, sources: Sequence[Source]) -> SegmentJob:
@@ -250,6 +256,9 @@ def _blend(job: SegmentJob, arrays: Sequence[np.ndarray], out: SegmentOutput) ->
     """(f, blended frame f) for f in [start, last]; measures the windows' disagreement
     and the windows' last frames' colour on the way."""
     sources = list(zip(job.sources, arrays))
+    for s, a in sources:
+        if s.window is not None and len(a) != s.end - s.start:
+            raise ValueError(f"window {s.window} has {len(a)} frames, expected {s.end - s.start}")
     ends = {last: w for w, last in job.window_ends}
     for f in range(job.start, job.last + 1):
         covering = [(s, a) for s, a in sources if s.start <= f < s.end]

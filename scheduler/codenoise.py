@@ -222,6 +222,8 @@ class CoDenoiser:
             while pending[shard.index]:
                 a, b, frames, state = pending[shard.index].popleft()
                 ray.get(state)  # raises if the call failed
+                self.inflight.remove(frames)  # done: nothing to cancel, and the frames are not kept here
+                self.inflight.remove(state)
                 top_up(shard)
                 yield (Source(a, b), frames) if refs else ray.get(frames)
 

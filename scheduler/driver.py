@@ -165,7 +165,7 @@ class RenderJob:
         progress.stage("starting actors")
         self.clock.start("startup")
         segments = self.path != "driver"  # a CPU for the segment tasks, if it may come to that
-        rife_cpus = ip.workers if ip and self.path != "segments" else 0
+        rife_cpus = ip.workers if ip and spec.encode.path != "segments" else 0  # RIFE actors, if it may come to that
         self.session = connect(self.address, cpus_wanted=(self.workers or 1) * (self.threads or 1) + rife_cpus
                                + segments)
         gpus = wants_gpus(self.session, self.gpus_per_worker)
@@ -174,7 +174,8 @@ class RenderJob:
                                                 reserved_cpus=rife_cpus + segments, gpus_per_worker=self.gpus_per_worker)
         if self.pipeline.chained:
             self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
-        self.path = _place_path(self.path, self.session, self.workers, 1 if gpus else self.threads)
+        self.path = _place_path(self.path, spec.encode.path == "auto", self.session, self.workers,
+                                1 if gpus else self.threads)
         self.segmented = self.path == "segments"
         # worker processes for the segment tasks start while the actors load
         warming = warm_workers(self.session.cpus - self.workers * (1 if gpus else self.threads)) \
@@ -431,7 +432,7 @@ class RenderJob:
 
     def _encode_report(self) -> dict:
         """Where the frames were reconciled and encoded, and what that cost the driver."""
-        out = self.stream.report() if isinstance(self.stream, SegmentStage) else {"path": "driver"}
+        out = self.stream.report() if isinstance(self.stream, SegmentStage) else {"path": self.path}
         cpu = getattr(self, "driver_cpu", None)
         if cpu is not None:
             out["driver_cpu_seconds"] = round(cpu, 4)
@@ -600,15 +601,16 @@ class _InDriver:
         return self.drift_meter.per_window()
 
 
-def _place_path(path: str, session, workers: int, cpus_per_actor: int) -> str:
-    """`auto` keeps the segment path only if the cluster has a CPU left beside the pipeline
-    actors for the segment tasks; `segments` without one is an error, not a stall."""
+def _place_path(path: str, auto: bool, session, workers: int, cpus_per_actor: int) -> str:
+    """The segment path only if the cluster has a CPU left beside the pipeline actors for
+    the segment tasks: `auto` falls back to the driver path; `segments` asked for without
+    one is an error, not a stall."""
     if path == "driver":
         return path
     free = session.cpus - workers * cpus_per_actor
     if free >= 1:
         return path
-    if path == "segments":
+    if not auto:
         raise ClusterError(f"encode.path: segments needs a CPU beside the pipeline actors for the segment tasks; "
                            f"the {workers} actors take {workers * cpus_per_actor} of the cluster's {session.cpus}. "
                            "Start fewer actors or threads (--workers, --threads), or use encode.path: driver")

@@ -161,7 +161,8 @@ class SegmentStage:
         except RayError as err:
             error = f"{type(err).__name__}: {first_line(err)}"
             self.attempts.setdefault(job.index, []).append(error)
-            if _lost_input(err) and self._forget_lost_windows():
+            forgot = _lost_input(err) and self._forget_lost_windows()
+            if forgot or any(s.window in self._lost for s in job.sources):
                 self._resend.append((job, attempt))  # when its windows are back; not the segment's fault
                 return
             if attempt >= self.retries:
@@ -193,6 +194,8 @@ class SegmentStage:
         gives them back through `window`."""
         while self._running:
             self.poll(timeout=None)
+        wanted = {s.window for job in self.jobs if job.index not in self.outputs for s in job.sources}
+        self._lost &= wanted  # a segment that had fetched them before the node died needs them no more
         return sorted(self._lost)
 
     def _release(self) -> None:

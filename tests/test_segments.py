@@ -95,6 +95,18 @@ def test_the_segment_path_refuses_what_it_cannot_do_and_names_the_field(tmp_path
         parse_spec(base_spec(tmp_path, **change))
 
 
+def test_auto_falls_back_to_the_driver_path_when_the_actors_take_every_cpu():
+    from farm.errors import ClusterError
+    from scheduler.cluster import Session
+    from scheduler.driver import _place_path
+
+    four_cpus = Session(started_here=False, gpus=0, cpus=4)
+    assert _place_path("segments", True, four_cpus, workers=1, cpus_per_actor=2) == "segments"
+    assert _place_path("segments", True, four_cpus, workers=2, cpus_per_actor=2) == "driver"
+    with pytest.raises(ClusterError, match=r"encode.path: segments needs a CPU .* take 4 of the cluster's 4"):
+        _place_path("segments", False, four_cpus, workers=2, cpus_per_actor=2)
+
+
 # -- on Ray ----------------------------------------------------------------------------------------
 def _render(tmp_path, name: str, path: str, store=False, **overrides):
     from scheduler.driver import render
