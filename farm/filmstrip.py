@@ -61,6 +61,12 @@ class SeamStrip:
         }
 
 
+def seam_frames(prev: Window, nxt: Window) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A seam's strip: the [first, last] blended frames it shows (the last frame only `prev`
+    covers to the first only `nxt` covers) and the [first, last] frames both render."""
+    return (nxt.start - 1, prev.end), (nxt.start, prev.end - 1)
+
+
 class Filmstrips:
     """Collects the strips while the driver blends: `window(index, frames, start)` as each
     window arrives, `frame(f, frame, disagreement)` as each blended frame is released."""
@@ -70,7 +76,7 @@ class Filmstrips:
         self._open: dict[int, SeamStrip] = {}
         self._at: dict[int, list[int]] = {}  # frame → the seams whose strip shows it
         for prev, nxt in zip(windows, windows[1:]):
-            strip = SeamStrip(prev.index, (nxt.start - 1, prev.end), (nxt.start, prev.end - 1))
+            strip = SeamStrip(prev.index, *seam_frames(prev, nxt))
             self._open[prev.index] = strip
             for f in range(strip.frames[0], strip.frames[1] + 1):
                 self._at.setdefault(f, []).append(prev.index)
@@ -112,7 +118,7 @@ def ranked(windows: Sequence[Window], parts: dict[int, dict], disagreement: dict
         part = parts.get(prev.index)
         if part is None:
             continue
-        strips.append(SeamStrip(prev.index, (nxt.start - 1, prev.end), (nxt.start, prev.end - 1),
-                                disagreement.get(prev.index) or 0.0, dict(part["blended"]), dict(part["own"])))
+        strips.append(SeamStrip(prev.index, *seam_frames(prev, nxt), disagreement.get(prev.index) or 0.0,
+                                dict(part["blended"]), dict(part["own"])))
     kept = heapq.nlargest(keep, strips, key=lambda s: (s.disagreement, -s.window))
     return sorted(kept, key=lambda s: s.window)

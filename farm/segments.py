@@ -28,7 +28,6 @@ path's, bit for bit; with `encode.crf: 0` (lossless) so are the decoded videos.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -39,7 +38,9 @@ import numpy as np
 
 from farm.blend import disagreement, frame_weights, weighted_frame
 from farm.color import mean_lab
+from farm.filmstrip import seam_frames
 from farm.interpolate import Retiming, chunks_between, interpolate_chunk
+from farm.metrics import FlickerMeter
 from farm.plan import Window
 from farm.util import thumbnail
 
@@ -174,8 +175,7 @@ def plan_latent_segments(windows: Sequence[Window], segment_frames: int, encodin
 
 def _strips(windows: Sequence[Window], start: int, end: int) -> tuple[Strip, ...]:
     """The seams' filmstrips that show frames of [start, end)."""
-    strips = (Strip(prev.index, (nxt.start - 1, prev.end), (nxt.start, prev.end - 1))
-              for prev, nxt in zip(windows, windows[1:]))
+    strips = (Strip(prev.index, *seam_frames(prev, nxt)) for prev, nxt in zip(windows, windows[1:]))
     return tuple(s for s in strips if s.frames[0] < end and s.frames[1] >= start)
 
 
@@ -205,10 +205,9 @@ class SegmentOutput:
     interpolate_seconds: float = 0.0
     seconds: float = 0.0
     node: str = ""
-    pid: int = 0
 
 
-def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend=None, write_frames=None,
+def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend, write_frames,
                 thumb: int = 96) -> SegmentOutput:
     """Blend, meter, interpolate (with `backend`, farm.rife.backends) and encode one
     segment. `arrays` are the sources' frames; `write_frames(path, encoding, frames)`
@@ -221,15 +220,14 @@ def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend=None, wri
             strip_at.setdefault(f, []).append(s)
     _own_thumbnails(job, arrays, out, thumb)
 
+    meter = FlickerMeter()  # the driver path's, so the curve is the same numbers
+
     def blended() -> Iterator[np.ndarray]:
-        prev = None
         for f, frame in _blend(job, arrays, out):
-            if prev is not None:
-                out.diffs.append(float(np.abs(frame.astype(np.int16) - prev).mean(dtype=np.float64)))
+            meter.add(frame)
             if f == job.end:  # the next segment's first frame: measured and paired, not emitted
                 yield frame
                 return
-            prev = frame.astype(np.int16)
             for s in strip_at.get(f, ()):
                 out.strips.setdefault(s.window, {"blended": {}, "own": {}})["blended"][f] = thumbnail(frame, thumb)
             out.frames_in += 1
@@ -240,8 +238,8 @@ def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend=None, wri
         path = Path(tmp) / f"segment-{job.index:05d}.mp4"
         out.frames_out = write_frames(path, job.encoding, frames)
         out.data = path.read_bytes()
+    out.diffs = meter.curve
     out.seconds = time.perf_counter() - t0
-    out.pid = os.getpid()
     return out
 
 
