@@ -5,6 +5,12 @@ one throwaway 1-step window of the job's shape before the actor reports ready, s
 first real window does not pay the first-call costs. If Ray restarts the actor
 (`max_restarts`), `__init__` runs again and the pipeline is reloaded; the driver resubmits
 the window.
+
+A farm actor (the shared farm's pool, scheduler/manager.py) starts with no pipeline and
+outlives jobs: `use(spec, key)` switches it to a job's pipeline, warm when it holds it,
+keeping at most `max_models` loaded (least recently used out, as Ray Serve's model
+multiplexing does). Every window it renders names its pipeline, so a restarted actor
+(which holds none) loads it again before rendering.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,10 +33,8 @@ from farm.spec import JobSpec
 class PipelineActor:
     """Wrapped with `ray.remote` by `pipeline_actor_class()`; plain here so it stays readable."""
 
-    def __init__(self, spec: JobSpec, threads: int | None = None):
+    def __init__(self, spec: JobSpec | None = None, threads: int | None = None, max_models: int = 1):
         import torch
-
-        from farm.renderers import make_renderer  # torch and diffusers load here, on the actor
 
         if threads:
             torch.set_num_threads(threads)
@@ -38,18 +43,60 @@ class PipelineActor:
         self.node = ctx.get_node_id()
         self.actor = ctx.get_actor_id() or f"local-{os.getpid()}"
         self.host = socket.gethostname()
-        spec = relocate_inputs(spec)
-        context = FaultContext(restarted=ctx.was_current_actor_reconstructed,
-                               node_resources=_node_resources(self.node) if spec.model.faults else {})
-        self.renderer = make_renderer(spec, context=context)
-        self.restarted = context.restarted
-        faults = spec.model.faults
-        self.crash_on_step, self.step_delay = (faults.crash_on_step, faults.delay) if faults else (None, 0.0)
+        self.restarted = ctx.was_current_actor_reconstructed
+        self.max_models = max_models
+        self.pipelines: OrderedDict[str, tuple] = OrderedDict()  # a shared actor's: key → (renderer, spec)
+        self.key = None  # the pipeline in use
+        self.renderer = None
         self.shard = None
         self.faults_armed = True
+        if spec is not None:  # a job's private actor: its one pipeline, loaded now
+            self._load(spec)
+
+    def _load(self, spec: JobSpec) -> None:
+        from farm.renderers import make_renderer  # torch and diffusers load here, on the actor
+
+        spec = relocate_inputs(spec)
+        context = FaultContext(restarted=self.restarted,
+                               node_resources=_node_resources(self.node) if spec.model.faults else {})
+        self.renderer = make_renderer(spec, context=context)
+        self._set_faults(spec)
         self.warmup_seconds, self.warmup_skipped = None, None
         if spec.model.warmup:
             self._warm_up(spec)
+
+    def use(self, spec: JobSpec, key: str) -> dict:
+        """A farm actor (scheduler/manager.py) switches to the pipeline `key` renders with:
+        warm if it holds it, else loaded now, first evicting the least recently used one
+        when it already holds `max_models`. Says what it cost."""
+        if key == self.key:
+            return self._used(True, 0.0, [])
+        if key in self.pipelines:
+            self.pipelines.move_to_end(key)
+            self.renderer, spec = self.pipelines[key]
+            self.key = key
+            self._set_faults(spec)
+            return self._used(True, 0.0, [])
+        evicted = []
+        while len(self.pipelines) >= self.max_models:
+            gone, _ = self.pipelines.popitem(last=False)
+            evicted.append(gone)
+        self.renderer, self.key = None, None
+        if evicted:
+            _free_memory()
+        t0 = time.perf_counter()
+        self._load(spec)
+        self.pipelines[key] = (self.renderer, spec)
+        self.key = key
+        return self._used(False, time.perf_counter() - t0, evicted)
+
+    def _set_faults(self, spec: JobSpec) -> None:
+        faults = spec.model.faults
+        self.crash_on_step, self.step_delay = (faults.crash_on_step, faults.delay) if faults else (None, 0.0)
+
+    def _used(self, warm: bool, seconds: float, evicted: list[str]) -> dict:
+        return self.info() | {"warm": warm, "load_seconds": round(seconds, 3), "evicted": evicted,
+                              "models": list(self.pipelines)}
 
     def _warm_up(self, spec: JobSpec) -> None:
         """Render the warm-up window. Running out of GPU memory there is not fatal: the
@@ -66,6 +113,9 @@ class PipelineActor:
             self.warmup_skipped = first_line(err)
 
     def info(self) -> dict:
+        if self.renderer is None:  # a farm actor that holds no pipeline yet
+            return {"actor": self.actor, "node": self.node, "host": self.host, "pid": os.getpid(),
+                    "threads": self.threads, "models": list(self.pipelines)}
         return {
             "actor": self.actor,
             "node": self.node,
@@ -79,7 +129,12 @@ class PipelineActor:
             "memory": self.renderer.memory,
         }
 
-    def render(self, task: WindowTask) -> WindowResult:
+    def render(self, task: WindowTask, spec: JobSpec | None = None, key: str | None = None) -> WindowResult:
+        """Render one window. A farm actor is told the job's pipeline with every window
+        (`spec`, `key`): after a restart, or with another job's pipeline in use, it
+        switches first."""
+        if key is not None and key != self.key:
+            self.use(spec, key)
         started = time.time()
         t0 = time.perf_counter()
         frames, fallbacks = self.renderer.render(task)
@@ -97,11 +152,12 @@ class PipelineActor:
             fallbacks=fallbacks,
         )
 
-    def render_apart(self, task: WindowTask) -> tuple[WindowResult, np.ndarray]:
+    def render_apart(self, task: WindowTask, spec: JobSpec | None = None,
+                     key: str | None = None) -> tuple[WindowResult, np.ndarray]:
         """`render` with the frames as a second return (`num_returns=2`): the driver takes
         the small result and passes the frames' ref on to a segment task (the segment path,
         scheduler/segments.py), so the frames never reach it."""
-        result = self.render(task)
+        result = self.render(task, spec, key)
         return replace(result, frames=None), result.frames
 
     # Co-denoising (window.reconcile: latent): one shard of the video, stepped in lockstep
@@ -176,6 +232,16 @@ def relocate_inputs(spec: JobSpec, cwd: Path | None = None) -> JobSpec:
     if control is not None and control.model.startswith("/"):
         control = control.model_copy(update={"model": here(control.model)})
     return spec.model_copy(update={"model": model, "control": control})
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _node_resources(node_id: str) -> dict:

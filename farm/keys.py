@@ -17,6 +17,8 @@ versions (upgrading torch or diffusers keeps the store; `farm store gc` clears i
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from farm.identity import ref_identity
 from farm.pipelines import descriptor
 from farm.spec import JobSpec
@@ -61,3 +63,18 @@ def latent_job_key(window_keys: list[str], scheme: str) -> str:
     change anywhere reaches everywhere through the fused overlaps), so it is made of all
     the windows' keys, in order, and the fuse weights' scheme."""
     return window_key({"reconcile": "latent", "blend": scheme, "windows": list(window_keys)})
+
+
+#: Blocks of a spec that act on the frames after the pipeline (or on the job): not part of
+#: what a loaded pipeline holds. Every other block (the model, a pipeline's own) is.
+_JOB_BLOCKS = ("window", "encode", "interpolate")
+
+
+def pipeline_key(spec: JobSpec, device_kind: str) -> str:
+    """Which loaded pipeline renders a job's windows, for the shared farm's warm actors
+    (scheduler/manager.py): the models' identity, and every setting a loaded pipeline holds
+    beyond it (the model block, the pipeline's own block, the fault injection). Two jobs
+    with the same key can render on the same loaded pipeline."""
+    blocks = {name: value.model_dump(mode="json") for name, value in spec
+              if isinstance(value, BaseModel) and name not in _JOB_BLOCKS}
+    return window_key({"pipeline_of": model_identity(spec, device_kind), "blocks": blocks})[:16]

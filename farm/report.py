@@ -34,7 +34,7 @@ def versions() -> dict:
 
 
 #: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
-_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check", "latent")
+_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check", "latent", "farm")
 #: Measured with the flicker: present (null for a single window) whenever `flicker` is.
 _WITH_FLICKER = ("seam_ratio_max", "seam_ratio_median")
 
@@ -79,6 +79,9 @@ class Report(Mapping):
     # where the frames were reconciled and encoded (`path`: driver or segments; the segments'
     # tasks, nodes and attempts) and the driver's own CPU time per window
     encode: dict | None = None
+    # the shared farm (scheduler/manager.py): the job's id and priority, how long it queued,
+    # each actor it was lent (warm, or the load it cost) and how many were recalled
+    farm: dict | None = None
 
     def to_dict(self) -> dict:
         out = {}

@@ -10,6 +10,11 @@
 
     job:     PENDING ──► RUNNING ──► DONE | FAILED
 
+    a job in the farm manager's queue (farm/farmqueue.py):
+             QUEUED ◄──► RUNNING          (holds actors; back to QUEUED when preempted to none)
+             QUEUED, RUNNING ──► DONE | FAILED | STOPPED | LOST
+                                           (LOST: its driver stopped answering; its actors were reclaimed)
+
 A window's attempts are 1 + the retries it used. `Ledger` holds one job's windows and is
 the only code that changes their status; an illegal move raises at once.
 """
@@ -33,6 +38,35 @@ class JobState(str, Enum):
     RUNNING = "RUNNING"
     DONE = "DONE"
     FAILED = "FAILED"
+
+
+class QueueState(str, Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    LOST = "LOST"
+
+    @property
+    def active(self) -> bool:
+        return self in (QueueState.QUEUED, QueueState.RUNNING)
+
+
+_QUEUE_ENDS = {QueueState.DONE, QueueState.FAILED, QueueState.STOPPED, QueueState.LOST}
+_QUEUE_MOVES = {
+    QueueState.QUEUED: {QueueState.RUNNING} | _QUEUE_ENDS,
+    QueueState.RUNNING: {QueueState.QUEUED} | _QUEUE_ENDS,
+    **{end: set() for end in _QUEUE_ENDS},
+}
+
+
+def queue_move(old: QueueState, new: QueueState) -> QueueState:
+    """The farm queue's job status after moving from `old` to `new` (the same status is
+    no move); an illegal move raises."""
+    if old is not new and new not in _QUEUE_MOVES[old]:
+        raise IllegalTransition(f"queued job: {old.value} -> {new.value}")
+    return new
 
 
 _WINDOW_MOVES = {

@@ -15,26 +15,30 @@ import click
 
 from farm import __version__
 from farm.errors import FarmError, SpecError
+from farm.farmqueue import DEFAULT_PRIORITY, PRIORITY_RANGE
 from farm.plan import plan_windows
 from farm.spec import load_spec
 from scheduler.cli_jobs import MAX_GPUS_PER_WORKER, MAX_THREADS, MAX_WORKERS, EnvOption
+from scheduler.cli_jobs import parse_resources as _parse_resources
 from scheduler.cli_jobs import fail as _fail
 
 
-def _parse_resources(ctx, param, values) -> dict:
-    out = {}
-    for v in values:
-        name, sep, amount = v.partition("=")
-        try:
-            out[name] = float(amount) if sep else 1.0
-        except ValueError:
-            raise click.BadParameter(f"expected NAME=AMOUNT, e.g. accelerator_a10g=1; got {v!r}") from None
-        if not name or out[name] <= 0:
-            raise click.BadParameter(f"expected NAME=AMOUNT with AMOUNT > 0; got {v!r}")
-    return out
-
-
 def _render_options(f):
+    f = click.option(
+        "--job-id", metavar="ID", help="The job's id in the farm queue (`farm submit` passes the Ray job's id). "
+                                       "Default: farm-<output name>-<random>.",
+    )(f)
+    f = click.option(
+        "--priority", type=click.IntRange(*PRIORITY_RANGE), envvar="FARM_PRIORITY", cls=EnvOption,
+        help=f"Priority in the shared farm's queue, {PRIORITY_RANGE[0]}-{PRIORITY_RANGE[1]} (higher first; "
+             f"default {DEFAULT_PRIORITY}).",
+    )(f)
+    f = click.option(
+        "--farm/--private", "farm", default=None,
+        help="--farm: take actors from the cluster's farm manager, starting one if none runs (what `farm submit` "
+             "does). --private: start this job's own actors. Default: the farm manager if the cluster joined "
+             "(--address) has one.",
+    )(f)
     f = click.option(
         "--gpus-per-worker", type=click.FloatRange(0, MAX_GPUS_PER_WORKER), envvar="FARM_GPUS_PER_WORKER",
         cls=EnvOption,
@@ -88,7 +92,7 @@ def main() -> None:
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @_render_options
 def render(job, output, address, workers, threads, quiet, as_json, rife_weights, store, no_store,
-           actor_resources, check_seams, gpus_per_worker):
+           actor_resources, check_seams, gpus_per_worker, farm, priority, job_id):
     """Render JOB (a YAML job spec) to an mp4 and a report next to it.
 
     Windows already in the store are reused, so running a job again after a crash, or after
@@ -98,13 +102,13 @@ def render(job, output, address, workers, threads, quiet, as_json, rife_weights,
     except SpecError as err:
         _fail(err)
     _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
-         actor_resources, check_seams, gpus_per_worker)
+         actor_resources, check_seams, gpus_per_worker, farm=farm, priority=priority, job_id=job_id)
 
 
 @main.command()
 @_render_options
 def demo(output, address, workers, threads, quiet, as_json, rife_weights, store, no_store, actor_resources,
-         check_seams, gpus_per_worker):
+         check_seams, gpus_per_worker, farm, priority, job_id):
     """Render the built-in demo job (tiny model, CPU-friendly, no network)."""
     import yaml
 
@@ -116,7 +120,7 @@ def demo(output, address, workers, threads, quiet, as_json, rife_weights, store,
     except SpecError as err:
         _fail(err)
     _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
-         actor_resources, check_seams, gpus_per_worker)
+         actor_resources, check_seams, gpus_per_worker, farm=farm, priority=priority, job_id=job_id)
 
 
 def _execute(work, quiet: bool, as_json: bool) -> dict | None:
@@ -138,13 +142,14 @@ def _execute(work, quiet: bool, as_json: bool) -> dict | None:
 
 
 def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, store=None, actor_resources=None,
-         check_seams=None, gpus_per_worker=None) -> None:
+         check_seams=None, gpus_per_worker=None, farm=None, priority=None, job_id=None) -> None:
     from scheduler.driver import render as run_job
 
     report = _execute(
         lambda progress: run_job(spec, address=address, workers=workers, threads=threads,
                                  rife_weights=rife_weights, store=store, actor_resources=actor_resources,
-                                 check_seams=check_seams, gpus_per_worker=gpus_per_worker, progress=progress),
+                                 check_seams=check_seams, gpus_per_worker=gpus_per_worker, progress=progress,
+                                 farm=farm, priority=priority, job_id=job_id),
         quiet, as_json,
     )
     if report is None:
@@ -154,14 +159,24 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
         resumed = f", resumed from step {lat['resumed_from_step']}" if lat["resumed_from_step"] else ""
         asked = f" ({lat['actors_asked']} asked)" if lat.get("actors_asked", lat["actors"]) != lat["actors"] else ""
         lost = f", {_count(len(lat['recoveries']), 'recovery')} from lost actors" if lat["recoveries"] else ""
+        moved = ", then ".join(f"{r['actors_after']} from step {r['at_step']}" for r in lat.get("reshapes", []))
+        moved = f" (the farm moved actors: {moved})" if moved else ""
         click.echo(f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
-                   f"{asked}{resumed}{lost} → {report.output_frames} frames at {report.output_fps:g} fps "
+                   f"{asked}{resumed}{lost}{moved} → {report.output_frames} frames at {report.output_fps:g} fps "
                    f"in {report.stages['total']:.1f}s")
     else:
         click.echo(
             f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
             f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
         )
+    if report.farm is not None and "private" in report.farm:
+        click.echo(f"private actors: {report.farm['private']}")
+    elif report.farm is not None:
+        f = report.farm
+        recalled = f", {_count(f['recalled'], 'actor')} recalled for jobs of higher priority" if f["recalled"] else ""
+        click.echo(f"farm job {f['job_id']} (priority {f['priority']}): queued {f['queued_seconds']:.2f}s, lent "
+                   f"{_count(f['lent'], 'actor')} ({f['warm']} warm, {_count(f['loads'], 'pipeline load')} "
+                   f"taking {f['load_seconds']:.1f}s){recalled}")
     enc = report.encode or {}
     if enc.get("path") == "segments":
         retried = f", {_count(enc['failed_attempts'], 'segment')} sent again" if enc["failed_attempts"] else ""
@@ -318,10 +333,12 @@ def models_pull(name, force):
     click.echo(f"{name}: {path} (sha256 {weights.SHA256[:12]}…, verified)")
 
 
+from scheduler.cli_farm import register as _register_farm  # noqa: E402
 from scheduler.cli_jobs import register as _register_jobs  # noqa: E402
 from scheduler.cli_poses import register as _register_poses  # noqa: E402
 
 _register_jobs(main)
+_register_farm(main)
 _register_poses(main)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

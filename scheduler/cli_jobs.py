@@ -73,6 +73,20 @@ class EnvOption(click.Option):
         return hint
 
 
+def parse_resources(ctx, param, values) -> dict:
+    """`--resource NAME=AMOUNT` options (a click callback) as a dict."""
+    out = {}
+    for v in values:
+        name, sep, amount = v.partition("=")
+        try:
+            out[name] = float(amount) if sep else 1.0
+        except ValueError:
+            raise click.BadParameter(f"expected NAME=AMOUNT, e.g. accelerator_a10g=1; got {v!r}") from None
+        if not name or out[name] <= 0:
+            raise click.BadParameter(f"expected NAME=AMOUNT with AMOUNT > 0; got {v!r}")
+    return out
+
+
 def _address_option(f):
     return click.option("--address", metavar="URL", help=_ADDRESS_HELP)(f)
 
@@ -144,10 +158,19 @@ def _follow(client, job_id: str) -> None:
               help="Set an environment variable for the job; NAME alone copies this shell's value. Repeatable. "
                    "Job settings are visible to anyone with the cluster's token: never pass secrets this way.")
 @click.option("--submission-id", help="The job's id. Default: farm-<spec name>-<random>.")
+@click.option("--priority", type=click.IntRange(0, 100), default=None,
+              help="Priority in the farm's queue, 0-100, higher first (default 50). `farm priority` changes it later.")
+@click.option("--private", is_flag=True,
+              help="Start the job's own pipeline actors instead of taking them from the farm manager.")
 @click.option("--follow", "-f", is_flag=True, help="Then stream the job's log until it ends; exit 0 only if it succeeded.")
 @_address_option
-def submit(job, output, workers, threads, gpus_per_worker, env_items, submission_id, follow, address):
+def submit(job, output, workers, threads, gpus_per_worker, env_items, submission_id, priority, private, follow,
+           address):
     """Send JOB (a YAML job spec) to a Ray cluster as a Ray Job; print the job id.
+
+    The job takes its pipeline actors from the cluster's farm manager (the first
+    submission starts one): jobs are served by priority, then submission, on warm actors
+    that outlive them (`farm queue` shows the farm). `--private` starts its own instead.
 
     The spec is validated here first: a bad spec exits 2 and is never sent. Local files
     the spec names (model folders, RIFE weights) travel with the job, up to Ray's upload
@@ -159,7 +182,7 @@ def submit(job, output, workers, threads, gpus_per_worker, env_items, submission
     env = _parse_env(env_items)
     try:
         sub = prepare_submission(job, output, workers=workers, threads=threads, gpus_per_worker=gpus_per_worker,
-                                 env=env, submission_id=submission_id)
+                                 env=env, submission_id=submission_id, priority=priority, private=private)
     except SpecError as err:
         fail(err)
     try:
@@ -227,7 +250,8 @@ def logs(job_id, follow, address):
               help="With --wait: give up after this many seconds.")
 @_address_option
 def stop(job_id, wait, timeout, address):
-    """Stop JOB_ID: its driver gets SIGTERM (then SIGKILL), and its actors go with it."""
+    """Stop JOB_ID: its driver gets SIGTERM (then SIGKILL). Its private actors go with it;
+    actors the farm lent it go back to the farm's pool, warm."""
     client = _client(address)
     try:
         was_running = client.stop(job_id)

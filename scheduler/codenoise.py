@@ -19,6 +19,12 @@ each for its info; those that answer within ACTOR_RETURN_WAIT_S carry on (an act
 node is gone waits for resources and does not), the windows are spread over them anew,
 and every shard starts again from the last whole checkpoint. The frames do not depend on
 how the windows are spread, so the video is the same bits as an undisturbed run.
+
+Resizing (the shared farm, scheduler/lease.py): at each whole checkpoint the driver may
+hand the job a new set of actors (`resize`): fewer, when the farm recalled some for a job
+of higher priority; more, when it lent new ones. The calls in flight finish (at most one
+step past the checkpoint), the windows are spread over the new set, and every shard goes
+on from that checkpoint: the same path as a recovery, without restarting any actor.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class CoDenoiser:
 
     def __init__(self, actors: list, infos: list[dict], job: LatentJob, tasks: Sequence[WindowTask],
                  prepare: Callable[[WindowTask], WindowTask], checkpoints: LatentCheckpoints, retries: int,
-                 progress: NullProgress | None = None):
+                 progress: NullProgress | None = None,
+                 resize: Callable[[], tuple[list, list[dict]] | None] | None = None):
         self.actors, self.infos = list(actors), list(infos)
         self.job, self.tasks, self.prepare = job, list(tasks), prepare
         self.checkpoints, self.retries = checkpoints, retries
@@ -66,6 +73,8 @@ class CoDenoiser:
         self.frames_total = job.windows[-1].end
         self.resumed_from_step: int | None = None
         self.recoveries: list[dict] = []
+        self.resize = resize  # at a whole checkpoint: a new set of (actors, infos), or None
+        self.reshapes: list[dict] = []
         self.shards: tuple[Shard, ...] = ()
         self.inflight: list = []  # every call of the current attempt, cancelled if it fails
         self.denoise_seconds = 0.0
@@ -104,6 +113,12 @@ class CoDenoiser:
                         yield frames
                 self.stats = ray.get([a.latent_stats.remote() for a in self.actors[: len(self.shards)]])
                 return
+            except _Reshape as reshape:
+                self.reshapes.append({"at_step": reshape.step, "actors_before": len(self.actors),
+                                      "actors_after": len(reshape.actors)})
+                self.progress.notice(f"co-denoising goes on from step {reshape.step} on {len(reshape.actors)} "
+                                     f"actors (was {len(self.actors)}): the farm moved actors")
+                self.actors, self.infos = list(reshape.actors), list(reshape.infos)
             except ray.exceptions.RayError as err:
                 if _raised_by_the_code(err):  # not a lost actor: the same inputs would raise again
                     raise LatentError(f"co-denoising failed: {first_line(err.cause)}") from err
@@ -165,6 +180,7 @@ class CoDenoiser:
             return  # resumed from the last step: nothing to denoise
         for j in range(n):
             send(j)
+        reshape = None  # a new set of actors, taken at a whole checkpoint: the calls in flight finish first
         while slots:
             [ref], _ = ray.wait(list(slots), num_returns=1)
             j, k = slots.pop(ref)
@@ -177,8 +193,13 @@ class CoDenoiser:
                 if len(parts[k]) == n:  # every shard has finished step k
                     if k in self.job.checkpoints:
                         self.checkpoints.keep_only(k)
+                        if self.resize is not None and k < last and reshape is None:
+                            new = self.resize()
+                            reshape = _Reshape(k, *new) if new else None
                     self.progress.steps_done(k, last)
                     self.progress.stage(f"denoising: step {k}/{last}")
+            if reshape is not None:
+                continue  # send nothing more; the last calls drain
             waiting = [i for i in range(n) if ready_to_send(i)]
             while waiting:  # a send can make a peer ready in turn
                 send(waiting.pop())
@@ -186,6 +207,9 @@ class CoDenoiser:
             for key in [key for key in outs if all(sent[p] >= key[1] + 1 or sent[p] == last for p in range(n))]:
                 del outs[key]  # every peer's next call has its refs
         self.denoise_seconds += time.perf_counter() - t0
+        if reshape is not None:
+            self.inflight = []
+            raise reshape
 
     def _decode(self, skip: int) -> Iterator[np.ndarray]:
         """The video's frames in order, a chunk of latent frames per call, leaving out the
@@ -284,6 +308,7 @@ class CoDenoiser:
                         "owns": list(s.owns), "peers": list(s.peers)} for s in self.shards],
             "resumed_from_step": self.resumed_from_step,
             "recoveries": self.recoveries,
+            "reshapes": self.reshapes,
             "checkpoints": list(self.job.checkpoints),
             "exchange_bytes_per_step": self.exchange_bytes_per_step(),
             "denoise_seconds": round(wall, 4),
@@ -291,6 +316,14 @@ class CoDenoiser:
             "wait_share": round(1 - sum(busy) / (wall * len(busy)), 4) if wall and busy else None,
             "shard_stats": self.stats,
         }
+
+
+class _Reshape(Exception):
+    """The farm changed the job's actors at the whole checkpoint after `step` steps."""
+
+    def __init__(self, step: int, actors: list, infos: list[dict]):
+        super().__init__(step)
+        self.step, self.actors, self.infos = step, actors, infos
 
 
 def _raised_by_the_code(err: Exception) -> bool:

@@ -18,6 +18,12 @@ on the cluster, where segment tasks reconcile, meter, interpolate and encode con
 segments of the video from the frames in the object store, and the driver only joins the
 encoded segments (scheduler/segments.py): it never touches a frame.
 
+Step 3 gets the pipeline actors in one of two ways: the job starts its own (private
+actors, stopped at its end), or, on a cluster with a farm manager (scheduler/manager.py),
+the manager lends it warm actors from the farm's pool, by priority, and may ask some back
+at a window boundary for a job of higher priority (scheduler/lease.py); the pool loop
+takes those changes in as it goes.
+
 What is specific to a pipeline (chained windows, per-window inputs, what may be stored)
 comes from its descriptor (farm/pipelines/); the driver never asks for a pipeline's name.
 """
@@ -39,7 +45,8 @@ from farm.encode import SegmentFiles, VideoWriter, open_writer
 from farm.errors import ClusterError, FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
-from farm.keys import latent_job_key, model_identity, task_key
+from farm.farmqueue import DEFAULT_PRIORITY
+from farm.keys import latent_job_key, model_identity, pipeline_key, task_key
 from farm.metrics import FlickerMeter, flicker_report
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
@@ -66,6 +73,8 @@ from scheduler.cluster import (
 )
 from scheduler.codenoise import CoDenoiser
 from scheduler.dispatch import WindowDispatcher
+from scheduler.lease import Lease
+from scheduler.manager import default_config, find_manager, start_manager
 from scheduler.pool import ActorPool
 from scheduler.progress import NullProgress
 from scheduler.rife_stage import InterpolationStage, PassThrough, rife_pool
@@ -96,7 +105,8 @@ class RenderJob:
     def __init__(self, spec: JobSpec, *, address: str | None = None, workers: int | None = None,
                  threads: int | None = None, rife_weights: str | None = None, store: str | Path | bool | None = None,
                  actor_resources: dict | None = None, gpus_per_worker: float | None = None,
-                 check_seams: float | None = None, progress: NullProgress | None = None):
+                 check_seams: float | None = None, progress: NullProgress | None = None,
+                 farm: bool | None = None, priority: int | None = None, job_id: str | None = None):
         if not isinstance(spec, JobSpec):
             raise TypeError("render() takes a validated JobSpec; use farm.spec.load_spec()")
         self.spec, self.pipeline = spec, descriptor(spec.model.pipeline)
@@ -109,6 +119,13 @@ class RenderJob:
         self.clock = Stopwatch()
         self.stages: dict[str, float] = {}
         self.records: dict[int, dict] = {}
+        # the shared farm: None uses a manager if the cluster joined has one; True starts one
+        # if needed (a submitted job); False keeps private actors
+        self.farm, self.priority = farm, DEFAULT_PRIORITY if priority is None else priority
+        self.job_id = job_id or f"farm-{Path(spec.output).stem}-{os.urandom(4).hex()}"
+        self.lease: Lease | None = None
+        self.private_why: str | None = None  # a farm job that had to start its own actors
+        self.interrupted = False
         self.session = self.pool = self.stream = self.codenoiser = None
         self.actors, self.actor_infos, self.rife_actors, self.rife_infos = [], [], [], []
         self.t_render: float | None = None
@@ -130,6 +147,9 @@ class RenderJob:
                 self.render_and_encode()
             except FarmError as err:  # the one failure path: the report says what was done
                 self.write_failure_report(err)
+                raise
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `farm stop` on the shared farm
+                self.interrupted = True
                 raise
             finally:
                 self.stop_actors()
@@ -168,31 +188,26 @@ class RenderJob:
         rife_cpus = ip.workers if ip and spec.encode.path != "segments" else 0  # RIFE actors, if it may come to that
         self.session = connect(self.address, cpus_wanted=(self.workers or 1) * (self.threads or 1) + rife_cpus
                                + segments)
-        gpus = wants_gpus(self.session, self.gpus_per_worker)
+        manager = self._farm_manager()  # None: this job starts its own actors
+        gpus, actors_take = self._shape_pool(manager, reserved_cpus=rife_cpus + segments)
         self.keys = _Keys(spec, "cuda" if gpus else "cpu")
-        self.workers, self.threads = pool_shape(self.session, self.workers, self.threads,
-                                                reserved_cpus=rife_cpus + segments, gpus_per_worker=self.gpus_per_worker)
-        if self.pipeline.chained:
-            self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
-        self.path = _place_path(self.path, spec.encode.path == "auto", self.session, self.workers,
-                                1 if gpus else self.threads)
+        self.path = _place_path(self.path, spec.encode.path == "auto", self.session, actors_take)
         self.segmented = self.path == "segments"
         # worker processes for the segment tasks start while the actors load
-        warming = warm_workers(self.session.cpus - self.workers * (1 if gpus else self.threads)) \
-            if self.segmented else []
+        warming = warm_workers(self.session.cpus - actors_take) if self.segmented else []
         self.workers_asked = self.workers
         if self.latent or not self._all_stored():
-            # a co-denoised job starts on the actors that could be placed: its frames are the same
-            self.actors, self.actor_infos = start_pipeline_actors(
-                spec, self.session, self.workers, self.threads, share_gpu=bool(ip),
-                resources=self.actor_resources, gpus_per_worker=self.gpus_per_worker,
-                on_wait=lambda ready, total: progress.stage(f"starting actors: {ready}/{total} ready "
-                                                            "(waiting for nodes or model loads)"),
-                partial_after=LATENT_PLACEMENT_S if self.latent else None)
+            if manager is None:
+                self.actors, self.actor_infos = self._start_own_actors()
+            else:
+                self.actors, self.actor_infos = self._borrow_actors(manager)
             self.keys.use_devices(info["device"] for info in self.actor_infos)
-        self.pool = ActorPool(self.actors, self.actor_infos, self.ledger, per_actor=PER_ACTOR_IN_FLIGHT,
+        lent = self.lease is not None and not self.latent
+        self.pool = ActorPool(self.actors, self.actor_infos, self.ledger,
+                              per_actor=1 if lent else PER_ACTOR_IN_FLIGHT,  # a lent actor moves after one window
                               method="render_apart" if self.segmented else "render", apart=self.segmented,
-                              on_failure=progress.window_failed)
+                              extra_args=(self.lease.spec_ref, self.lease.key) if lent else (),
+                              lease=self.lease if lent else None, on_failure=progress.window_failed)
         self.interp = PassThrough()
         warmed(warming)
         if ip and not self.segmented:  # the segment tasks interpolate their own segments
@@ -202,6 +217,61 @@ class RenderJob:
                 fail_chunks=tuple(faults.fail_chunks) if faults else ())
         self.clock.stop("startup")
         self.ledger.job(JobState.RUNNING)
+
+    def _farm_manager(self):
+        """The farm manager that lends this job its actors, or None for private actors."""
+        if self.farm is False or self.session.started_here:
+            return None
+        shipped = _shipped_inputs(self.spec)
+        if shipped:  # files in this job's working_dir: the farm's actors cannot see them
+            self.private_why = (f"{', '.join(shipped)} shipped with the job, which the farm's shared actors cannot "
+                                "read; name models by hub id or by a path every node has")
+            self.progress.notice(f"private actors: {self.private_why}")
+            return None
+        if self.farm:  # a manager started here takes this job's actor options as its pool's shape
+            return start_manager(default_config(self.workers, self.threads, self.gpus_per_worker,
+                                                resources=dict(self.actor_resources or {})))[0]
+        return find_manager()
+
+    def _shape_pool(self, manager, reserved_cpus: int) -> tuple[bool, int]:
+        """Workers and threads: this job's own, or the farm's pool's (shaped when its
+        manager started). Returns (GPU actors?, CPUs the pipeline actors take)."""
+        if manager is None:
+            gpus = wants_gpus(self.session, self.gpus_per_worker)
+            self.workers, self.threads = pool_shape(self.session, self.workers, self.threads,
+                                                    reserved_cpus=reserved_cpus, gpus_per_worker=self.gpus_per_worker)
+            actors_take = self.workers * (1 if gpus else self.threads)
+        else:
+            config = ray.get(manager.pool_config.remote())
+            gpus = config["gpus_per_actor"] > 0
+            self.workers = min(self.workers or config["max_actors"], config["max_actors"])
+            self.threads = config["threads"]
+            actors_take = config["max_actors"] * (1 if gpus else self.threads)
+        if self.pipeline.chained:
+            self.workers = 1  # a chain runs one window at a time: leave the other GPUs free
+        return gpus, actors_take
+
+    def _start_own_actors(self) -> tuple[list, list[dict]]:
+        """Private actors; a co-denoised job starts on those that could be placed (its
+        frames are the same)."""
+        progress = self.progress
+        return start_pipeline_actors(
+            self.spec, self.session, self.workers, self.threads, share_gpu=bool(self.spec.interpolate),
+            resources=self.actor_resources, gpus_per_worker=self.gpus_per_worker,
+            on_wait=lambda ready, total: progress.stage(f"starting actors: {ready}/{total} ready "
+                                                        "(waiting for nodes or model loads)"),
+            partial_after=LATENT_PLACEMENT_S if self.latent else None)
+
+    def _borrow_actors(self, manager) -> tuple[list, list[dict]]:
+        """Register with the farm manager and wait for its first actor. Windows go to lent
+        actors through the pool, which takes them in as they come (none here); a
+        co-denoised job takes the actors lent now, and changes them at checkpoints."""
+        self.lease = Lease(manager, self.job_id, self.spec, pipeline_key(self.spec, self.keys.kind),
+                           priority=self.priority, wants=min(self.workers, len(self.tasks)), latent=self.latent,
+                           label=Path(self.spec.output).name, model_name=_model_name(self.spec),
+                           windows_total=len(self.tasks))
+        self.lease.wait_for_actors(on_wait=self.progress.stage)
+        return self.lease.take_all() if self.latent else ([], [])
 
     # 4-7. ----------------------------------------------------------------------------------
     def render_and_encode(self) -> None:
@@ -259,7 +329,8 @@ class RenderJob:
     def dispatch_windows(self) -> None:
         # on the segment path the look-ahead spans two segments' windows, so that one can be
         # encoded while the next one's windows render
-        dispatcher = WindowDispatcher(self.pool, self.ledger, extra_lookahead=2 * self.stream.widest)
+        lent = 2 * PER_ACTOR_IN_FLIGHT * self.workers if self.lease is not None else None  # the pool starts empty
+        dispatcher = WindowDispatcher(self.pool, self.ledger, lookahead=lent, extra_lookahead=2 * self.stream.widest)
         tasks = self.tasks
         while tasks:
             for result in dispatcher.run(tasks, limit=self._needed_from, cached=self._from_store,
@@ -284,7 +355,7 @@ class RenderJob:
         self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
         self.codenoiser = CoDenoiser(
             self.actors, self.actor_infos, job, self.tasks, prepare, self.store.checkpoints(self.latent_key),
-            spec.retries, progress=self.progress)
+            spec.retries, progress=self.progress, resize=self.lease.reshape if self.lease is not None else None)
         for index in range(len(self.tasks)):
             self.ledger.start(index)
         if self.segmented:  # the decoded chunks stay in the object store
@@ -338,6 +409,10 @@ class RenderJob:
             self.progress.window_done(result)
         record = _window_record(result, status, task, key, self.epoch0, self.clock.elapsed() - self.t_render)
         self.records[result.index] = record | self.inputs.describe(result.index)
+        if self.lease is not None:
+            self.lease.windows_done = len(self.records)
+            if status.state is not WindowState.CACHED:
+                self.lease.window_started(result.started)
 
     def _stored(self) -> None:
         """Wait for the segment path's store writes; one that failed is logged (the video is
@@ -350,6 +425,12 @@ class RenderJob:
         self.store_writes = []
 
     def stop_actors(self) -> None:
+        """Private actors are stopped; lent ones go back to the farm's pool, warm."""
+        if self.lease is not None:
+            done = self.ledger.state is JobState.DONE
+            self.lease.windows_done = sum(len(self.ledger.in_state(s)) for s in (WindowState.DONE, WindowState.CACHED))
+            self.lease.close("DONE" if done else "STOPPED" if self.interrupted else "FAILED")
+            self.actors = []
         stop_actors(self.actors + self.rife_actors)
         if self.session is not None:
             if wants_gpus(self.session, self.gpus_per_worker):
@@ -424,7 +505,10 @@ class RenderJob:
             store={"path": str(self.store.root), "reused": cached, "corrupt_removed": list(self.store.corrupt)},
             blocklist=self.pool.blocklist.report() if self.pool else [],
             stages={k: round(v, 4) for k, v in self.stages.items()},
-            plan=self.plan.to_dict() | {"windows": len(self.plan.windows)}, actors=self.actor_infos,
+            plan=self.plan.to_dict() | {"windows": len(self.plan.windows)},
+            actors=self.actor_infos if self.lease is None else self.lease.actor_infos(),
+            farm=self.lease.report() if self.lease is not None else
+            {"private": self.private_why} if self.private_why else None,
             reconcile=spec.window.reconcile, encode=self._encode_report(),
             workers=self.workers, threads_per_actor=self.threads, spec=spec.model_dump(mode="json"), **fields)
         report.write(self.local_out, filmstrips)
@@ -601,20 +685,38 @@ class _InDriver:
         return self.drift_meter.per_window()
 
 
-def _place_path(path: str, auto: bool, session, workers: int, cpus_per_actor: int) -> str:
-    """The segment path only if the cluster has a CPU left beside the pipeline actors for
-    the segment tasks: `auto` falls back to the driver path; `segments` asked for without
-    one is an error, not a stall."""
+def _place_path(path: str, auto: bool, session, actors_take: int) -> str:
+    """The segment path only if the cluster has a CPU left beside the pipeline actors
+    (which take `actors_take` CPUs) for the segment tasks: `auto` falls back to the driver
+    path; `segments` asked for without one is an error, not a stall."""
     if path == "driver":
         return path
-    free = session.cpus - workers * cpus_per_actor
+    free = session.cpus - actors_take
     if free >= 1:
         return path
     if not auto:
         raise ClusterError(f"encode.path: segments needs a CPU beside the pipeline actors for the segment tasks; "
-                           f"the {workers} actors take {workers * cpus_per_actor} of the cluster's {session.cpus}. "
+                           f"the actors take {actors_take} of the cluster's {session.cpus} CPUs. "
                            "Start fewer actors or threads (--workers, --threads), or use encode.path: driver")
     return "driver"
+
+
+def _model_name(spec: JobSpec) -> str:
+    """The job's pipeline as `farm queue` names it."""
+    model = spec.model
+    if model.faults is not None and model.faults.simulate_seconds is not None:
+        return f"simulation {model.faults.simulate_seconds:g}s"
+    name = f"{model.pipeline} {Path(model.base).name if model.base.startswith('/') else model.base}"
+    return name + (f" ({model.scheduler_name})" if model.scheduler_name else "")
+
+
+def _shipped_inputs(spec: JobSpec) -> list[str]:
+    """The spec's pipeline inputs that `farm submit` shipped in this job's working_dir."""
+    from scheduler.jobs import INPUTS_DIR, local_inputs
+
+    shipped = Path.cwd().resolve() / INPUTS_DIR
+    return [i.field for i in local_inputs(spec.model_dump(mode="json"))
+            if not i.field.startswith("interpolate") and shipped in i.path.parents]
 
 
 class _WindowInputs:

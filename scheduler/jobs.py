@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from farm import __version__, outputs
+from farm.farmqueue import DEFAULT_PRIORITY
 from farm.errors import ClusterError, SpecError
 from farm.pipelines import REGISTRY
 from farm.identity import is_local_ref
@@ -325,8 +326,8 @@ def _submission_id(job_path: Path) -> str:
 
 def prepare_submission(job: str | Path, output: str | None = None, *, workers: int | None = None,
                        threads: int | None = None, gpus_per_worker: float | None = None,
-                       env: dict[str, str] | None = None,
-                       submission_id: str | None = None) -> Submission:
+                       env: dict[str, str] | None = None, submission_id: str | None = None,
+                       priority: int | None = None, private: bool = False) -> Submission:
     """Validate `job` here, decide its cluster output, and stage it with its local inputs.
 
     Raises SpecError (nothing was sent) for a bad spec, an output the cluster cannot
@@ -339,8 +340,16 @@ def prepare_submission(job: str | Path, output: str | None = None, *, workers: i
     size = _upload_size(job, inputs, raw)
     # 3. Stage: job.yaml with the inputs renamed into inputs/, and links to the inputs.
     folder = _stage(raw, inputs, target)
-    # 4. The entrypoint: `farm render` on the cluster, joining its Ray.
+    # 4. The entrypoint: `farm render` on the cluster, joining its Ray, its actors lent by
+    #    the farm manager (started if none runs) under the Ray job's id, unless private.
+    submission_id = submission_id or _submission_id(job)
     argv = ["farm", "render", SPEC_NAME, "--address", "auto"]
+    if private:
+        argv += ["--private"]
+    else:
+        argv += ["--farm", "--job-id", submission_id]
+        if priority is not None:
+            argv += ["--priority", str(priority)]
     if workers:
         argv += ["--workers", str(workers)]
     if threads:
@@ -357,8 +366,9 @@ def prepare_submission(job: str | Path, output: str | None = None, *, workers: i
         output=target,
         inputs=inputs,
         size=size,
-        submission_id=submission_id or _submission_id(job),
-        metadata={"farm": __version__, "spec": job.name, "output": target},
+        submission_id=submission_id,
+        metadata={"farm": __version__, "spec": job.name, "output": target}
+        | ({} if private else {"priority": str(DEFAULT_PRIORITY if priority is None else priority)}),
     )
 
 
@@ -564,6 +574,24 @@ class JobsClient:
     def list(self) -> list[dict]:
         jobs = self._call(lambda: self.client.list_jobs())
         return sorted((_details(j) for j in jobs), key=lambda d: d.get("start_time") or 0)
+
+    def run_command(self, argv: list[str], timeout: float = 120.0, poll: float = 0.25) -> str:
+        """Run a short `farm` command on the cluster as a Ray job of its own (how `farm
+        queue`, `farm priority` and `farm manager` reach the farm manager through the jobs
+        API alone); its log. ClusterError if it fails, with the end of its log."""
+        job_id = f"farm-control-{secrets.token_hex(4)}"
+        self._call(lambda: self.client.submit_job(entrypoint=shlex.join(argv), submission_id=job_id,
+                                                  metadata={"farm": __version__, "control": argv[1]}))
+        info = self.wait(job_id, timeout=timeout, poll=poll)
+        log = self.logs(job_id)
+        if info["status"] != "SUCCEEDED":
+            lines = log.strip().splitlines()
+            said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+            if said:  # the command's own error lines, as it printed them
+                raise ClusterError("; ".join(said))
+            raise ClusterError(f"`{shlex.join(argv)}` failed on the cluster ({info['status']}): "
+                               + "\n".join(lines[-5:]))
+        return log
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> dict:
         """Poll until the job reaches a terminal state; its info. ClusterError on timeout."""

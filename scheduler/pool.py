@@ -24,6 +24,11 @@ we do):
 - An actor, or a node, that fails `blocklist_after` different pieces of work is
   blocklisted: it gets no more work and its actors are stopped. Work it was running when
   it was stopped goes back to the queue without counting as an attempt.
+- The set of actors may change while work runs (a job of the shared farm, whose actors
+  the farm manager lends: scheduler/lease.py). `add` lends one more; `retire` asks one
+  back: it gets no new work, and once its current piece is done `drained` hands it back.
+  Such a pool has a `lease`, which it lets bring its changes in before every wait; with
+  no actor at all, it waits for the lease instead of failing.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ PROBE_WAIT_S = 5.0
 #: An actor or node that fails this many different pieces of work is blocklisted.
 BLOCKLIST_AFTER = 3
 
+#: How long one wait lasts in a pool whose actors are lent (the lease's changes come in
+#: between waits).
+LEASE_POLL_S = 0.1
+
 
 # -- policy: plain code ----------------------------------------------------------------------
 @dataclass
@@ -63,10 +72,11 @@ class Slot:
     probing: bool = False  # lost; waiting for Ray to bring it back
     dead: bool = False  # could not be restarted
     blocked: bool = False
+    retiring: bool = False  # lent by the farm and asked back: no new work
 
     @property
     def usable(self) -> bool:
-        return not (self.probing or self.dead or self.blocked)
+        return not (self.probing or self.dead or self.blocked or self.retiring)
 
 
 @dataclass
@@ -169,10 +179,12 @@ class ActorPool:
 
     def __init__(self, actors: Sequence[object], infos: Sequence[dict], ledger: Ledger, *, method: str,
                  what: str = "pipeline", per_actor: int = 2, blocklist_after: int = BLOCKLIST_AFTER,
-                 apart: bool = False,
+                 apart: bool = False, extra_args: tuple = (), lease=None,
                  clock: Callable[[], float] = time.time,
                  on_failure: Callable[[int, str, bool], None] = lambda index, error, retrying: None):
         slots = [Slot(a, info["actor"], info["node"]) for a, info in zip(actors, infos)]
+        self.extra_args = extra_args  # passed after the payload of every call
+        self.lease = lease  # lends and asks back actors: `lease.sync(pool)` before every wait
         self.policy = PoolPolicy(slots, per_actor, blocklist_after)
         self.ledger = ledger
         self.method, self.what = method, what
@@ -201,9 +213,9 @@ class ActorPool:
             return False
         self.ledger.start(index)
         if self.apart:
-            ref, frames = getattr(slot.actor, self.method).options(num_returns=2).remote(*payload)
+            ref, frames = getattr(slot.actor, self.method).options(num_returns=2).remote(*payload, *self.extra_args)
         else:
-            ref, frames = getattr(slot.actor, self.method).remote(*payload), None
+            ref, frames = getattr(slot.actor, self.method).remote(*payload, *self.extra_args), None
         self._calls[ref] = _Call("work", slot, self.clock(), index, payload, frames)
         slot.in_flight += 1
         return True
@@ -211,6 +223,31 @@ class ActorPool:
     def _resubmit(self) -> None:
         while self._retry and self._start(*self._retry[0]):
             heapq.heappop(self._retry)
+
+    # -- lent actors ---------------------------------------------------------------------
+    def add(self, actor: object, info: dict) -> None:
+        """One more actor (lent by the farm manager)."""
+        self.policy.slots.append(Slot(actor, info["actor"], info["node"]))
+
+    def retire(self, name: str) -> None:
+        """Ask `name` back: it gets no new work; `drained` hands it back once idle."""
+        for slot in self.policy.slots:
+            if slot.name == name:
+                slot.retiring = True
+
+    def drained(self) -> list[str]:
+        """Retired actors with no work left, now out of the pool."""
+        probing = {c.slot.name for c in self._calls.values()}
+        out = [s for s in self.policy.slots if s.retiring and s.in_flight == 0 and s.name not in probing]
+        self.policy.slots = [s for s in self.policy.slots if s not in out]
+        return [s.name for s in out]
+
+    def lost(self) -> list[str]:
+        """Actors that are gone for good: could not be restarted, or blocklisted (stopped)."""
+        return [s.name for s in self.policy.slots if s.dead or s.blocked]
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.policy.slots]
 
     def busy(self) -> bool:
         """Work is running or waiting to be retried."""
@@ -221,11 +258,17 @@ class ActorPool:
         """Wait (at most `timeout`) for one call to finish. Returns (index, result) for
         finished work, None for anything else (a failure handled, a probe, nothing yet).
         `waiting`: the caller holds work that `submit` refused. Raises ClusterError when
-        work is left and nothing is running that could ever free an actor for it."""
+        work is left and nothing is running that could ever free an actor for it (in a pool
+        with a lease: waits a moment for the lease to lend one)."""
+        if self.lease is not None:
+            self.lease.sync(self)
+            timeout = LEASE_POLL_S if timeout is None else min(timeout, LEASE_POLL_S)
         self._resubmit()
         if not self._calls:
             if self._retry or waiting:
-                raise ClusterError(self.policy.no_actors_left(self.what))
+                if self.lease is None:
+                    raise ClusterError(self.policy.no_actors_left(self.what))
+                time.sleep(LEASE_POLL_S)
             return None
         done, _ = ray.wait(list(self._calls), num_returns=1, timeout=timeout)
         if not done:

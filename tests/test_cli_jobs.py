@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from types import SimpleNamespace
 
 import click
 import pytest
@@ -171,3 +172,36 @@ def test_spec_problems_and_a_bad_dash_o_are_reported_together(tmp_path):
     with pytest.raises(SpecError) as info:
         jobs.prepare_submission(job, "out.avi")
     assert [p.split(":")[0] for p in info.value.problems] == ["steps", "-o/--output"]
+
+
+# --- farm queue / priority / manager through the jobs API ---------------------------------------
+
+class FakeControlClient:
+    """A jobs API that runs one control job (`farm queue` & co.) to `status`, with `log`."""
+
+    def __init__(self, status: str, log: str):
+        self.status, self.log, self.submitted = status, log, []
+
+    def submit_job(self, **kwargs) -> str:
+        self.submitted.append(kwargs)
+        return kwargs["submission_id"]
+
+    def get_job_info(self, job_id):
+        return SimpleNamespace(submission_id=job_id, status=self.status, message="")
+
+    def get_job_logs(self, job_id) -> str:
+        return self.log
+
+
+def test_a_farm_command_on_the_cluster_answers_with_its_own_json_or_its_own_error(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ok = FakeControlClient("SUCCEEDED", 'INFO job_manager.py:581 -- Runtime env is setting up.\n{"jobs": []}\n')
+    log = client_with(ok).run_command(["farm", "queue", "--address", "auto", "--json"], poll=0)
+    assert log.strip().endswith('{"jobs": []}')
+    assert ok.submitted[0]["entrypoint"] == "farm queue --address auto --json"
+    assert ok.submitted[0]["submission_id"].startswith("farm-control-")
+    failed = FakeControlClient("FAILED", "INFO Running entrypoint for job farm-control-1\n"
+                                         "error: no job 'nope' in the farm queue\n")
+    with pytest.raises(ClusterError) as err:
+        client_with(failed).run_command(["farm", "priority", "nope", "10"], poll=0)
+    assert str(err.value) == "no job 'nope' in the farm queue"  # not Ray's log lines around it

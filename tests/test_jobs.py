@@ -54,7 +54,9 @@ def jobs_group() -> click.Group:
 def test_two_submitted_jobs_share_the_cluster_and_are_ordinary_ray_jobs(tmp_path, token_head):
     from farm.models.tiny import TINY_MOTION_ADAPTER, tiny_model_path
 
-    # Job 2 names its motion adapter by a folder on this machine: it travels with the job.
+    # Job 1 takes its actor from the farm manager, which its submission starts. Job 2 names
+    # its motion adapter by a folder on this machine: it travels with the job, which
+    # therefore renders on an actor of its own (the farm's shared actors cannot read it).
     adapter = tiny_model_path(TINY_MOTION_ADAPTER)
     models = [{}, {"model": {"pipeline": "animatediff", "base": "tiny", "motion_adapter": str(adapter)}}]
     ids, outs = [], []
@@ -83,14 +85,26 @@ def test_two_submitted_jobs_share_the_cluster_and_are_ordinary_ray_jobs(tmp_path
         assert (info.frames, info.width, info.height, info.fps) == (20, 64, 64, 8.0)
         assert len(read_frames(out)) == 20
         assert json.loads(Path(f"{out}.report.json").read_text())["output_frames"] == 20
-    shipped = json.loads(Path(f"{outs[1]}.report.json").read_text())["spec"]["model"]["motion_adapter"]
+    reports = [json.loads(Path(f"{out}.report.json").read_text()) for out in outs]
+    shipped = reports[1]["spec"]["model"]["motion_adapter"]
     assert shipped.endswith("/inputs/0-tiny-motion-adapter-v1") and shipped != str(adapter)
+    assert reports[0]["farm"]["job_id"] == ids[0] and reports[0]["farm"]["priority"] == 50
+    assert reports[1]["farm"]["private"].startswith("model.motion_adapter shipped with the job")
 
     # Ray's own CLI sees ordinary Ray jobs.
     status = ray_cli(token_head, "job", "status", ids[0])
     assert status.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower()
     logs = ray_cli(token_head, "job", "logs", ids[1])
     assert logs.returncode == 0 and "co-denoised 2 windows" in logs.stdout  # window.reconcile: latent, the default
+    assert "private actors: model.motion_adapter shipped with the job" in logs.stdout
+
+    # The farm's queue, through the jobs API alone: job 1 is there, done, its actor idle and warm.
+    queued = farm(token_head, "queue", "--json")
+    assert queued.returncode == 0, queued.stderr
+    snap = json.loads(queued.stdout)
+    assert [(j["id"], j["state"], j["windows_done"]) for j in snap["jobs"]] == [(ids[0], "DONE", 2)]
+    assert [(a["busy"], len(a["models"])) for a in snap["actors"]] == [(False, 1)]
+    assert snap["answered_in_seconds"] < 30
 
     table = farm(token_head, "list", COLUMNS="250")
     assert table.returncode == 0 and all(job_id in table.stdout for job_id in ids), table.stdout + table.stderr
@@ -100,33 +114,47 @@ def test_two_submitted_jobs_share_the_cluster_and_are_ordinary_ray_jobs(tmp_path
     for job_id, out in zip(ids, outs):
         assert by_id[job_id]["status"] == "SUCCEEDED"
         assert by_id[job_id]["metadata"]["output"] == str(out)
-        assert by_id[job_id]["entrypoint"].startswith("farm render job.yaml --address auto")
+        assert by_id[job_id]["entrypoint"].startswith("farm render job.yaml --address auto --farm")
 
 
-def test_farm_stop_mid_render_leaves_no_actors_and_no_resources_behind(tmp_path, token_head):
+def test_farm_stop_returns_the_lent_actor_warm_and_manager_stop_frees_the_cluster(tmp_path, token_head):
     total = resources(token_head)["total"]
     job = write_spec(tmp_path, base_spec(tmp_path, frames=240, steps=4, seed=7))  # minutes of work
-    submitted = farm(token_head, "submit", job, "--workers", 1, "--threads", 1)
+    submitted = farm(token_head, "submit", job, "--workers", 1, "--threads", 1, "--priority", 70)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
 
-    # Stop it once its pipeline actor is up and rendering.
-    wait_for(lambda: farm_actors_alive(token_head), 120, 0.5, "the job's pipeline actor")
-    busy = resources(token_head)["available"]
-    assert busy.get("CPU", 0) < total["CPU"]  # the actor holds a CPU while the job runs
+    def queue() -> dict:
+        result = farm(token_head, "queue", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def ours(snap: dict) -> dict:
+        return next((j for j in snap["jobs"] if j["id"] == job_id), {})
+
+    # Stop it once the farm has lent it its actor and it renders.
+    wait_for(lambda: ours(queue()).get("windows_done", 0) >= 1, 180, 1, "the job to render on a lent actor")
     assert farm(token_head, "status", job_id).stdout.startswith(f"{job_id}: RUNNING")
     stopped = farm(token_head, "stop", job_id)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip() == f"{job_id}: STOPPED"
     assert farm(token_head, "status", job_id).stdout.startswith(f"{job_id}: STOPPED")
+    # its driver ended the job itself on SIGTERM: the actor is back in the pool, warm, at once
+    snap = queue()
+    assert (ours(snap)["state"], ours(snap)["priority"], ours(snap)["actors"]) == ("STOPPED", 70, [])
+    assert [(a["busy"], len(a["models"])) for a in snap["actors"]] == [(False, 1)]
+    assert len(farm_actors_alive(token_head)) == 1
+    assert not (tmp_path / "out.mp4").exists()  # a stopped job leaves no video
 
+    # `farm manager stop` takes the pool with it: no actor left, every CPU free.
+    gone = farm(token_head, "manager", "stop")
+    assert gone.returncode == 0 and gone.stdout.strip() == "farm manager stopped, with its 1 pool actors", gone.stderr
     wait_for(lambda: not farm_actors_alive(token_head), 60, 0.5, "the farm actors to go")
 
     def freed():
         now = resources(token_head)
         return all(now["available"].get(k, 0) == total.get(k, 0) for k in ("CPU", "GPU"))
     wait_for(freed, 60, 1, "the CPUs to return to the cluster")
-    assert not (tmp_path / "out.mp4").exists()  # a stopped job leaves no video
 
 
 def test_the_token_comes_from_any_of_rays_sources_and_its_absence_is_explained(token_head):
@@ -210,14 +238,17 @@ def test_submission_ships_the_spec_and_its_inputs_with_paths_rewritten(tmp_path)
     (model / "config.json").write_text("{}")
     data = base_spec(tmp_path, model={"pipeline": "animatediff", "base": "tiny", "motion_adapter": str(model)})
     job = write_spec(tmp_path, data)
-    sub = jobs.prepare_submission(job, "s3://bucket/renders/fox.mp4", workers=2, env={"A": "1"})
+    sub = jobs.prepare_submission(job, "s3://bucket/renders/fox.mp4", workers=2, env={"A": "1"}, priority=80)
     try:
         shipped = yaml.safe_load((sub.folder / "job.yaml").read_text())
         assert shipped["output"] == "s3://bucket/renders/fox.mp4"
         assert shipped["model"]["motion_adapter"] == "./inputs/0-adapter"
         assert (sub.folder / "inputs" / "0-adapter" / "config.json").read_text() == "{}"
         assert shipped["prompt"] == data["prompt"]
-        assert sub.entrypoint == "farm render job.yaml --address auto --workers 2"
+        # through the farm manager, under the Ray job's id, at its priority
+        assert sub.entrypoint == (f"farm render job.yaml --address auto --farm --job-id {sub.submission_id} "
+                                  "--priority 80 --workers 2")
+        assert sub.metadata["priority"] == "80"
         assert sub.runtime_env == {"working_dir": str(sub.folder), "env_vars": {"A": "1"}}
         assert sub.metadata["output"] == "s3://bucket/renders/fox.mp4"
     finally:

@@ -101,10 +101,10 @@ def test_auto_falls_back_to_the_driver_path_when_the_actors_take_every_cpu():
     from scheduler.driver import _place_path
 
     four_cpus = Session(started_here=False, gpus=0, cpus=4)
-    assert _place_path("segments", True, four_cpus, workers=1, cpus_per_actor=2) == "segments"
-    assert _place_path("segments", True, four_cpus, workers=2, cpus_per_actor=2) == "driver"
-    with pytest.raises(ClusterError, match=r"encode.path: segments needs a CPU .* take 4 of the cluster's 4"):
-        _place_path("segments", False, four_cpus, workers=2, cpus_per_actor=2)
+    assert _place_path("segments", True, four_cpus, actors_take=2) == "segments"  # 1 actor of 2 threads
+    assert _place_path("segments", True, four_cpus, actors_take=4) == "driver"
+    with pytest.raises(ClusterError, match=r"encode.path: segments needs a CPU .* take 4 of the cluster's 4 CPUs"):
+        _place_path("segments", False, four_cpus, actors_take=4)
 
 
 # -- on Ray ----------------------------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""`farm manager start|stop`, `farm queue`, `farm priority`: see and steer the shared farm
+(scheduler/manager.py). `register(main)` adds them to the `farm` group.
+
+Every command takes `--address`, as `farm submit` does, and reaches the manager one of two
+ways:
+- **the jobs API** (`http://HOST:8265`, the default, e.g. through `ray dashboard`'s SSH
+  tunnel): the command runs on the cluster as a small Ray job of its own (`farm queue
+  --address auto --json`) and its answer comes back in that job's log. Nothing but the
+  dashboard's port is needed; an answer takes a Ray job's start-up, about 2-5 s.
+- **a Ray address** (`--address auto` on a cluster node, or `ray://HOST:10001`): the
+  command joins the cluster as a Ray driver and calls the manager directly (well under a
+  second once joined).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+
+from farm.errors import ClusterError, FarmError
+from farm.farmqueue import PRIORITY_RANGE
+from scheduler.cli_jobs import _ADDRESS_HELP, _client, fail, parse_resources
+
+_FARM_ADDRESS_HELP = _ADDRESS_HELP + " Or a Ray address (auto, ray://HOST:10001) to call the manager directly."
+
+
+def _direct(address: str | None) -> bool:
+    import ray
+
+    return ray.is_initialized() or address == "auto" or bool(address and address.startswith("ray://"))
+
+
+def _join(address: str | None) -> None:
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = os.environ.get("RAY_ADDRESS", "")
+    target = env if address == "auto" and env and not env.startswith("http") else address
+    try:
+        ray.init(address=target, logging_level=logging.ERROR, log_to_driver=False)
+    except Exception as err:  # noqa: BLE001 - Ray raises many types for an unreachable address
+        raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from err
+
+
+def _on_cluster(address: str | None, argv: list[str]) -> dict:
+    """Run `farm <argv> --address auto --json` on the cluster through the jobs API; the JSON
+    it printed."""
+    client = _client(address)
+    log = client.run_command(["farm", *argv, "--address", "auto", "--json"])
+    for line in reversed(log.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ClusterError(f"`farm {' '.join(argv)}` printed no answer on the cluster; its log: {log[-500:]}")
+
+
+def _manager():
+    from scheduler.manager import find_manager
+
+    handle = find_manager()
+    if handle is None:
+        raise ClusterError("no farm manager runs on this cluster: start one with `farm manager start` "
+                           "(the first `farm submit` starts one too)")
+    return handle
+
+
+def _answer(data: dict, as_json: bool, human) -> None:
+    if as_json:
+        click.echo(json.dumps(data, separators=(",", ":")))  # one line: the jobs path reads it back
+    else:
+        human(data)
+
+
+# -- farm manager ----------------------------------------------------------------------------
+@click.group()
+def manager() -> None:
+    """Start or stop the shared farm's manager (a detached Ray actor that queues jobs by
+    priority and lends them warm pipeline actors)."""
+
+
+@manager.command("start")
+@click.option("--max-actors", type=click.IntRange(1, 4096), help="Pipeline actors in the pool at most. "
+              "Default: one per GPU; on a CPU cluster half the cores left after one, at most 4.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Torch threads (and CPUs) per CPU actor.")
+@click.option("--gpus-per-actor", type=click.FloatRange(0, 64), help="GPUs per actor. Default: 1 on a GPU cluster.")
+@click.option("--resource", "resources", multiple=True, metavar="NAME=AMOUNT",
+              help="A custom Ray resource every pool actor requires (repeatable).")
+@click.option("--max-models", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Pipelines one actor keeps loaded (least recently used out).")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=600, show_default=True, metavar="SECONDS",
+              help="Stop an actor idle this long, so the cluster can scale down.")
+@click.option("--lease-timeout", type=click.FloatRange(min=1), default=10, show_default=True, metavar="SECONDS",
+              help="Reclaim the actors of a job whose driver is silent this long.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
+def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, idle_timeout, lease_timeout,
+                  as_json, address):
+    """Start the farm manager (nothing happens if one runs)."""
+    parsed = parse_resources(None, None, resources)
+    try:
+        if not _direct(address):
+            argv = ["manager", "start", "--max-models", str(max_models), "--idle-timeout", f"{idle_timeout:g}",
+                    "--lease-timeout", f"{lease_timeout:g}"]
+            for flag, value in (("--max-actors", max_actors), ("--threads", threads),
+                                ("--gpus-per-actor", gpus_per_actor)):
+                if value is not None:
+                    argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            for item in resources:
+                argv += ["--resource", item]
+            data = _on_cluster(address, argv)
+        else:
+            from dataclasses import asdict
+
+            from scheduler.manager import default_config, start_manager
+
+            _join(address)
+            config = default_config(max_actors, threads, gpus_per_actor, resources=parsed, max_models=max_models,
+                                    idle_timeout_s=idle_timeout, lease_timeout_s=lease_timeout)
+            handle, started = start_manager(config)
+            import ray
+
+            data = {"started": started, "config": ray.get(handle.pool_config.remote()) if not started
+                    else asdict(config)}
+    except FarmError as err:
+        fail(err)
+
+    def human(d):
+        c = d["config"]
+        shape = f"{c['gpus_per_actor']:g} GPU" if c["gpus_per_actor"] else f"{c['threads']} CPU"
+        what = "started" if d["started"] else "already running"
+        click.echo(f"farm manager {what}: up to {c['max_actors']} actors of {shape}"
+                   + (f" and {c['resources']}" if c["resources"] else "")
+                   + f", {c['max_models']} pipeline(s) each; idle actors stop after {c['idle_timeout_s']:g}s")
+    _answer(data, as_json, human)
+
+
+@manager.command("stop")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
+def manager_stop(as_json, address):
+    """Stop the farm manager and every actor of its pool. Running jobs lose their actors:
+    stop them first (`farm stop ID`)."""
+    try:
+        if not _direct(address):
+            data = _on_cluster(address, ["manager", "stop"])
+        else:
+            from scheduler.manager import stop_manager
+
+            _join(address)
+            stopped = stop_manager()
+            data = {"stopped": stopped is not None, "actors": stopped or 0}
+    except FarmError as err:
+        fail(err)
+    _answer(data, as_json, lambda d: click.echo(
+        f"farm manager stopped, with its {d['actors']} pool actors" if d["stopped"] else "no farm manager runs"))
+
+
+# -- farm queue, farm priority ---------------------------------------------------------------
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs and actors as JSON.")
+@click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
+def queue(as_json, address):
+    """List the farm's jobs (by priority, then submission; ended ones last) and its actors."""
+    t0 = time.monotonic()
+    try:
+        if not _direct(address):
+            data = _on_cluster(address, ["queue"])
+        else:
+            import ray
+
+            _join(address)
+            data = ray.get(_manager().snapshot.remote(), timeout=30)
+    except FarmError as err:
+        fail(err)
+    data["answered_in_seconds"] = round(time.monotonic() - t0, 3)
+    if as_json:
+        _answer(data, True, None)
+        return
+    from rich.console import Console
+
+    console = Console()
+    for table in queue_tables(data):
+        console.print(table)
+    if not data["jobs"]:
+        click.echo("no jobs in the farm queue yet")
+
+
+def queue_tables(data: dict) -> list:
+    """The tables `farm queue` prints: jobs, then actors."""
+    from rich import box
+    from rich.table import Table
+
+    jobs = Table(title="farm jobs (served by priority, then submission)", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("id", "priority", "state", "windows", "actors", "pipelines", "age"):
+        jobs.add_column(col, no_wrap=col == "id")
+    for j in data["jobs"]:
+        pipelines = "-" if not j["actors"] else f"loading {j['loading']}" if j["loading"] else "warm"
+        jobs.add_row(j["id"], str(j["priority"]), j["state"], f"{j['windows_done']}/{j['windows_total']}",
+                     str(len(j["actors"])), pipelines, _age(j["age_seconds"]))
+    actors = Table(title=f"farm actors (up to {data['max_actors']}; {data['starting']} starting)",
+                   box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("actor", "node", "pipelines held", "working for"):
+        actors.add_column(col, no_wrap=col == "actor")
+    for a in data["actors"]:
+        working = (a["holder"] + (" (moving)" if a["moving"] else "")) if a["busy"] else "idle"
+        actors.add_row(a["name"], a["node"][:12], ", ".join(a["model_names"]) or "-", working)
+    return [jobs, actors]
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@click.command()
+@click.argument("job_id")
+@click.argument("value", type=click.IntRange(*PRIORITY_RANGE), metavar="PRIORITY")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
+def priority(job_id, value, as_json, address):
+    """Set JOB_ID's priority (0-100; higher first). A queued job moves in the queue; a
+    running job of higher priority than another takes its actors at their next window."""
+    try:
+        if not _direct(address):
+            data = _on_cluster(address, ["priority", job_id, str(value)])
+        else:
+            import ray
+
+            _join(address)
+            try:
+                data = ray.get(_manager().set_priority.remote(job_id, value), timeout=30)
+            except ray.exceptions.RayTaskError as err:
+                raise ClusterError(str(err.cause if err.cause is not None else err).strip("'\"")) from None
+    except FarmError as err:
+        fail(err)
+    _answer(data, as_json, lambda d: click.echo(f"{d['id']}: priority {d['priority']} ({d['state']})"))
+
+
+COMMANDS = (manager, queue, priority)
+
+
+def register(main: click.Group) -> None:
+    for command in COMMANDS:
+        main.add_command(command)

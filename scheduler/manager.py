@@ -1,0 +1,389 @@
+"""The farm manager: one detached, named Ray actor that lends pipeline actors to jobs.
+
+    farm submit / farm render --address ─► driver ─► Lease (scheduler/lease.py)
+                                                       │ register, heartbeat, release, finish
+                                                       ▼
+                                    FarmManager (actor "farm-manager", namespace "farm")
+                                       FarmQueue (farm/farmqueue.py): who gets which actor
+                                       a pool of detached PipelineActors "farm-pipeline-<n>"
+
+The manager decides; it never touches a window. Drivers call the actors it lends them
+directly, so windows keep flowing while the manager restarts.
+
+- **Queue.** Jobs are granted actors by priority, then submission (farm/farmqueue.py has
+  the rules). A job's driver heartbeats every `HEARTBEAT_S`; each reply lists the actors
+  it holds and those it must hand back at their next window boundary (preemption).
+- **Warm pipelines.** Pool actors outlive jobs and hold up to `max_models` pipelines
+  (least recently used out). A job is lent actors that hold its pipeline first.
+- **State.** The queue is saved in Ray's internal key-value store (in the GCS, on the
+  head) after every change. Ray restarts a dead manager (`max_restarts=-1`); the new one
+  reads the queue back, finds its pool actors by name, and gives every running job a
+  fresh lease. Drivers that cannot reach it keep rendering and try again.
+- **Reclaiming.** A job whose driver has not been heard from for `lease_timeout_s` is
+  LOST and its actors go back to the pool. A driver stopped with `farm stop` or
+  `ray job stop` (SIGTERM) ends its job itself first.
+- **Scaling.** Demand that idle actors cannot meet starts actors up to `max_actors` (with
+  `request_resources` when they need GPUs, so an autoscaler adds nodes); actors idle for
+  `idle_timeout_s` are stopped, so the cluster can scale down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import ray
+
+from farm.errors import ClusterError
+from farm.farmqueue import FarmQueue
+from farm.states import QueueState
+
+NAMESPACE = "farm"
+MANAGER_NAME = "farm-manager"
+ACTOR_PREFIX = "farm-pipeline-"
+_KV_KEY = b"farm-manager-state"
+
+#: How often a driver tells the manager it is alive, and learns of lent or recalled actors.
+HEARTBEAT_S = float(os.environ.get("FARM_HEARTBEAT_S", "0.25"))
+#: How often the manager looks at starting actors, silent drivers and idle actors.
+TICK_S = 0.25
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagerConfig:
+    """How the manager's pool is shaped (`farm manager start` options)."""
+
+    max_actors: int = 1
+    threads: int = 1  # torch threads (and CPUs) per CPU actor
+    gpus_per_actor: float = 0.0
+    resources: dict = field(default_factory=dict)  # custom resources per actor
+    max_models: int = 1  # pipelines one actor keeps loaded
+    idle_timeout_s: float = 600.0
+    lease_timeout_s: float = 10.0
+
+    def actor_options(self) -> dict:
+        opts = {"num_gpus": self.gpus_per_actor, "num_cpus": 1} if self.gpus_per_actor else {"num_cpus": self.threads}
+        if self.resources:
+            opts["resources"] = dict(self.resources)
+        return opts
+
+    @property
+    def cpus_held(self) -> int:
+        """CPUs the pool takes when full."""
+        return self.max_actors * (1 if self.gpus_per_actor else self.threads)
+
+
+class FarmManager:
+    """Wrapped with `ray.remote` by `manager_class()`: a threaded actor (its calls are
+    short and hold `_lock`), with one thread of its own for the periodic checks."""
+
+    def __init__(self, config: dict):
+        self._lock = threading.RLock()
+        self.handles: dict[str, object] = {}
+        self.pending: dict[object, tuple[str, object]] = {}  # info() ref → (name, handle) of a starting actor
+        self.events: deque[dict] = deque(maxlen=200)
+        self.decisions = 0
+        self.decision_seconds = 0.0
+        self.started = time.time()
+        saved = _kv_get()
+        if saved is not None:
+            self._recover(saved)
+        else:
+            self.config = ManagerConfig(**config)
+            self.queue = FarmQueue(self.config.max_actors, self.config.max_models)
+            self.actor_seq = 0
+            self.restarts = 0
+            self._save()
+        self._stopping = False
+        threading.Thread(target=self._tick_loop, name="farm-manager-tick", daemon=True).start()
+
+    # -- what drivers call -----------------------------------------------------------------
+    def register(self, job_id: str, priority: int, model: str, wants: int, *, latent: bool = False,
+                 label: str = "", model_name: str = "", windows_total: int = 0) -> dict:
+        """Queue a job; returns the pool's shape. A job registering again (its driver lost
+        the manager for a while) keeps its place."""
+        with self._lock:
+            job = self.queue.submit(job_id, priority, model, min(wants, self.config.max_actors), time.time(),
+                                    latent=latent, label=label, model_name=model_name,
+                                    windows_total=windows_total)
+            self._event("queued", job=job_id, priority=job.priority, model=model)
+            self._plan()
+            return {"config": asdict(self.config), "seq": job.seq}
+
+    def heartbeat(self, job_id: str, held: list[str], windows_done: int = 0, loading: int = 0,
+                  dead: tuple[str, ...] = ()) -> dict:
+        """A driver is alive and holds `held`. Returns its job's state and the actors it
+        holds now: {name: {handle, node, moving}}; `moving` ones go back after their
+        current window."""
+        with self._lock:
+            job = self.queue.jobs.get(job_id)
+            if job is None:
+                return {"state": "UNKNOWN", "actors": {}}
+            if not job.state.active:
+                return {"state": job.state.value, "actors": {}}
+            for name in dead:
+                self._forget(name)
+            self.queue.beat(job_id, held, time.time(), windows_done=windows_done, loading=loading, dead=dead)
+            self._plan()
+            actors = {a.name: {"handle": self.handles[a.name], "node": a.node, "moving": a.moving}
+                      for a in self.queue.tell(job_id) if a.name in self.handles}
+            return {"state": job.state.value, "actors": actors}
+
+    def release(self, job_id: str, names: list[str]) -> None:
+        with self._lock:
+            self.queue.release(job_id, names, time.time())
+            self._event("released", job=job_id, actors=names)
+            self._plan()
+
+    def finish(self, job_id: str, state: str, windows_done: int | None = None) -> list[str]:
+        """The job ended (DONE, FAILED, STOPPED); its actors go back to the pool, warm."""
+        with self._lock:
+            if job_id not in self.queue.jobs:
+                return []
+            if windows_done is not None:
+                self.queue.jobs[job_id].windows_done = windows_done
+            freed = self.queue.end(job_id, QueueState(state), time.time())
+            self._event("ended", job=job_id, state=state, actors=freed)
+            self._plan()
+            return freed
+
+    def pool_config(self) -> dict:
+        return asdict(self.config)
+
+    # -- what `farm queue`, `farm priority` and `farm stop` call ---------------------------
+    def snapshot(self) -> dict:
+        with self._lock:
+            out = self.queue.snapshot(time.time())
+            out["manager"] = {"restarts": self.restarts, "decisions": self.decisions,
+                              "decision_ms": round(1000 * self.decision_seconds / max(1, self.decisions), 4),
+                              "up_seconds": round(time.time() - self.started, 1), "config": asdict(self.config),
+                              "heartbeat_s": HEARTBEAT_S}
+            return out
+
+    def set_priority(self, job_id: str, priority: int) -> dict:
+        with self._lock:
+            job = self.queue.set_priority(job_id, priority)
+            self._event("priority", job=job_id, priority=priority)
+            self._plan()
+            return job.to_dict()
+
+    def stop_job(self, job_id: str) -> list[str]:
+        return self.finish(job_id, QueueState.STOPPED.value)
+
+    def shutdown(self) -> int:
+        """Stop every pool actor and forget the queue (`farm manager stop`)."""
+        with self._lock:
+            self._stopping = True
+            handles = list(self.handles.values()) + [h for _, h in self.pending.values()]
+            for handle in handles:
+                ray.kill(handle, no_restart=True)
+            self.handles.clear()
+            self.pending.clear()
+            _kv_del()
+            return len(handles)
+
+    def events_log(self) -> list[dict]:
+        with self._lock:
+            return list(self.events)
+
+    # -- the periodic checks ---------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        while not self._stopping:
+            time.sleep(TICK_S)
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
+                log.exception("farm manager tick failed")
+
+    def _tick(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            now, changed = time.time(), False
+            if self.pending:
+                ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+                for ref in ready:
+                    name, handle = self.pending.pop(ref)
+                    try:
+                        info = ray.get(ref)
+                    except ray.exceptions.RayError as err:
+                        self.queue.actor_failed_to_start()
+                        self._event("actor failed to start", actor=name, error=str(err).splitlines()[0])
+                        continue
+                    self.handles[name] = handle
+                    self.queue.actor_ready(name, info["node"], now)
+                    self._event("actor ready", actor=name, node=info["node"][:12])
+                    changed = True
+            for job_id in self.queue.expired(now, self.config.lease_timeout_s):
+                freed = self.queue.end(job_id, QueueState.LOST, now)
+                self._event("lost", job=job_id, actors=freed,
+                            why=f"no heartbeat for {self.config.lease_timeout_s:g}s")
+                changed = True
+            stopped = self.queue.idle_expired(now, self.config.idle_timeout_s)
+            for name in stopped:
+                handle = self.handles.pop(name, None)
+                if handle is not None:
+                    ray.kill(handle, no_restart=True)
+                self._event("idle actor stopped", actor=name)
+                changed = True
+            if stopped and self.config.gpus_per_actor:
+                self._request_gpus()  # the autoscaler may now remove their nodes
+            if changed:
+                self._plan()
+
+    # -- carrying out the queue's decisions ------------------------------------------------
+    def _plan(self) -> None:
+        t0 = time.perf_counter()
+        plan = self.queue.plan(time.time())
+        self.decisions += 1
+        self.decision_seconds += time.perf_counter() - t0
+        for name, job, warm in plan.grants:
+            self._event("lent", actor=name, job=job, warm=warm)
+        for name, job in plan.moves:
+            self._event("recalled", actor=name, job=job)
+        for _ in range(plan.start):
+            self._start_actor()
+        if plan.start and self.config.gpus_per_actor:
+            self._request_gpus()
+        self._save()
+
+    def _start_actor(self) -> None:
+        from actors.pipeline import pipeline_actor_class
+        from scheduler.cluster import ACTOR_MAX_RESTARTS
+
+        self.actor_seq += 1
+        name = f"{ACTOR_PREFIX}{self.actor_seq}"
+        handle = pipeline_actor_class().options(
+            name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=ACTOR_MAX_RESTARTS,
+            max_task_retries=0, **self.config.actor_options()).remote(None, self.config.threads, self.config.max_models)
+        self.pending[handle.info.remote()] = (name, handle)
+        self._event("actor starting", actor=name)
+
+    def _request_gpus(self) -> None:
+        """Ask the autoscaler for a GPU bundle per pool actor (started or starting)."""
+        from ray.autoscaler.sdk import request_resources
+
+        shape = {"GPU": self.config.gpus_per_actor, "CPU": 1}
+        request_resources(bundles=[shape] * (len(self.handles) + len(self.pending)))
+
+    def _forget(self, name: str) -> None:
+        handle = self.handles.pop(name, None)
+        if handle is not None:
+            self._event("actor lost", actor=name)
+
+    def _event(self, what: str, **fields) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": what} | fields)
+
+    # -- state in the GCS -------------------------------------------------------------------
+    def _save(self) -> None:
+        state = {"config": asdict(self.config), "queue": self.queue.to_dict(), "actor_seq": self.actor_seq,
+                 "restarts": self.restarts, "pending": [name for name, _ in self.pending.values()]}
+        _kv_put(state)
+
+    def _recover(self, saved: dict) -> None:
+        self.config = ManagerConfig(**saved["config"])
+        self.queue = FarmQueue.from_dict(saved["queue"])
+        self.actor_seq = saved["actor_seq"]
+        self.restarts = saved["restarts"] + 1
+        now = time.time()
+        for name in list(self.queue.actors):
+            try:
+                self.handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:  # it died with (or before) the manager
+                del self.queue.actors[name]
+        self.queue.starting = 0
+        for name in saved.get("pending", []):
+            try:
+                handle = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                continue
+            self.queue.starting += 1
+            self.pending[handle.info.remote()] = (name, handle)
+        for job in self.queue.jobs.values():
+            if job.state.active:
+                job.last_beat = now  # a full lease from now: its driver could not reach us
+        self._event("manager restarted", restarts=self.restarts, actors=len(self.handles),
+                    jobs=sum(j.state.active for j in self.queue.jobs.values()))
+        self._save()
+
+
+def _kv_put(state: dict) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(_KV_KEY, json.dumps(state).encode(), overwrite=True, namespace=NAMESPACE)
+
+
+def _kv_get() -> dict | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(_KV_KEY, namespace=NAMESPACE)
+    return json.loads(raw) if raw else None
+
+
+def _kv_del() -> None:
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    _internal_kv_del(_KV_KEY, namespace=NAMESPACE)
+
+
+def manager_class():
+    return ray.remote(FarmManager)
+
+
+# -- for drivers and the CLI (joined to the cluster) ---------------------------------------
+def find_manager():
+    """The running manager's handle, or None."""
+    try:
+        return ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def default_config(max_actors: int | None = None, threads: int | None = None, gpus_per_actor: float | None = None,
+                   **fields) -> ManagerConfig:
+    """The pool's shape on this cluster: one actor per GPU on a GPU cluster (or `max_actors`
+    of `gpus_per_actor` each, for an autoscaling cluster with no GPU node yet); on a CPU
+    cluster, half the cores (at most 4 actors) as for a private job, one CPU left free for
+    the segment tasks."""
+    from scheduler.cluster import Session, pool_shape
+
+    res = ray.cluster_resources()
+    session = Session(False, int(res.get("GPU", 0)), int(res.get("CPU", 0)))
+    gpus = (1.0 if session.gpus else 0.0) if gpus_per_actor is None else gpus_per_actor
+    workers, threads = pool_shape(session, max_actors, threads, reserved_cpus=1, gpus_per_worker=gpus)
+    return ManagerConfig(max_actors=workers, threads=threads, gpus_per_actor=gpus, **fields)
+
+
+def start_manager(config: ManagerConfig | None = None) -> tuple[object, bool]:
+    """The manager, started if none runs (from a driver joined to the cluster). Returns
+    (handle, started here)."""
+    existing = find_manager()
+    if existing is not None:
+        return existing, False
+    config = config or default_config()
+    handle = manager_class().options(
+        name=MANAGER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_task_retries=-1, max_concurrency=64, num_cpus=0).remote(asdict(config))
+    try:
+        ray.get(handle.snapshot.remote(), timeout=120)
+    except ray.exceptions.RayError as err:
+        raise ClusterError(f"the farm manager did not start: {err}") from err
+    return handle, True
+
+
+def stop_manager() -> int | None:
+    """Stop the manager and its pool; None when none runs. Returns how many pool actors
+    were stopped."""
+    handle = find_manager()
+    if handle is None:
+        return None
+    stopped = ray.get(handle.shutdown.remote(), timeout=60)
+    ray.kill(handle, no_restart=True)
+    return stopped
