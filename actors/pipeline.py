@@ -71,6 +71,7 @@ class PipelineActor:
         when it already holds `max_models`. Says what it cost."""
         if key == self.key:
             return self._used(True, 0.0, [])
+        self.shard = None  # another job's co-denoising shard holds the pipeline in use: let it go
         if key in self.pipelines:
             self.pipelines.move_to_end(key)
             self.renderer, spec = self.pipelines[key]
@@ -115,7 +116,7 @@ class PipelineActor:
     def info(self) -> dict:
         if self.renderer is None:  # a farm actor that holds no pipeline yet
             return {"actor": self.actor, "node": self.node, "host": self.host, "pid": os.getpid(),
-                    "threads": self.threads, "models": list(self.pipelines)}
+                    "device": None, "threads": self.threads, "models": list(self.pipelines)}
         return {
             "actor": self.actor,
             "node": self.node,
@@ -163,16 +164,21 @@ class PipelineActor:
     # Co-denoising (window.reconcile: latent): one shard of the video, stepped in lockstep
     # with the other actors' shards; farm/latent.py does the work, scheduler/codenoise.py
     # makes the calls.
-    def latent_begin(self, job, shard, tasks, start_step: int, latents=None, faults: bool = True) -> dict:
+    def latent_begin(self, job, shard, tasks, start_step: int, latents=None, faults: bool = True,
+                     spec: JobSpec | None = None, key: str | None = None) -> dict:
         """Hold `shard`'s latents (from `latents`, a checkpoint, or the noise at step 0).
-        `faults`: whether injected faults (crash_on_step) may fire in this attempt."""
+        `faults`: whether injected faults (crash_on_step) may fire in this attempt. A farm
+        actor is told the job's pipeline (`spec`, `key`): it switches first if needed (after
+        a restart it holds none)."""
         from farm.latent import ShardRunner
         from farm.renderers import latent_model
 
         self.shard = None  # a shard of an earlier attempt goes first (its memory, too)
+        if key is not None and key != self.key:
+            self.use(spec, key)
         self.faults_armed = faults
         self.shard = ShardRunner(latent_model(self.renderer), job, shard, tasks, start_step, latents)
-        return {"actor": self.actor, "node": self.node, "shard": shard.index, "windows": list(shard.windows)}
+        return self.info() | {"shard": shard.index, "windows": list(shard.windows)}
 
     def latent_step(self, apply: bool, *received):
         """Finish the step the peers' predictions `received` complete (`apply`), then

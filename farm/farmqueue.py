@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 from farm.states import QueueState, queue_move
 
+#: Ended jobs the queue keeps (for `farm queue`), the most recent.
+KEEP_ENDED = 100
 #: Priority of a job submitted without one.
 DEFAULT_PRIORITY = 50
 PRIORITY_RANGE = (0, 100)
@@ -72,9 +74,9 @@ class PoolActor:
     models: list[str] = field(default_factory=list)  # pipelines it holds, least recently used first
     holder: str | None = None  # the job it works for
     moving: bool = False  # asked to leave its holder at its next window boundary
-    ready: bool = False  # placed and answering
     idle_since: float = 0.0
     granted_pending: bool = False  # granted; its holder has not been told yet
+    grant: int = 0  # which lending this is: a hand-back names it, so a late one frees nothing
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +115,7 @@ class FarmQueue:
         self.actors: dict[str, PoolActor] = {}
         self.starting = 0  # actors asked to start, not yet in `actors`
         self._seq = 0
+        self._grants = 0
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, job_id: str, priority: int, model: str, wants: int, now: float, *, latent: bool = False,
@@ -149,28 +152,35 @@ class FarmQueue:
             self._free(self.actors[name], now)
         self._set(job, state)
         job.ended, job.loading = now, 0
+        ended = sorted((j for j in self.jobs.values() if not j.state.active), key=lambda j: j.ended or 0)
+        for old in ended[:-KEEP_ENDED]:  # `farm queue` shows the most recent ones
+            del self.jobs[old.id]
         return freed
 
     def beat(self, job_id: str, held: list[str], now: float, *, windows_done: int = 0, loading: int = 0,
-             dead: tuple[str, ...] = ()) -> QueuedJob:
+             dead: tuple[str, ...] = ()) -> bool:
         """A driver's heartbeat: the actors it holds, its progress. Actors the manager gave
         it that it no longer holds (it released them at a window boundary) go back to the
-        pool; actors it found dead leave the pool."""
+        pool; actors it found dead leave the pool. True if an actor changed hands."""
         job = self._job(job_id)
         job.last_beat, job.windows_done, job.loading = now, windows_done, loading
+        changed = False
         for name in dead:
-            self.actors.pop(name, None)
+            changed |= self.actors.pop(name, None) is not None
         for actor in self.actors.values():
             if actor.holder == job_id and actor.name not in held and not actor.granted_pending:
                 self._free(actor, now)
+                changed = True
         self._settle(job)
-        return job
+        return changed
 
-    def release(self, job_id: str, names: list[str], now: float) -> None:
-        """The job hands these actors back (a move it was asked for, or its end)."""
-        for name in names:
+    def release(self, job_id: str, lent: list[tuple[str, int]], now: float) -> None:
+        """The job hands these actors back, each (name, grant): a move it was asked for, or
+        an actor it cannot use. A hand-back of an earlier lending of the same actor (it
+        crossed a heartbeat that had freed it already) frees nothing."""
+        for name, grant in lent:
             actor = self.actors.get(name)
-            if actor is not None and actor.holder == job_id:
+            if actor is not None and actor.holder == job_id and actor.grant == grant:
                 self._free(actor, now)
         if job_id in self.jobs:
             self._settle(self.jobs[job_id])
@@ -193,7 +203,7 @@ class FarmQueue:
     # -- actors ----------------------------------------------------------------------------
     def actor_ready(self, name: str, node: str, now: float) -> None:
         self.starting = max(0, self.starting - 1)
-        self.actors[name] = PoolActor(name, node, ready=True, idle_since=now)
+        self.actors[name] = PoolActor(name, node, idle_since=now)
 
     def actor_failed_to_start(self) -> None:
         self.starting = max(0, self.starting - 1)
@@ -209,9 +219,9 @@ class FarmQueue:
     def active(self) -> list[QueuedJob]:
         return sorted((j for j in self.jobs.values() if j.state.active), key=lambda j: j.order)
 
-    def plan(self, now: float) -> Plan:
+    def plan(self) -> Plan:
         grants, moves = [], []
-        idle = [a for a in self.actors.values() if a.ready and a.holder is None]
+        idle = [a for a in self.actors.values() if a.holder is None]
         unmet: list[tuple[QueuedJob, int]] = []
         for job in self.active():
             need = job.wants - sum(1 for a in self.held_by(job.id) if not a.moving)
@@ -220,7 +230,8 @@ class FarmQueue:
                 idle.remove(actor)
                 warm = job.model in actor.models
                 actor.models, _ = touch(actor.models, job.model, self.max_models)
-                actor.holder, actor.granted_pending = job.id, True
+                self._grants += 1
+                actor.holder, actor.granted_pending, actor.grant = job.id, True, self._grants
                 grants.append((actor.name, job.id, warm))
                 need -= 1
             self._settle(job)
@@ -276,14 +287,14 @@ class FarmQueue:
 
     def to_dict(self) -> dict:
         return {"max_actors": self.max_actors, "max_models": self.max_models, "seq": self._seq,
-                "starting": self.starting,
+                "grants": self._grants, "starting": self.starting,
                 "jobs": [j.to_dict() for j in self.jobs.values()],
                 "actors": [a.to_dict() for a in self.actors.values()]}
 
     @classmethod
     def from_dict(cls, data: dict) -> FarmQueue:
         queue = cls(data["max_actors"], data["max_models"])
-        queue._seq, queue.starting = data["seq"], data.get("starting", 0)
+        queue._seq, queue._grants, queue.starting = data["seq"], data["grants"], data["starting"]
         queue.jobs = {j["id"]: QueuedJob.from_dict(j) for j in data["jobs"]}
         queue.actors = {a["name"]: PoolActor.from_dict(a) for a in data["actors"]}
         return queue

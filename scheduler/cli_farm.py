@@ -59,6 +59,20 @@ def _on_cluster(address: str | None, argv: list[str]) -> dict:
     raise ClusterError(f"`farm {' '.join(argv)}` printed no answer on the cluster; its log: {log[-500:]}")
 
 
+def _ask(ref):
+    """The manager's answer to a call; its own error (a job it does not know, a bad
+    priority) or Ray's (it is restarting, it did not answer) as a ClusterError."""
+    import ray
+
+    try:
+        return ray.get(ref, timeout=30)
+    except ray.exceptions.RayTaskError as err:
+        raise ClusterError(str(err.cause if err.cause is not None else err).strip("'\"")) from None
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+        raise ClusterError(f"the farm manager did not answer: {str(err).splitlines()[0]} "
+                           "(if it is restarting, try again in a few seconds)") from None
+
+
 def _manager():
     from scheduler.manager import find_manager
 
@@ -96,16 +110,18 @@ def manager() -> None:
               help="Stop an actor idle this long, so the cluster can scale down.")
 @click.option("--lease-timeout", type=click.FloatRange(min=1), default=10, show_default=True, metavar="SECONDS",
               help="Reclaim the actors of a job whose driver is silent this long.")
+@click.option("--start-timeout", type=click.FloatRange(min=1), default=600, show_default=True, metavar="SECONDS",
+              help="Give up on a new actor the cluster has not placed and started within this long.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
 def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, idle_timeout, lease_timeout,
-                  as_json, address):
+                  start_timeout, as_json, address):
     """Start the farm manager (nothing happens if one runs)."""
     parsed = parse_resources(None, None, resources)
     try:
         if not _direct(address):
             argv = ["manager", "start", "--max-models", str(max_models), "--idle-timeout", f"{idle_timeout:g}",
-                    "--lease-timeout", f"{lease_timeout:g}"]
+                    "--lease-timeout", f"{lease_timeout:g}", "--start-timeout", f"{start_timeout:g}"]
             for flag, value in (("--max-actors", max_actors), ("--threads", threads),
                                 ("--gpus-per-actor", gpus_per_actor)):
                 if value is not None:
@@ -114,18 +130,14 @@ def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, id
                 argv += ["--resource", item]
             data = _on_cluster(address, argv)
         else:
-            from dataclasses import asdict
-
             from scheduler.manager import default_config, start_manager
 
             _join(address)
             config = default_config(max_actors, threads, gpus_per_actor, resources=parsed, max_models=max_models,
-                                    idle_timeout_s=idle_timeout, lease_timeout_s=lease_timeout)
+                                    idle_timeout_s=idle_timeout, lease_timeout_s=lease_timeout,
+                                    start_timeout_s=start_timeout)
             handle, started = start_manager(config)
-            import ray
-
-            data = {"started": started, "config": ray.get(handle.pool_config.remote()) if not started
-                    else asdict(config)}
+            data = {"started": started, "config": _ask(handle.pool_config.remote())}  # the one in force
     except FarmError as err:
         fail(err)
 
@@ -171,10 +183,8 @@ def queue(as_json, address):
         if not _direct(address):
             data = _on_cluster(address, ["queue"])
         else:
-            import ray
-
             _join(address)
-            data = ray.get(_manager().snapshot.remote(), timeout=30)
+            data = _ask(_manager().snapshot.remote())
     except FarmError as err:
         fail(err)
     data["answered_in_seconds"] = round(time.monotonic() - t0, 3)
@@ -231,13 +241,8 @@ def priority(job_id, value, as_json, address):
         if not _direct(address):
             data = _on_cluster(address, ["priority", job_id, str(value)])
         else:
-            import ray
-
             _join(address)
-            try:
-                data = ray.get(_manager().set_priority.remote(job_id, value), timeout=30)
-            except ray.exceptions.RayTaskError as err:
-                raise ClusterError(str(err.cause if err.cause is not None else err).strip("'\"")) from None
+            data = _ask(_manager().set_priority.remote(job_id, value))
     except FarmError as err:
         fail(err)
     _answer(data, as_json, lambda d: click.echo(f"{d['id']}: priority {d['priority']} ({d['state']})"))

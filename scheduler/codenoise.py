@@ -20,11 +20,14 @@ node is gone waits for resources and does not), the windows are spread over them
 and every shard starts again from the last whole checkpoint. The frames do not depend on
 how the windows are spread, so the video is the same bits as an undisturbed run.
 
-Resizing (the shared farm, scheduler/lease.py): at each whole checkpoint the driver may
-hand the job a new set of actors (`resize`): fewer, when the farm recalled some for a job
-of higher priority; more, when it lent new ones. The calls in flight finish (at most one
-step past the checkpoint), the windows are spread over the new set, and every shard goes
-on from that checkpoint: the same path as a recovery, without restarting any actor.
+Resizing (the shared farm, scheduler/lease.py): at each whole checkpoint, `resizer` may
+say the job's set of actors changes (`wants_reshape`): fewer, when the farm recalled some
+for a job of higher priority; more, when it lent new ones. No new call is sent, the calls
+in flight finish (shards may be a few steps past the checkpoint; that work is dropped),
+`resizer.reshape()` gives the new set, the windows are spread over it, and every shard
+goes on from the last whole checkpoint: the same path as a recovery, without restarting
+any actor. Lent actors hold other jobs' pipelines too, so each is told the job's pipeline
+when its shard begins (`pipeline`: the spec's ref and the pipeline key).
 """
 
 from __future__ import annotations
@@ -64,8 +67,7 @@ class CoDenoiser:
 
     def __init__(self, actors: list, infos: list[dict], job: LatentJob, tasks: Sequence[WindowTask],
                  prepare: Callable[[WindowTask], WindowTask], checkpoints: LatentCheckpoints, retries: int,
-                 progress: NullProgress | None = None,
-                 resize: Callable[[], tuple[list, list[dict]] | None] | None = None):
+                 progress: NullProgress | None = None, resizer=None, pipeline: tuple = ()):
         self.actors, self.infos = list(actors), list(infos)
         self.job, self.tasks, self.prepare = job, list(tasks), prepare
         self.checkpoints, self.retries = checkpoints, retries
@@ -73,7 +75,8 @@ class CoDenoiser:
         self.frames_total = job.windows[-1].end
         self.resumed_from_step: int | None = None
         self.recoveries: list[dict] = []
-        self.resize = resize  # at a whole checkpoint: a new set of (actors, infos), or None
+        self.resizer = resizer  # wants_reshape() at a whole checkpoint; reshape() → (actors, infos)
+        self.pipeline = pipeline  # (spec ref, key) for lent actors, passed to latent_begin
         self.reshapes: list[dict] = []
         self.shards: tuple[Shard, ...] = ()
         self.inflight: list = []  # every call of the current attempt, cancelled if it fails
@@ -114,11 +117,12 @@ class CoDenoiser:
                 self.stats = ray.get([a.latent_stats.remote() for a in self.actors[: len(self.shards)]])
                 return
             except _Reshape as reshape:
+                actors, infos = self.resizer.reshape()
                 self.reshapes.append({"at_step": reshape.step, "actors_before": len(self.actors),
-                                      "actors_after": len(reshape.actors)})
-                self.progress.notice(f"co-denoising goes on from step {reshape.step} on {len(reshape.actors)} "
+                                      "actors_after": len(actors)})
+                self.progress.notice(f"co-denoising goes on from step {reshape.step} on {len(actors)} "
                                      f"actors (was {len(self.actors)}): the farm moved actors")
-                self.actors, self.infos = list(reshape.actors), list(reshape.infos)
+                self.actors, self.infos = list(actors), list(infos)
             except ray.exceptions.RayError as err:
                 if _raised_by_the_code(err):  # not a lost actor: the same inputs would raise again
                     raise LatentError(f"co-denoising failed: {first_line(err.cause)}") from err
@@ -140,10 +144,12 @@ class CoDenoiser:
             tasks = [self.prepare(self.tasks[w]) for w in shard.windows]
             latents = self.checkpoints.load(start, *shard.covers) if start else None
             refs.append(actor.latent_begin.remote(self.job, shard, tasks, start, latents,
-                                                  faults=not self.recoveries))  # injected crashes: once
+                                                  not self.recoveries,  # injected crashes: once
+                                                  *self.pipeline))
             del tasks, latents  # one shard's inputs at a time in the driver
         self.inflight = list(refs)
-        ray.get(refs)
+        for i, info in enumerate(ray.get(refs)):  # each actor as it is now (a lent one may have loaded)
+            self.infos[i] = {k: v for k, v in info.items() if k not in ("shard", "windows")}
 
     def _denoise(self, start: int) -> None:
         """Step every shard from `start` to the last step. A shard's next call goes out as
@@ -193,9 +199,9 @@ class CoDenoiser:
                 if len(parts[k]) == n:  # every shard has finished step k
                     if k in self.job.checkpoints:
                         self.checkpoints.keep_only(k)
-                        if self.resize is not None and k < last and reshape is None:
-                            new = self.resize()
-                            reshape = _Reshape(k, *new) if new else None
+                        if self.resizer is not None and k < last and reshape is None \
+                                and self.resizer.wants_reshape():
+                            reshape = _Reshape(k)
                     self.progress.steps_done(k, last)
                     self.progress.stage(f"denoising: step {k}/{last}")
             if reshape is not None:
@@ -319,11 +325,11 @@ class CoDenoiser:
 
 
 class _Reshape(Exception):
-    """The farm changed the job's actors at the whole checkpoint after `step` steps."""
+    """The farm changes the job's actors at the whole checkpoint after `step` steps."""
 
-    def __init__(self, step: int, actors: list, infos: list[dict]):
+    def __init__(self, step: int):
         super().__init__(step)
-        self.step, self.actors, self.infos = step, actors, infos
+        self.step = step
 
 
 def _raised_by_the_code(err: Exception) -> bool:

@@ -242,7 +242,10 @@ class RenderJob:
                                                     reserved_cpus=reserved_cpus, gpus_per_worker=self.gpus_per_worker)
             actors_take = self.workers * (1 if gpus else self.threads)
         else:
-            config = ray.get(manager.pool_config.remote())
+            try:
+                config = ray.get(manager.pool_config.remote(), timeout=60)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+                raise ClusterError(f"the farm manager did not answer: {str(err).splitlines()[0]}") from err
             gpus = config["gpus_per_actor"] > 0
             self.workers = min(self.workers or config["max_actors"], config["max_actors"])
             self.threads = config["threads"]
@@ -355,7 +358,8 @@ class RenderJob:
         self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
         self.codenoiser = CoDenoiser(
             self.actors, self.actor_infos, job, self.tasks, prepare, self.store.checkpoints(self.latent_key),
-            spec.retries, progress=self.progress, resize=self.lease.reshape if self.lease is not None else None)
+            spec.retries, progress=self.progress, resizer=self.lease,
+            pipeline=(self.lease.spec_ref, self.lease.key) if self.lease is not None else ())
         for index in range(len(self.tasks)):
             self.ledger.start(index)
         if self.segmented:  # the decoded chunks stay in the object store

@@ -582,7 +582,11 @@ class JobsClient:
         job_id = f"farm-control-{secrets.token_hex(4)}"
         self._call(lambda: self.client.submit_job(entrypoint=shlex.join(argv), submission_id=job_id,
                                                   metadata={"farm": __version__, "control": argv[1]}))
-        info = self.wait(job_id, timeout=timeout, poll=poll)
+        try:
+            info = self.wait(job_id, timeout=timeout, poll=poll)
+        except ClusterError:
+            self.stop(job_id)  # it did not finish in time: nothing is left running
+            raise
         log = self.logs(job_id)
         if info["status"] != "SUCCEEDED":
             lines = log.strip().splitlines()

@@ -12,9 +12,10 @@ which is the window boundary where preemption happens. Windows already rendered 
 with the job; a job left with no actor waits for the manager to lend it one again.
 
 A co-denoised job's shards are cut for its actors, so its set changes only at a whole
-checkpoint (`reshape`): recalled actors leave there, newly lent ones join there once their
-pipeline is loaded, and the shards are cut again; its frames do not depend on how many
-actors it has.
+checkpoint: there `wants_reshape` says whether it changes (recalled actors to leave, newly
+lent ones loaded and ready to join), the calls in flight finish, and `reshape` hands the
+leaving ones back and cuts the shards again; its frames do not depend on how many actors
+it has. An actor recalled before it ever worked for the job goes back at once.
 
 If the manager cannot be reached (it is restarting), the job keeps its actors and goes
 on rendering; the heartbeat tries again. A job that the manager ended (`farm stop`, or
@@ -23,6 +24,7 @@ its lease expired) stops with ClusterError.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -46,7 +48,7 @@ class Lease:
     def __init__(self, manager, job_id: str, spec, key: str, *, priority: int, wants: int, latent: bool = False,
                  label: str = "", model_name: str = "", windows_total: int = 0):
         self.manager, self.job_id, self.key = manager, job_id, key
-        self.priority, self.latent = priority, latent
+        self.priority = priority
         self.registered_at = time.time()
         self._register = dict(priority=priority, model=key, wants=wants, latent=latent, label=label,
                               model_name=model_name, windows_total=windows_total)
@@ -78,7 +80,11 @@ class Lease:
     # -- the heartbeat thread ------------------------------------------------------------
     def _beat_loop(self) -> None:
         while not self._closed.wait(HEARTBEAT_S):
-            self._beat()
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 - a silent driver would lose its actors: keep beating
+                self.unreachable += 1
+                logging.getLogger(__name__).exception("farm heartbeat failed")
 
     def _beat(self) -> None:
         with self._lock:
@@ -127,9 +133,10 @@ class Lease:
         for name in in_pool:
             if name not in desired or desired[name]["moving"]:
                 pool.retire(name)
+        unused = [n for n, a in desired.items() if a["moving"] and n not in in_pool]  # recalled before it worked
         back = pool.drained()
-        self.recalled += sum(1 for n in back if n in desired and desired[n]["moving"])
-        self._hand_back(back)
+        self.recalled += sum(1 for n in back if n in desired and desired[n]["moving"]) + len(unused)
+        self._hand_back(back + unused)
         with self._lock:
             self._dead |= set(pool.lost())
             self._held = set(pool.names())
@@ -148,43 +155,68 @@ class Lease:
                     break
             time.sleep(HEARTBEAT_S / 2)
         self._fixed = []
-        return self._take(wait=True)
+        return self._take()
 
-    def reshape(self) -> tuple[list, list[dict]] | None:
-        """At a whole checkpoint of a co-denoised job: the actors it goes on with, when the
-        manager's word changed the set (recalled actors leave; lent actors whose pipeline
-        is loaded join); None to go on as it is. With every actor recalled, the job waits
-        here for the manager to lend it one again."""
-        with self._lock:
-            desired = dict(self._desired)
-        for name, actor in desired.items():  # newly lent: start loading now, join at a later checkpoint
-            if name not in self._current and not actor["moving"]:
-                self._current[name] = self._lend(name, actor)
-        leaving = [n for n in self._fixed if n not in desired or desired[n]["moving"]]
-        joining = [n for n in self._current if n not in self._fixed and n in desired
-                   and not desired[n]["moving"] and _ready(self._current[n])]
-        if not leaving and not joining:
-            return None
-        self._fixed = [n for n in self._fixed if n not in leaving]
+    def wants_reshape(self) -> bool:
+        """At a whole checkpoint of a co-denoised job: whether its set of actors changes
+        there (recalled actors leave; lent actors whose pipeline is loaded join). Newly lent
+        actors start loading now, to join at a later checkpoint; those recalled before they
+        joined go straight back."""
+        self._check_ended()
+        desired = self._desired_now()
+        self._lend_new(desired)
+        return bool(self._leaving(desired) or self._joining(desired))
+
+    def reshape(self) -> tuple[list, list[dict]]:
+        """After the calls in flight have finished: hand back the leaving actors and go on
+        with the rest and the joining ones. With every actor recalled, wait here for the
+        manager to lend one again."""
+        desired = self._desired_now()
+        leaving, joining = self._leaving(desired), self._joining(desired)
+        self._fixed = [n for n in self._fixed if n not in leaving] + joining
         self._hand_back(leaving)
         self.recalled += len(leaving)
-        if not self._fixed and not joining:
-            return self._take(wait=True)
-        self._fixed += joining
-        return self._actors()
+        return self._actors() if self._fixed else self._take()
 
-    def _take(self, wait: bool) -> tuple[list, list[dict]]:
+    def _desired_now(self) -> dict:
+        with self._lock:
+            return dict(self._desired)
+
+    def _lend_new(self, desired: dict) -> None:
+        """Start loading newly lent actors; hand back at once those recalled before they
+        ever worked for the job."""
+        for name, actor in desired.items():
+            if name not in self._current and not actor["moving"]:
+                self._current[name] = self._lend(name, actor)
+        unused = [n for n, a in desired.items() if a["moving"] and n not in self._fixed]
+        self.recalled += len(unused)
+        self._hand_back(unused)
+
+    def _leaving(self, desired: dict) -> list[str]:
+        return [n for n in self._fixed if n not in desired or desired[n]["moving"]]
+
+    def _joining(self, desired: dict) -> list[str]:
+        return [n for n in self._current if n not in self._fixed and n in desired
+                and not desired[n]["moving"] and _ready(self._current[n])]
+
+    def _take(self) -> tuple[list, list[dict]]:
+        """Wait until at least one lent actor has the job's pipeline; take every one that
+        has. An actor that died meanwhile is left out (and reported dead)."""
         while True:
             self._check_ended()
-            with self._lock:
-                desired = dict(self._desired)
-            for name, actor in desired.items():
-                if name not in self._current and not actor["moving"]:
-                    self._current[name] = self._lend(name, actor)
+            desired = self._desired_now()
+            self._lend_new(desired)
             for name in [n for n in self._current if n in desired and not desired[n]["moving"]]:
-                _get(self._current[name]["use"], "load the job's pipeline")
+                try:
+                    _get(self._current[name]["use"], "load the job's pipeline")
+                except ClusterError:
+                    with self._lock:
+                        self._dead.add(name)
+                        self._desired.pop(name, None)
+                    del self._current[name]
+                    continue
                 self._fixed.append(name)
-            if self._fixed or not wait:
+            if self._fixed:
                 return self._actors()
             time.sleep(HEARTBEAT_S / 2)
 
@@ -195,14 +227,15 @@ class Lease:
         return [lend["handle"] for lend in lends], [_get(lend["use"], "load the job's pipeline") for lend in lends]
 
     def _hand_back(self, names: list[str]) -> None:
+        """Give actors back to the manager, each named with its lending (`grant`)."""
         if not names:
             return
         with self._lock:
             self._epoch += 1
+            lent = [(name, self._desired.pop(name, {}).get("grant")) for name in names]
             for name in names:
-                self._desired.pop(name, None)
                 self._current.pop(name, None)
-        self.manager.release.remote(self.job_id, names)
+        self.manager.release.remote(self.job_id, [(name, grant) for name, grant in lent if grant is not None])
 
     def _lend(self, name: str, actor: dict) -> dict:
         now = time.time()

@@ -67,17 +67,14 @@ class ManagerConfig:
     max_models: int = 1  # pipelines one actor keeps loaded
     idle_timeout_s: float = 600.0
     lease_timeout_s: float = 10.0
+    start_timeout_s: float = 600.0  # an actor not placed and up by then is given up
+
 
     def actor_options(self) -> dict:
         opts = {"num_gpus": self.gpus_per_actor, "num_cpus": 1} if self.gpus_per_actor else {"num_cpus": self.threads}
         if self.resources:
             opts["resources"] = dict(self.resources)
         return opts
-
-    @property
-    def cpus_held(self) -> int:
-        """CPUs the pool takes when full."""
-        return self.max_actors * (1 if self.gpus_per_actor else self.threads)
 
 
 class FarmManager:
@@ -87,21 +84,24 @@ class FarmManager:
     def __init__(self, config: dict):
         self._lock = threading.RLock()
         self.handles: dict[str, object] = {}
-        self.pending: dict[object, tuple[str, object]] = {}  # info() ref → (name, handle) of a starting actor
+        self.pending: dict[object, tuple[str, object, float]] = {}  # info() ref → (name, handle, since)
         self.events: deque[dict] = deque(maxlen=200)
         self.decisions = 0
         self.decision_seconds = 0.0
         self.started = time.time()
+        self._stopping = False
         saved = _kv_get()
         if saved is not None:
             self._recover(saved)
         else:
             self.config = ManagerConfig(**config)
             self.queue = FarmQueue(self.config.max_actors, self.config.max_models)
+            # pool actors are named after this manager's generation: a manager started after
+            # `farm manager stop` never meets a name an actor being killed still holds
+            self.generation = os.urandom(3).hex()
             self.actor_seq = 0
             self.restarts = 0
             self._save()
-        self._stopping = False
         threading.Thread(target=self._tick_loop, name="farm-manager-tick", daemon=True).start()
 
     # -- what drivers call -----------------------------------------------------------------
@@ -120,8 +120,8 @@ class FarmManager:
     def heartbeat(self, job_id: str, held: list[str], windows_done: int = 0, loading: int = 0,
                   dead: tuple[str, ...] = ()) -> dict:
         """A driver is alive and holds `held`. Returns its job's state and the actors it
-        holds now: {name: {handle, node, moving}}; `moving` ones go back after their
-        current window."""
+        holds now: {name: {handle, node, moving, grant}}; `moving` ones go back after their
+        current window; `grant` names this lending when it hands one back."""
         with self._lock:
             job = self.queue.jobs.get(job_id)
             if job is None:
@@ -130,17 +130,19 @@ class FarmManager:
                 return {"state": job.state.value, "actors": {}}
             for name in dead:
                 self._forget(name)
-            self.queue.beat(job_id, held, time.time(), windows_done=windows_done, loading=loading, dead=dead)
-            self._plan()
-            actors = {a.name: {"handle": self.handles[a.name], "node": a.node, "moving": a.moving}
+            changed = self.queue.beat(job_id, held, time.time(), windows_done=windows_done, loading=loading,
+                                      dead=dead)
+            self._plan(changed)
+            actors = {a.name: {"handle": self.handles[a.name], "node": a.node, "moving": a.moving, "grant": a.grant}
                       for a in self.queue.tell(job_id) if a.name in self.handles}
             return {"state": job.state.value, "actors": actors}
 
-    def release(self, job_id: str, names: list[str]) -> None:
+    def release(self, job_id: str, lent: list[tuple[str, int]]) -> None:
+        """The job hands back these actors, each (name, grant)."""
         with self._lock:
-            self.queue.release(job_id, names, time.time())
-            self._event("released", job=job_id, actors=names)
-            self._plan()
+            self.queue.release(job_id, [tuple(item) for item in lent], time.time())
+            self._event("released", job=job_id, actors=[name for name, _ in lent])
+            self._plan(True)
 
     def finish(self, job_id: str, state: str, windows_done: int | None = None) -> list[str]:
         """The job ended (DONE, FAILED, STOPPED); its actors go back to the pool, warm."""
@@ -151,7 +153,7 @@ class FarmManager:
                 self.queue.jobs[job_id].windows_done = windows_done
             freed = self.queue.end(job_id, QueueState(state), time.time())
             self._event("ended", job=job_id, state=state, actors=freed)
-            self._plan()
+            self._plan(True)
             return freed
 
     def pool_config(self) -> dict:
@@ -171,17 +173,14 @@ class FarmManager:
         with self._lock:
             job = self.queue.set_priority(job_id, priority)
             self._event("priority", job=job_id, priority=priority)
-            self._plan()
+            self._plan(True)
             return job.to_dict()
-
-    def stop_job(self, job_id: str) -> list[str]:
-        return self.finish(job_id, QueueState.STOPPED.value)
 
     def shutdown(self) -> int:
         """Stop every pool actor and forget the queue (`farm manager stop`)."""
         with self._lock:
             self._stopping = True
-            handles = list(self.handles.values()) + [h for _, h in self.pending.values()]
+            handles = list(self.handles.values()) + [h for _, h, _ in self.pending.values()]
             for handle in handles:
                 ray.kill(handle, no_restart=True)
             self.handles.clear()
@@ -210,17 +209,26 @@ class FarmManager:
             if self.pending:
                 ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
                 for ref in ready:
-                    name, handle = self.pending.pop(ref)
+                    name, handle, _ = self.pending.pop(ref)
                     try:
                         info = ray.get(ref)
                     except ray.exceptions.RayError as err:
                         self.queue.actor_failed_to_start()
                         self._event("actor failed to start", actor=name, error=str(err).splitlines()[0])
+                        changed = True
                         continue
                     self.handles[name] = handle
                     self.queue.actor_ready(name, info["node"], now)
                     self._event("actor ready", actor=name, node=info["node"][:12])
                     changed = True
+                for ref, (name, handle, since) in list(self.pending.items()):
+                    if now - since > self.config.start_timeout_s:  # never placed: the cluster cannot hold it
+                        del self.pending[ref]
+                        ray.kill(handle, no_restart=True)
+                        self.queue.actor_failed_to_start()
+                        self._event("actor gave up", actor=name,
+                                    why=f"not up after {self.config.start_timeout_s:g}s (no room on the cluster?)")
+                        changed = True
             for job_id in self.queue.expired(now, self.config.lease_timeout_s):
                 freed = self.queue.end(job_id, QueueState.LOST, now)
                 self._event("lost", job=job_id, actors=freed,
@@ -236,12 +244,15 @@ class FarmManager:
             if stopped and self.config.gpus_per_actor:
                 self._request_gpus()  # the autoscaler may now remove their nodes
             if changed:
-                self._plan()
+                self._plan(True)
 
     # -- carrying out the queue's decisions ------------------------------------------------
-    def _plan(self) -> None:
+    def _plan(self, changed: bool = False) -> None:
+        """Ask the queue what to do now and do it; save the state if anything changed."""
+        if self._stopping:
+            return
         t0 = time.perf_counter()
-        plan = self.queue.plan(time.time())
+        plan = self.queue.plan()
         self.decisions += 1
         self.decision_seconds += time.perf_counter() - t0
         for name, job, warm in plan.grants:
@@ -252,18 +263,25 @@ class FarmManager:
             self._start_actor()
         if plan.start and self.config.gpus_per_actor:
             self._request_gpus()
-        self._save()
+        if changed or plan.grants or plan.moves or plan.start:
+            self._save()
 
     def _start_actor(self) -> None:
         from actors.pipeline import pipeline_actor_class
         from scheduler.cluster import ACTOR_MAX_RESTARTS
 
         self.actor_seq += 1
-        name = f"{ACTOR_PREFIX}{self.actor_seq}"
-        handle = pipeline_actor_class().options(
-            name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=ACTOR_MAX_RESTARTS,
-            max_task_retries=0, **self.config.actor_options()).remote(None, self.config.threads, self.config.max_models)
-        self.pending[handle.info.remote()] = (name, handle)
+        name = f"{ACTOR_PREFIX}{self.generation}-{self.actor_seq}"
+        try:
+            handle = pipeline_actor_class().options(
+                name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=ACTOR_MAX_RESTARTS,
+                max_task_retries=0, **self.config.actor_options()).remote(None, self.config.threads,
+                                                                          self.config.max_models)
+        except Exception as err:  # noqa: BLE001 - Ray refused the actor: count it out, say why
+            self.queue.actor_failed_to_start()
+            self._event("actor failed to start", actor=name, error=str(err).splitlines()[0])
+            return
+        self.pending[handle.info.remote()] = (name, handle, time.time())
         self._event("actor starting", actor=name)
 
     def _request_gpus(self) -> None:
@@ -274,8 +292,10 @@ class FarmManager:
         request_resources(bundles=[shape] * (len(self.handles) + len(self.pending)))
 
     def _forget(self, name: str) -> None:
+        """A driver found this actor dead (or blocklisted it): out of the pool, for good."""
         handle = self.handles.pop(name, None)
         if handle is not None:
+            ray.kill(handle, no_restart=True)
             self._event("actor lost", actor=name)
 
     def _event(self, what: str, **fields) -> None:
@@ -283,14 +303,17 @@ class FarmManager:
 
     # -- state in the GCS -------------------------------------------------------------------
     def _save(self) -> None:
-        state = {"config": asdict(self.config), "queue": self.queue.to_dict(), "actor_seq": self.actor_seq,
-                 "restarts": self.restarts, "pending": [name for name, _ in self.pending.values()]}
+        if self._stopping:
+            return  # `farm manager stop` removed the state: nothing may write it back
+        state = {"config": asdict(self.config), "queue": self.queue.to_dict(), "generation": self.generation,
+                 "actor_seq": self.actor_seq, "restarts": self.restarts,
+                 "pending": [name for name, _, _ in self.pending.values()]}
         _kv_put(state)
 
     def _recover(self, saved: dict) -> None:
         self.config = ManagerConfig(**saved["config"])
         self.queue = FarmQueue.from_dict(saved["queue"])
-        self.actor_seq = saved["actor_seq"]
+        self.generation, self.actor_seq = saved["generation"], saved["actor_seq"]
         self.restarts = saved["restarts"] + 1
         now = time.time()
         for name in list(self.queue.actors):
@@ -299,13 +322,13 @@ class FarmManager:
             except ValueError:  # it died with (or before) the manager
                 del self.queue.actors[name]
         self.queue.starting = 0
-        for name in saved.get("pending", []):
+        for name in saved["pending"]:
             try:
                 handle = ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
                 continue
             self.queue.starting += 1
-            self.pending[handle.info.remote()] = (name, handle)
+            self.pending[handle.info.remote()] = (name, handle, now)
         for job in self.queue.jobs.values():
             if job.state.active:
                 job.last_beat = now  # a full lease from now: its driver could not reach us
@@ -384,6 +407,9 @@ def stop_manager() -> int | None:
     handle = find_manager()
     if handle is None:
         return None
-    stopped = ray.get(handle.shutdown.remote(), timeout=60)
+    try:
+        stopped = ray.get(handle.shutdown.remote(), timeout=60)
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+        raise ClusterError(f"the farm manager did not stop its pool: {str(err).splitlines()[0]}") from err
     ray.kill(handle, no_restart=True)
     return stopped

@@ -171,6 +171,21 @@ def test_a_co_denoised_job_gives_an_actor_back_at_a_checkpoint_and_takes_it_agai
     assert Path(latent.output).read_bytes() == Path(alone.output).read_bytes()
 
 
+def test_a_co_denoised_job_whose_lent_actor_crashes_reloads_its_pipeline_and_gives_the_same_frames(
+        farm_ray, tmp_path):
+    window = {"length": 16, "overlap": 4, "blend": "linear", "reconcile": "latent", "checkpoint_every": 2}
+    model = {"pipeline": "animatediff", "faults": {"simulate_seconds": 0.4, "crash_on_step": 3}}
+    spec = JobSpec.model_validate(base_spec(tmp_path, model=model, frames=16 + 12 * 3, seed=13, steps=6,
+                                            window=window, output=str(tmp_path / "crash.mp4")))
+    alone = spec.model_copy(update={"output": str(tmp_path / "solo-crash.mp4")})
+    render(alone, store=False, farm=False, workers=2, threads=1)
+    with manager():
+        report = render(spec, store=False)
+    # the restarted actor holds no pipeline: it is told the job's again when its shard begins
+    assert len(report["latent"]["recoveries"]) == 1 and report["latent"]["recoveries"][0]["from_step"] == 2
+    assert Path(spec.output).read_bytes() == Path(alone.output).read_bytes()
+
+
 def test_equal_priorities_run_in_submission_order(farm_ray, tmp_path):
     first = sim_spec(tmp_path, "first", windows=4, seed=3, seconds=0.3)
     second = sim_spec(tmp_path, "second", windows=4, seed=4, seconds=0.3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from farm.farmqueue import FarmQueue, touch
+from farm.farmqueue import KEEP_ENDED, FarmQueue, touch
 from farm.states import IllegalTransition, QueueState
 
 
@@ -27,7 +27,7 @@ def test_jobs_are_served_by_priority_then_submission():
     q.submit("mid-1", 50, "m", wants=2, now=2)
     q.submit("mid-2", 50, "m", wants=2, now=3)
     q.submit("high", 90, "m", wants=1, now=4)
-    plan = q.plan(now=5)
+    plan = q.plan()
     assert {job for _, job, _ in plan.grants} == {"high", "mid-1"}
     assert [j.id for j in q.active()] == ["high", "mid-1", "mid-2", "low"]
     assert q.jobs["mid-2"].state is QueueState.QUEUED and q.jobs["mid-1"].state is QueueState.RUNNING
@@ -37,44 +37,44 @@ def test_jobs_are_served_by_priority_then_submission():
 def test_a_higher_priority_job_takes_actors_at_their_next_window_boundary():
     q = pool(2)
     q.submit("low", 10, "m", wants=2, now=0)
-    q.plan(now=0)
+    q.plan()
     q.tell("low")
     assert held(q, "low") == ["a0", "a1"]
     q.submit("high", 90, "m", wants=1, now=1)
-    plan = q.plan(now=1)
+    plan = q.plan()
     assert plan.grants == () and len(plan.moves) == 1 and plan.moves[0][1] == "low"
     moved = plan.moves[0][0]
-    assert q.plan(now=1.1).moves == ()  # the move is already on its way: asked once
-    # the low job's driver releases it once its window is done; the high job gets it
-    q.release("low", [moved], now=2)
-    plan = q.plan(now=2)
+    assert q.plan().moves == ()  # the move is already on its way: asked once
+    # the low job's driver hands it back once its window is done; the high job gets it
+    q.release("low", [(moved, q.actors[moved].grant)], now=2)
+    plan = q.plan()
     assert plan.grants == ((moved, "high", True),)
     assert q.jobs["low"].preempted == 1 and q.jobs["low"].state is QueueState.RUNNING
     # the high job ends: the actor goes back to the low job, warm
     q.end("high", QueueState.DONE, now=3)
-    assert q.plan(now=3).grants == ((moved, "low", True),)
+    assert q.plan().grants == ((moved, "low", True),)
 
 
 def test_a_latent_job_is_asked_too_and_moves_when_its_driver_hands_back():
     q = pool(1)
     q.submit("latent", 10, "m", wants=1, now=0, latent=True)
-    q.plan(now=0)
+    q.plan()
     q.submit("high", 90, "m", wants=1, now=1)
-    assert q.plan(now=1).moves == (("a0", "latent"),)
-    assert q.plan(now=2).grants == ()  # until the co-denoised job reaches its next checkpoint
+    assert q.plan().moves == (("a0", "latent"),)
+    assert q.plan().grants == ()  # until the co-denoised job reaches its next checkpoint
 
 
 def test_warm_actors_first_else_the_least_recently_used_loads():
     q = pool(2, max_models=2)
     q.submit("j1", 50, "A", wants=1, now=0)
-    q.plan(now=0)
+    q.plan()
     first = held(q, "j1")[0]
     q.end("j1", QueueState.DONE, now=1)
     q.submit("j2", 50, "A", wants=1, now=2)
-    assert q.plan(now=2).grants == ((first, "j2", True),)  # the actor that holds A
+    assert q.plan().grants == ((first, "j2", True),)  # the actor that holds A
     q.end("j2", QueueState.DONE, now=3)
     q.submit("j3", 50, "B", wants=1, now=4)
-    (name, _, warm), = q.plan(now=4).grants
+    (name, _, warm), = q.plan().grants
     assert not warm and name != first  # the empty actor loads B; A stays warm on the other
     assert q.actors[name].models == ["B"]
 
@@ -88,16 +88,16 @@ def test_touch_keeps_the_most_recent_models_and_evicts_the_least_recently_used()
 def test_unmet_demand_starts_actors_up_to_the_maximum_then_waits():
     q = FarmQueue(max_actors=3)
     q.submit("j", 50, "m", wants=5, now=0)
-    assert q.plan(now=0).start == 3
-    assert q.plan(now=0).start == 0  # already starting
+    assert q.plan().start == 3
+    assert q.plan().start == 0  # already starting
     q.actor_ready("x", "n", now=1)
-    assert [g[0] for g in q.plan(now=1).grants] == ["x"]
+    assert [g[0] for g in q.plan().grants] == ["x"]
 
 
 def test_a_heartbeat_that_omits_an_actor_releases_it_unless_it_was_just_granted():
     q = pool(2)
     q.submit("j", 50, "m", wants=2, now=0)
-    q.plan(now=0)
+    q.plan()
     q.beat("j", held=[], now=0.5)  # a beat sent before the driver heard of its grants
     assert held(q, "j") == ["a0", "a1"]
     q.tell("j")
@@ -107,10 +107,31 @@ def test_a_heartbeat_that_omits_an_actor_releases_it_unless_it_was_just_granted(
     assert held(q, "j") == [] and "a0" not in q.actors
 
 
+def test_a_late_hand_back_of_an_earlier_lending_frees_nothing():
+    q = pool(1)
+    q.submit("j", 50, "m", wants=1, now=0)
+    q.plan()
+    first = q.actors["a0"].grant
+    q.tell("j")
+    q.beat("j", held=[], now=1)  # the driver gave it back; this heartbeat freed it ...
+    q.plan()  # ... and the job, still wanting an actor, was lent it again
+    assert q.actors["a0"].holder == "j" and q.actors["a0"].grant == first + 1
+    q.release("j", [("a0", first)], now=2)  # the hand-back that crossed the heartbeat
+    assert q.actors["a0"].holder == "j"
+
+
+def test_the_queue_keeps_the_most_recent_ended_jobs():
+    q = pool(1)
+    for i in range(KEEP_ENDED + 5):
+        q.submit(f"j{i}", 50, "m", wants=1, now=i)
+        q.end(f"j{i}", QueueState.DONE, now=i)
+    assert len(q.jobs) == KEEP_ENDED and "j0" not in q.jobs and f"j{KEEP_ENDED + 4}" in q.jobs
+
+
 def test_a_silent_driver_is_expired_and_its_actors_reclaimed():
     q = pool(2)
     q.submit("j", 50, "m", wants=2, now=0)
-    q.plan(now=0)
+    q.plan()
     assert q.expired(now=5, lease_s=10) == []
     assert q.expired(now=11, lease_s=10) == ["j"]
     assert sorted(q.end("j", QueueState.LOST, now=11)) == ["a0", "a1"]
@@ -124,7 +145,7 @@ def test_priority_change_reorders_and_bad_priorities_are_refused():
     q.submit("a", 50, "m", wants=1, now=0)
     q.submit("b", 50, "m", wants=1, now=1)
     q.submit("c", 50, "m", wants=1, now=2)
-    q.plan(now=2)
+    q.plan()
     q.set_priority("c", 60)
     assert [j.id for j in q.active()] == ["c", "a", "b"]
     for bad in (-1, 101, 5.5, True):
@@ -137,7 +158,7 @@ def test_priority_change_reorders_and_bad_priorities_are_refused():
 def test_idle_actors_are_stopped_after_the_idle_timeout():
     q = pool(2)
     q.submit("j", 50, "m", wants=1, now=0)
-    q.plan(now=0)
+    q.plan()
     assert q.idle_expired(now=100, idle_s=60) == ["a1"]  # the one that worked for nobody
     assert list(q.actors) == ["a0"]
 
@@ -145,7 +166,7 @@ def test_idle_actors_are_stopped_after_the_idle_timeout():
 def test_the_queue_survives_a_round_trip_through_its_dict():
     q = pool(2, max_models=2)
     q.submit("j", 70, "m", wants=2, now=0, label="fox.yaml", windows_total=12)
-    q.plan(now=0)
+    q.plan()
     back = FarmQueue.from_dict(q.to_dict())
     assert back.snapshot(now=1) == q.snapshot(now=1)
     back.submit("k", 50, "m", wants=1, now=2)
@@ -159,10 +180,10 @@ def test_every_actor_has_at_most_one_holder_and_no_job_more_than_it_wants(jobs, 
     q = pool(n, max_models=1)
     for i, (priority, wants, model) in enumerate(jobs):
         q.submit(f"j{i}", priority, model, wants, now=i)
-        plan = q.plan(now=i)
+        plan = q.plan()
         for name, _ in plan.moves:  # drivers release every moved actor at once
-            q.release(q.actors[name].holder, [name], now=i + 0.5)
-        q.plan(now=i + 0.5)
+            q.release(q.actors[name].holder, [(name, q.actors[name].grant)], now=i + 0.5)
+        q.plan()
     holders = [a.holder for a in q.actors.values() if a.holder]
     for job in q.jobs.values():
         assert holders.count(job.id) <= job.wants
