@@ -76,6 +76,7 @@ def render_html(report: dict, filmstrips: list[dict] | None = None) -> str:
         _blocklist(report.get("blocklist") or []),
         _key_values("Interpolation", report.get("interpolate")),
         _encoding(report.get("encode")),
+        _farm(report.get("farm"), report.get("actors") or []),
         "<h2>Spec</h2>",
         _spec(report.get("spec")),
         _key_values("Versions", report.get("versions")),
@@ -372,6 +373,25 @@ def _encoding(enc) -> str:
         f"<td class=n>{s['attempts']}</td><td>{_e('; '.join(s['failures']))}</td></tr>" for s in segments)
     return (head + "<table><tr><th>segment</th><th>frames</th><th>encoded</th><th>node</th><th>seconds</th>"
             f"<th>attempts</th><th>failed attempts</th></tr>{rows}</table>")
+
+
+def _farm(farm, actors: list[dict]) -> str:
+    """The shared farm: the job's place in it, and each actor it was lent, warm or loaded."""
+    if not farm:
+        return ""
+    if "private" in farm:
+        return f'<h2>Farm</h2><p class="note">Private actors: {_e(farm["private"])}</p>'
+    head = _key_values("Farm", {k: v for k, v in farm.items() if k != "registered_at"})  # an epoch time
+    lent = [a for a in actors if "farm_actor" in a]
+    if not lent:
+        return head
+    rows = "".join(
+        f"<tr><td>{_e(a['farm_actor'])}</td><td>{_e(str(a.get('node'))[:12])}</td>"
+        f"<td>{'warm' if a.get('warm') else 'loaded'}</td><td class=n>{_fmt(a.get('load_seconds'))}</td>"
+        f"<td>{_e(', '.join(a.get('evicted') or []))}</td><td class=n>{_fmt(a.get('lent_at'))}</td></tr>"
+        for a in lent)
+    return (head + "<table><tr><th>actor lent</th><th>node</th><th>pipeline</th><th>load s</th><th>evicted</th>"
+            f"<th>lent at s</th></tr>{rows}</table>")
 
 
 def _spec(spec) -> str:

@@ -18,7 +18,7 @@ priority  A low-priority job holds every actor (SIMULATED pipeline: `simulate_se
 manager   64 SIMULATED actors (64 logical `farm_gpu`, one CPU each: `simulate_seconds` S per
           window) and 8 jobs of different priorities, all submitted at once: the windows per
           second the actors produce, against the scheduling decisions per second the
-          manager made and the CPU time it spent per decision (its own clock around
+          manager made and the time it spent per decision (its own wall clock around
           `FarmQueue.plan`), i.e. how far the manager is from being the bottleneck.
 
     .venv/bin/python scripts/bench_manager.py [--parts warm,priority,manager] [--rounds 3]
@@ -158,7 +158,7 @@ def bench_manager(folder: Path, actors: int, jobs: int, seconds: float) -> None:
     ideal = 4 * seconds
     print(f"  wall {wall:.1f} s (ideal {ideal:.0f} s: 4 windows per actor); the actors produced "
           f"{total_windows / wall:.1f} windows/s (ideal {actors / seconds:.0f})")
-    print(f"  the manager made {decisions / wall:.1f} decisions/s, {ms:.3f} ms of its CPU each: "
+    print(f"  the manager made {decisions / wall:.1f} decisions/s, {ms:.3f} ms each inside plan(): "
           f"capacity {1000 / ms:.0f} decisions/s, {100 * decisions * ms / 1000 / wall:.2f} % busy")
 
 

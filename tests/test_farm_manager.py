@@ -115,12 +115,11 @@ def test_a_high_priority_job_overtakes_a_running_low_one_at_a_window_boundary(fa
     low = sim_spec(tmp_path, "low", windows=12, seed=1, seconds=S)
     high = sim_spec(tmp_path, "high", windows=4, seed=2, seconds=S)
     solo = {}
-    for spec in (low, high):  # each alone, on private actors
-        alone = spec.model_copy(update={"output": str(tmp_path / f"solo-{Path(spec.output).name}")})
-        render(alone, store=False, farm=False, workers=2, threads=1)
-        solo[spec.output] = Path(alone.output).read_bytes()
-
     with manager() as handle:
+        for spec in (low, high):  # each alone on the farm first
+            alone = spec.model_copy(update={"output": str(tmp_path / f"solo-{Path(spec.output).name}")})
+            render(alone, store=False)
+            solo[spec.output] = Path(alone.output).read_bytes()
         slow = Run(low, priority=10, job_id="low")
         slow.start()
         wait_for(lambda: job_in(snapshot(handle), "low")["windows_done"] >= 2 if registered(handle, "low") else False,
@@ -149,9 +148,8 @@ def test_a_co_denoised_job_gives_an_actor_back_at_a_checkpoint_and_takes_it_agai
     latent = sim_spec(tmp_path, "latent", windows=6, seed=11, seconds=1.0, steps=10, window=window)
     urgent = sim_spec(tmp_path, "urgent", windows=2, seed=12, seconds=0.5)
     alone = latent.model_copy(update={"output": str(tmp_path / "solo-latent.mp4")})
-    render(alone, store=False, farm=False, workers=2, threads=1)
-
     with manager() as handle:
+        render(alone, store=False)  # alone on the farm's two actors first
         slow = Run(latent, priority=10, job_id="latent")
         slow.start()
         wait_for(lambda: registered(handle, "latent") and len(job_in(snapshot(handle), "latent")["actors"]) == 2
@@ -177,13 +175,14 @@ def test_a_co_denoised_job_whose_lent_actor_crashes_reloads_its_pipeline_and_giv
     model = {"pipeline": "animatediff", "faults": {"simulate_seconds": 0.4, "crash_on_step": 3}}
     spec = JobSpec.model_validate(base_spec(tmp_path, model=model, frames=16 + 12 * 3, seed=13, steps=6,
                                             window=window, output=str(tmp_path / "crash.mp4")))
-    alone = spec.model_copy(update={"output": str(tmp_path / "solo-crash.mp4")})
-    render(alone, store=False, farm=False, workers=2, threads=1)
+    again = spec.model_copy(update={"output": str(tmp_path / "again.mp4")})
     with manager():
         report = render(spec, store=False)
+        undisturbed = render(again, store=False)  # its actors are past their first life: no crash
     # the restarted actor holds no pipeline: it is told the job's again when its shard begins
     assert len(report["latent"]["recoveries"]) == 1 and report["latent"]["recoveries"][0]["from_step"] == 2
-    assert Path(spec.output).read_bytes() == Path(alone.output).read_bytes()
+    assert undisturbed["latent"]["recoveries"] == []
+    assert Path(spec.output).read_bytes() == Path(again.output).read_bytes()
 
 
 def test_equal_priorities_run_in_submission_order(farm_ray, tmp_path):
@@ -231,6 +230,11 @@ def test_warm_pipelines_are_reused_and_the_least_recently_used_is_evicted(farm_r
     assert infos[4]["evicted"] == [pipeline_key(euler, "cpu")]
     assert actors[0]["models"] == [pipeline_key(ddim, "cpu"), pipeline_key(lcm, "cpu")]
     assert len({info["pid"] for info in infos}) == 1  # one actor served all five jobs
+    # and the HTML page says so, per actor lent
+    page = Path(f"{lcm.output}.report.html").read_text()
+    assert "<h2>Farm</h2>" in page and "<th>actor lent</th>" in page
+    assert "<td>loaded</td>" in page and pipeline_key(euler, "cpu") in page
+    assert "<td>warm</td>" in Path(f"{tmp_path / 'b.mp4'}.report.html").read_text()
 
 
 # -- steering --------------------------------------------------------------------------------------
