@@ -132,9 +132,10 @@ def test_farm_stop_returns_the_lent_actor_warm_and_manager_stop_frees_the_cluste
     def ours(snap: dict) -> dict:
         return next((j for j in snap["jobs"] if j["id"] == job_id), {})
 
-    # Stop it once the farm's actor is up and the job runs.
-    wait_for(lambda: farm_actors_alive(token_head), 120, 0.5, "the farm's pipeline actor")
-    assert farm(token_head, "status", job_id).stdout.startswith(f"{job_id}: RUNNING")
+    # Stop it once it runs and the farm has lent it its actor.
+    wait_for(lambda: farm(token_head, "status", job_id).stdout.startswith(f"{job_id}: RUNNING"), 120, 0.5,
+             "the job to start")
+    wait_for(lambda: ours(queue()).get("actors"), 120, 0.5, "the farm to lend the job its actor")
     stopped = farm(token_head, "stop", job_id)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip() == f"{job_id}: STOPPED"
