@@ -30,7 +30,7 @@ import threading
 import time
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
 from farm.errors import ClusterError
 from scheduler.manager import HEARTBEAT_S
@@ -264,6 +264,8 @@ class Lease:
             try:
                 ray.get(self.manager.finish.remote(self.job_id, state, self.windows_done), timeout=CALL_TIMEOUT_S)
                 return
+            except ActorDiedError:
+                return  # `farm manager stop`: nobody left to tell
             except (RayError, GetTimeoutError):
                 if time.monotonic() > deadline:
                     return  # its lease expires; the manager reclaims the actors

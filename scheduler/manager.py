@@ -114,7 +114,7 @@ class FarmManager:
                                     latent=latent, label=label, model_name=model_name,
                                     windows_total=windows_total)
             self._event("queued", job=job_id, priority=job.priority, model=model)
-            self._plan()
+            self._plan(True)  # a queued job is saved too: a restarted manager keeps its place
             return {"config": asdict(self.config), "seq": job.seq}
 
     def heartbeat(self, job_id: str, held: list[str], windows_done: int = 0, loading: int = 0,
@@ -159,7 +159,7 @@ class FarmManager:
     def pool_config(self) -> dict:
         return asdict(self.config)
 
-    # -- what `farm queue`, `farm priority` and `farm stop` call ---------------------------
+    # -- what `farm queue`, `farm priority` and `farm manager stop` call --------------------
     def snapshot(self) -> dict:
         with self._lock:
             out = self.queue.snapshot(time.time())
