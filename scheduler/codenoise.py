@@ -192,18 +192,8 @@ class CoDenoiser:
             j, k = slots.pop(ref)
             latents = ray.get(ref)  # raises if the call failed
             done[j] = k
-            if k > start:
-                if k in self.job.checkpoints:
-                    self.checkpoints.put(k, *self.shards[j].owns, latents)
-                parts.setdefault(k, set()).add(j)
-                if len(parts[k]) == n:  # every shard has finished step k
-                    if k in self.job.checkpoints:
-                        self.checkpoints.keep_only(k)
-                        if self.resizer is not None and k < last and reshape is None \
-                                and self.resizer.wants_reshape():
-                            reshape = _Reshape(k)
-                    self.progress.steps_done(k, last)
-                    self.progress.stage(f"denoising: step {k}/{last}")
+            if k > start and self._part_in(j, k, latents, parts, asking=reshape is None):
+                reshape = _Reshape(k)
             if reshape is not None:
                 continue  # send nothing more; the last calls drain
             waiting = [i for i in range(n) if ready_to_send(i)]
@@ -216,6 +206,22 @@ class CoDenoiser:
         if reshape is not None:
             self.inflight = []
             raise reshape
+
+    def _part_in(self, j: int, k: int, latents, parts: dict, asking: bool) -> bool:
+        """Shard `j` finished step `k`: its checkpoint part is written; once every shard has,
+        the progress is told and, at a whole checkpoint, the older ones go and (`asking`)
+        the resizer says whether the job's actors change here. True: they do."""
+        if k in self.job.checkpoints:
+            self.checkpoints.put(k, *self.shards[j].owns, latents)
+        parts.setdefault(k, set()).add(j)
+        if len(parts[k]) < len(self.shards):
+            return False
+        self.progress.steps_done(k, self.job.steps)
+        self.progress.stage(f"denoising: step {k}/{self.job.steps}")
+        if k not in self.job.checkpoints:
+            return False
+        self.checkpoints.keep_only(k)
+        return asking and self.resizer is not None and k < self.job.steps and self.resizer.wants_reshape()
 
     def _decode(self, skip: int) -> Iterator[np.ndarray]:
         """The video's frames in order, a chunk of latent frames per call, leaving out the
