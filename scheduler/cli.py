@@ -388,7 +388,9 @@ def store_ls(store, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{WindowStore(store).root}: {len(entries)} windows")
+    # the store's path on a line of its own: as the table's title it would wrap with the table
+    click.echo(f"{WindowStore(store).root}: {len(entries)} windows")
+    table = Table()
     for col in ("key", "job", "window", "frames", "attempts", "node", "seconds", "MB", "age"):
         table.add_column(col, justify="left" if col in ("key", "job", "node") else "right")
     now = time.time()

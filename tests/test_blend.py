@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from farm.blend import SCHEMES, Reconciler, frame_weights, ramp, window_profile
 from farm.plan import split
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 @pytest.mark.parametrize("scheme", ["linear", "cosine"])
 @pytest.mark.parametrize("n", [1, 2, 4, 7, 12])

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from farm.encode import VideoWriter
 from scheduler.cli import interpolation_summary, main
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 @pytest.fixture
 def noise_mp4(tmp_path):

@@ -19,6 +19,8 @@ from scheduler import jobs
 from scheduler.cli_jobs import jobs_table, register
 from tests.conftest import base_spec, write_spec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 #: What Ray's JobSubmissionClient raises when the dashboard has no job agent yet (Ray 2.60:
 #: dashboard_sdk._raise_error around job_head's 500 answer).
 NO_AGENT_ERROR = ("Request failed with status code 500: No available agent to submit job, "

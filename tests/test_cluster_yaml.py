@@ -12,6 +12,8 @@ import yaml
 
 from tests.ray_heads import FAKE_AUTOSCALER_YAML, ROOT
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 ray_util = pytest.importorskip("ray.autoscaler._private.util")
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from farm.color import DriftMeter, color_distance, lab_to_rgb, match_statistics, mean_lab, rgb_to_lab
+
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
 
 
 def test_lab_of_known_colours_and_the_round_trip():

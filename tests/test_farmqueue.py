@@ -8,6 +8,8 @@ from hypothesis import given, settings, strategies as st
 from farm.farmqueue import KEEP_ENDED, FarmQueue, touch
 from farm.states import IllegalTransition, QueueState
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 def pool(n: int, max_models: int = 1) -> FarmQueue:
     q = FarmQueue(max_actors=n, max_models=max_models)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from farm.blend import Reconciler
 from farm.filmstrip import Filmstrips
 from farm.util import thumbnail
 from farm.plan import split
 from farm.report_html import render_html
+
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
 
 
 def _blend_with_strips(video, ws, bumps: dict[int, int], keep: int):

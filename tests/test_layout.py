@@ -16,6 +16,8 @@ import pytest
 from farm.pipelines import REGISTRY, descriptor
 from farm.spec import ModelSpec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("farm", "actors", "scheduler")
 

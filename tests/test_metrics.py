@@ -10,6 +10,8 @@ from farm.metrics import FlickerMeter, flicker_report, flicker_score, frame_diff
 from farm.plan import split
 from tests.clips import pan_zoom
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 @pytest.fixture(scope="module")
 def clip():

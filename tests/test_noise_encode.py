@@ -11,6 +11,8 @@ from farm.video import probe, read_frames
 from farm.errors import EncodeError
 from farm.noise import frame_noise, window_noise
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 def test_neighbouring_windows_share_noise_on_their_overlap():
     shape = (4, 8, 8)

@@ -38,6 +38,7 @@ def _keys(bucket: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("value, uri", [
     ("s3://bucket/renders/a.mp4", True), ("gs://b/a.mp4", True), ("http://host/a.mp4", True),
     ("file:///tmp/a.mp4", True), ("out.mp4", False), ("/abs/out.mp4", False), ("./a://b.mp4", False),
@@ -46,6 +47,7 @@ def test_is_uri_tells_uris_from_paths(value, uri):
     assert outputs.is_uri(value) is uri
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("uri, says", [
     ("http://host/a.mp4", "unsupported storage scheme"),
     ("file:///tmp/a.mp4", "unsupported storage scheme"),
@@ -62,6 +64,7 @@ def test_bad_output_uris_are_refused_with_the_reason(uri, says):
         assert outputs.check_output_uri(good) == good
 
 
+@pytest.mark.quick
 def test_a_local_output_is_written_in_place(tmp_path):
     target = tmp_path / "out.mp4"
     with outputs.staged_output(str(target)) as local:
@@ -70,6 +73,7 @@ def test_a_local_output_is_written_in_place(tmp_path):
     assert probe(target).frames == FRAMES
 
 
+@pytest.mark.quick
 def test_video_and_report_reach_s3_whole_and_decode(tmp_path, s3_server):
     uri = f"s3://{s3_server.bucket}/renders/fox.mp4"
     outputs.check_destination(uri)
@@ -99,6 +103,7 @@ def test_video_and_report_reach_s3_whole_and_decode(tmp_path, s3_server):
         assert f.metadata()["Content-Type"] == b"video/mp4"
 
 
+@pytest.mark.quick
 def test_a_failed_job_uploads_its_report_but_keeps_the_old_video(tmp_path, s3_server):
     uri = f"s3://{s3_server.bucket}/fox.mp4"
     with outputs.staged_output(uri) as local:
@@ -115,6 +120,7 @@ def test_a_failed_job_uploads_its_report_but_keeps_the_old_video(tmp_path, s3_se
     assert not any(".part" in k for k in _keys(s3_server.bucket))
 
 
+@pytest.mark.quick
 def test_the_s3_specific_endpoint_variable_wins(tmp_path, s3_server, monkeypatch):
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
@@ -125,6 +131,7 @@ def test_the_s3_specific_endpoint_variable_wins(tmp_path, s3_server, monkeypatch
     assert outputs.read_bytes(f"s3://{s3_server.bucket}/v.mp4") == src.read_bytes()
 
 
+@pytest.mark.quick
 def test_a_missing_bucket_is_found_before_any_rendering(s3_server):
     with pytest.raises(EncodeError, match="bucket 'no-such-bucket'.*does not exist"):
         outputs.check_destination("s3://no-such-bucket/a.mp4")

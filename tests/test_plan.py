@@ -14,6 +14,8 @@ from farm.plan import plan_windows, split
 from farm.spec import parse_spec
 from tests.conftest import base_spec, write_spec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 @st.composite
 def shapes(draw):

@@ -13,6 +13,8 @@ from farm.tasks import WindowTask
 from farm.spec import parse_spec
 from tests.conftest import base_spec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 A, B = "a red fox running through snow", "a fox in a green forest"
 
 

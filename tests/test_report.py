@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from farm.report import Report, report_path
+
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
 
 
 def _report(**fields) -> Report:

@@ -14,6 +14,8 @@ from farm.plan import split
 from farm.report_html import html_report_path, render_html, write_html_report
 from tests.conftest import base_spec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 NODE_A = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c"
 NODE_B = "ffeeddccbbaa99887766554433221100ffeeddccbbaa998877665544"
 ACT_1, ACT_2, ACT_3 = "11aa22bb33cc44dd55ee66ff01000000", "77aa88bb99cc00dd11ee22ff01000000", "33cc44dd55ee66ff77aa88bb01000000"

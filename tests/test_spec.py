@@ -10,6 +10,8 @@ from farm.spec import load_spec, parse_spec
 from scheduler.cli import main
 from tests.conftest import base_spec, write_spec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 def problems(data) -> str:
     with pytest.raises(SpecError) as info:

@@ -7,6 +7,8 @@ import pytest
 from farm.states import Failure, IllegalTransition, JobState, Ledger, WindowState
 from scheduler.pool import Blocklist
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 def _fail(ledger, index, actor="a", node="n"):
     return ledger.failed_attempt(index, Failure(actor=actor, node=node, error="boom", lost=False))

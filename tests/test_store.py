@@ -22,6 +22,8 @@ from farm.store import WindowStore
 from scheduler.cli import main
 from tests.conftest import base_spec
 
+pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
+
 
 def _frames(seed: int, n: int = 4) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 16, 24, 3), dtype=np.uint8)

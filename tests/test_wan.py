@@ -135,7 +135,7 @@ def test_wan_renders_through_the_farm_in_both_modes(shared_ray, wan, tmp_path):
 
     cross = parse_spec(wan_spec(tmp_path, output=str(tmp_path / "cross.mp4"), frames=40,
                                 window={"length": 17, "overlap": 5, "reconcile": "crossfade"}))
-    first = render(cross, workers=2, threads=1, store=tmp_path / "store")
+    first = render(cross, workers=1, threads=1, store=tmp_path / "store")
     assert read_frames(tmp_path / "cross.mp4").shape == (40, 64, 64, 3) and first["windows_rendered"] == 3
     assert all(s["disagreement"] > 0 for s in first["seams"])
     rerun = render(cross, workers=2, threads=1, store=tmp_path / "store")
