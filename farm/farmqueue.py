@@ -77,6 +77,7 @@ class PoolActor:
     idle_since: float = 0.0
     granted_pending: bool = False  # granted; its holder has not been told yet
     grant: int = 0  # which lending this is: a hand-back names it, so a late one frees nothing
+    warm: bool = False  # this lending's actor held its holder's pipeline already
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,7 +232,8 @@ class FarmQueue:
                 warm = job.model in actor.models
                 actor.models, _ = touch(actor.models, job.model, self.max_models)
                 self._grants += 1
-                actor.holder, actor.granted_pending, actor.grant = job.id, True, self._grants
+                actor.holder, actor.granted_pending, actor.grant, actor.warm = job.id, True, self._grants, warm
+                job.loading += not warm  # until its driver says otherwise: `farm queue` never shows it warm first
                 grants.append((actor.name, job.id, warm))
                 need -= 1
             self._settle(job)

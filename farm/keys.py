@@ -78,3 +78,58 @@ def pipeline_key(spec: JobSpec, device_kind: str) -> str:
     blocks = {name: value.model_dump(mode="json") for name, value in spec
               if isinstance(value, BaseModel) and name not in _JOB_BLOCKS}
     return window_key({"pipeline_of": model_identity(spec, device_kind), "blocks": blocks})[:16]
+
+
+def stored_windows(spec: JobSpec, plan, store) -> dict:
+    """What the window store `store` holds of a planned job (`farm.plan.Plan`), by key
+    alone (no frame is read), for `farm plan`: {"windows": {index: the device class it is
+    stored under}}, and for a co-denoised job "latent_step" (the last whole checkpoint's
+    step; 0: none), "latent_device" and "rendered_again" (`why_rendered_again`). The device
+    class (cpu, cuda) is part of every key, and a plan does not know where its job will
+    run: both are looked up. A chained pipeline's later windows depend on the frames before
+    them: only its first is looked up."""
+    from farm.tasks import WindowTask
+
+    pipeline = descriptor(spec.model.pipeline)
+    windows = plan.windows[:1] if pipeline.chained else plan.windows
+    tasks = [pipeline.window_inputs(spec, WindowTask.from_spec(spec, w), None) for w in windows]
+    kinds = ("cpu", "cuda")
+    keys = {kind: [task_key(model_identity(spec, kind), t) for t in tasks] for kind in kinds}
+    if spec.window.reconcile == "latent":
+        latent_frames = plan.latent_windows[-1].end
+        steps = {kind: store.checkpoints(latent_job_key(keys[kind], spec.window.blend)).latest(latent_frames)
+                 for kind in kinds}
+        kind = max(kinds, key=steps.get)
+        last = None if steps[kind] else store.last_latent_job(spec.output)
+        near = max(kinds, key=lambda k: sum(a == b for a, b in zip(last["window_keys"], keys[k]))) if last else kind
+        again = why_rendered_again(last, keys[near], spec.window.blend, plan.windows)
+        return {"windows": {}, "latent_step": steps[kind], "latent_device": kind if steps[kind] else None,
+                "rendered_again": again}
+    found: dict[int, str] = {}
+    for kind in kinds:
+        for task, key in zip(tasks, keys[kind]):
+            if task.window.index not in found and store.has(key):
+                found[task.window.index] = kind
+    return {"windows": found}
+
+
+def why_rendered_again(last: dict | None, window_keys: list[str], blend: str, windows) -> str | None:
+    """Why a co-denoised job renders every window although its output was rendered before
+    (`last`, from the store): which windows an edit changed. None if it is new."""
+    if last is None:
+        return None
+    if len(last["window_keys"]) != len(window_keys):
+        what = f"the job has {len(window_keys)} windows now, {len(last['window_keys'])} before"
+    else:
+        changed = [w for w, a, b in zip(windows, last["window_keys"], window_keys) if a != b]
+        if changed:
+            what = "changed since the last render: " + ", ".join(
+                f"window {w.index} (frames {w.start}–{w.end - 1})" for w in changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        elif last["blend"] != blend:
+            what = f"the fuse weights changed (window.blend {last['blend']} → {blend})"
+        else:
+            return None  # the same job: its checkpoints were removed (farm store gc)
+    return (f"co-denoised: every window is rendered again; {what}. Every window of a co-denoised "
+            "job depends on every other, so no stored step applies (window.reconcile: crossfade "
+            "renders again only the windows an edit reaches)")

@@ -101,7 +101,7 @@ def gantt_svg(report: dict) -> str:
     if latent:
         rows = "".join(f"<tr><td>{_e(sh['index'])}</td><td>{_e(sh['windows'][0])}–{_e(sh['windows'][1])}</td>"
                        f"<td>{_e(sh['frames'][0])}–{_e(sh['frames'][1] - 1)}</td></tr>" for sh in latent["shards"])
-        return (f'<p class="note">Denoised together on {_e(latent["actors"])} actors '
+        return (f'<p class="note">Denoised together on {_e(_count(latent["actors"], "actor"))} '
                 f'({_e(latent.get("actors_asked", latent["actors"]))} asked), one shard each, in '
                 f'{_e(_fmt(latent.get("denoise_seconds")))} s; shards waited {_e(_fmt(latent.get("wait_share")))} '
                 f'of the time (barrier and exchange); resumed from step {_e(latent.get("resumed_from_step"))}; '
@@ -381,7 +381,10 @@ def _farm(farm, actors: list[dict]) -> str:
         return ""
     if "private" in farm:
         return f'<h2>Farm</h2><p class="note">Private actors: {_e(farm["private"])}</p>'
-    head = _key_values("Farm", {k: v for k, v in farm.items() if k != "registered_at"})  # an epoch time
+    shown = {k: v for k, v in farm.items() if k != "registered_at"}  # an epoch time
+    if shown.get("priorities"):  # 50 (at 0 s) → 80 (at 12.5 s)
+        shown["priorities"] = " → ".join(f"{p['priority']} (at {_fmt(p['at'])} s)" for p in shown["priorities"])
+    head = _key_values("Farm", shown)
     lent = [a for a in actors if "farm_actor" in a]
     if not lent:
         return head
@@ -405,6 +408,11 @@ def _spec(spec) -> str:
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+
+def _count(n, noun: str) -> str:
+    """`1 actor`, `3 actors`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _e(value) -> str:

@@ -12,8 +12,10 @@ problem is reported at once:
    passed step 1, even when others failed.
 
 The models forbid unknown keys: a typo such as `window.lenght` is an error, never ignored,
-and the message suggests the nearest field. Relative paths (the output) are taken against
-the current working directory, as a command-line tool would.
+and the message suggests the nearest field. Relative paths in a spec file (the output,
+images, control videos, LoRAs, model folders) are taken against the file's own folder, as
+docker-compose and Kubernetes read theirs; a spec given as a mapping (`parse_spec`), and
+`-o` on the command line, against the current directory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterator
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -30,7 +33,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from farm.blend import SCHEMES
 from farm.errors import EncodeError, SpecError
-from farm.identity import is_local_ref
 from farm.pipelines import REGISTRY, descriptor
 from farm.util import first_line
 
@@ -48,6 +50,23 @@ MAX_LIST = 1000               # entries of a fault list
 MAX_SECONDS = 3600.0          # injected delays
 
 
+#: The folder relative paths of the spec being validated are taken against: the spec
+#: file's (load_spec); None for the current directory.
+_BASE: ContextVar[Path | None] = ContextVar("spec_base", default=None)
+
+
+def _resolve(v: str) -> Path:
+    """`v` as an absolute path: `~` expanded; a relative one is taken against the spec
+    file's folder (or the current directory)."""
+    path = Path(v).expanduser()
+    return path if path.is_absolute() else (_BASE.get() or Path.cwd()) / path
+
+
+def _named(v: str, path: Path) -> str:
+    """A path as an error names it: the full path tried, and what the spec said if it differs."""
+    return repr(str(path)) if str(path) == v else f"{str(path)!r} (the spec says {v!r})"
+
+
 # --- field rules: each looks at its own value only --------------------------------------
 
 def check_output(v: str) -> str:
@@ -57,23 +76,23 @@ def check_output(v: str) -> str:
 
     if outputs.is_uri(v):
         return outputs.check_output_uri(v)
-    path = Path(v).expanduser()
+    path = _resolve(v)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"must end in .mp4 (the farm writes H.264 in mp4); got {v!r}")
     parent = path.resolve().parent
     if not parent.is_dir():
         raise ValueError(f"folder {str(parent)!r} does not exist; create it first")
     if path.is_dir():
-        raise ValueError(f"{v!r} is a folder, not a file")
+        raise ValueError(f"{_named(v, path)} is a folder, not a file")
     return str(path.resolve())
 
 
 def _model_ref(ref: str) -> str:
     """`tiny`, a hub id, or a local folder that exists (made absolute)."""
-    if ref != "tiny" and is_local_ref(ref):
-        folder = Path(ref).expanduser()
+    if ref != "tiny" and (ref.startswith(("/", "./", "../", "~")) or _resolve(ref).is_dir()):
+        folder = _resolve(ref)
         if not folder.is_dir():
-            raise ValueError(f"folder {ref!r} does not exist")
+            raise ValueError(f"folder {_named(ref, folder)} does not exist")
         return str(folder.resolve())
     return ref
 
@@ -81,20 +100,19 @@ def _model_ref(ref: str) -> str:
 def _existing_path(v: str | None) -> str | None:
     if v is None:
         return None
-    path = Path(v).expanduser()
+    path = _resolve(v)
     if not path.exists():
-        raise ValueError(f"nothing at {v!r}")
+        raise ValueError(f"nothing at {_named(v, path)}")
     return str(path.resolve())
 
 
 def _existing_file(v: str | None) -> str | None:
-    if v is not None and not Path(v).expanduser().is_file():
-        raise ValueError(f"no file at {v!r}")
-    return v
-
-
-def _absolute(v: str) -> str:
-    return str(Path(v).expanduser().resolve())
+    if v is None:
+        return None
+    path = _resolve(v)
+    if not path.is_file():
+        raise ValueError(f"no file at {_named(v, path)}")
+    return str(path.resolve())
 
 
 def _multiple_of_8(v: int) -> int:
@@ -116,15 +134,15 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _image_opens(v: str) -> str:
-    path = Path(v).expanduser()
+    path = _resolve(v)
     if not path.is_file():
-        raise ValueError(f"no file at {v!r}")
+        raise ValueError(f"no file at {_named(v, path)}")
     try:
         w, h = _image_size(path)
     except ValueError as err:
-        raise ValueError(f"{v!r} {err}") from None
+        raise ValueError(f"{_named(v, path)} {err}") from None
     if min(w, h) < 16:
-        raise ValueError(f"{v!r} is {w}×{h}; it must be at least 16 pixels on each side")
+        raise ValueError(f"{_named(v, path)} is {w}×{h}; it must be at least 16 pixels on each side")
     return str(path.resolve())
 
 
@@ -289,7 +307,7 @@ class InterpolateSpec(_Strict):
     backend: Literal["torch", "ncnn"] = "torch"
     # torch backend: a flownet.pkl; default the pulled, verified copy
     weights: Annotated[str | None, AfterValidator(_existing_file)] = None
-    model_dir: str | None = None  # ncnn backend: a rife-ncnn-vulkan model folder
+    model_dir: Annotated[str | None, AfterValidator(_existing_path)] = None  # ncnn backend: a rife-ncnn-vulkan model folder
     gpuid: int = Field(0, ge=-1, le=255)  # ncnn backend: -1 = CPU
     scene_threshold: float = Field(0.2, ge=0, le=1)
     # frames that start a new shot: the pair (f-1, f) is never interpolated
@@ -395,6 +413,13 @@ class JobSpec(_Root):
         if self.prompts is not None:
             return dict(self.prompts)
         return {0: self.prompt or ""}
+
+    def report_dump(self) -> dict:
+        """The spec as the job report shows it: as JSON, with the defaults that depend on
+        the pipeline filled in (`model.scheduler` is `ddim` for AnimateDiff, not null)."""
+        data = self.model_dump(mode="json")
+        data["model"]["scheduler"] = self.model.scheduler_name
+        return data
 
     @property
     def output_fps(self) -> float:
@@ -603,7 +628,7 @@ def window_count(frames: int, length: int, overlap: int) -> int:
 class InterpolateJob(_Root):
     """`farm interpolate IN.mp4 -o OUT.mp4`: an existing video through the RIFE pool."""
 
-    input: Annotated[str, AfterValidator(_existing_file), AfterValidator(_absolute)]
+    input: Annotated[str, AfterValidator(_existing_file)]
     output: Annotated[str, AfterValidator(check_output)]
     interpolate: InterpolateSpec
 
@@ -747,16 +772,26 @@ def renamed(problems: list[str], names: dict[str, str]) -> list[str]:
 
 # --- entry points -------------------------------------------------------------------------------
 
-def parse_spec(data: Any, source: str | None = None, output: str | None = None) -> JobSpec:
-    """Validate a spec given as a mapping. `output` (e.g. from `-o`) overrides the file's,
-    and its problems are named `-o/--output`."""
+def parse_spec(data: Any, source: str | None = None, output: str | None = None,
+               base: str | Path | None = None) -> JobSpec:
+    """Validate a spec given as a mapping; its relative paths are taken against `base`
+    (default: the current directory). `output` (e.g. from `-o`) overrides the file's: a
+    relative one is taken against the current directory, and its problems are named
+    `-o/--output`."""
+    from farm import outputs
+
     if isinstance(data, dict) and output is not None:
+        if not outputs.is_uri(output) and not Path(output).expanduser().is_absolute():
+            output = str(Path.cwd() / Path(output).expanduser())  # a command-line path, from here
         data = {**data, "output": output}
+    token = _BASE.set(Path(base).resolve() if base is not None else None)
     try:
         return JobSpec.model_validate(data)
     except SpecError as err:
         problems = renamed(err.problems, {"output": "-o/--output"}) if output is not None else err.problems
         raise SpecError(problems, source) from None
+    finally:
+        _BASE.reset(token)
 
 
 def parse_interpolate_job(data: dict, names: dict[str, str] | None = None) -> InterpolateJob:
@@ -768,7 +803,8 @@ def parse_interpolate_job(data: dict, names: dict[str, str] | None = None) -> In
 
 
 def load_spec(path: str | Path, output: str | None = None) -> JobSpec:
-    """Read and validate a YAML job file. Raises SpecError naming every bad field."""
+    """Read and validate a YAML job file; the paths it names are taken against its folder.
+    Raises SpecError naming every bad field."""
     path = Path(path)
     try:
         with path.open(encoding="utf-8") as fh:
@@ -777,7 +813,7 @@ def load_spec(path: str | Path, output: str | None = None) -> JobSpec:
         raise SpecError([f"cannot read job file: {err.strerror}"], str(path)) from None
     except yaml.YAMLError as err:
         raise SpecError([_yaml_problem(err)], str(path)) from None
-    return parse_spec(data, source=str(path), output=output)
+    return parse_spec(data, source=str(path), output=output, base=path.resolve().parent)
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

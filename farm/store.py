@@ -128,6 +128,24 @@ class WindowStore:
         """The latent checkpoints of the co-denoised job with this key."""
         return LatentCheckpoints(self.root, key)
 
+    def last_latent_job(self, output: str) -> dict | None:
+        """What `remember_latent_job` kept of the last co-denoised job that wrote `output`."""
+        try:
+            return json.loads(self._latent_job_path(output).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember_latent_job(self, output: str, key: str, window_keys: list[str], blend: str) -> None:
+        """Keep, per output, the key and window keys of the co-denoised job writing it: the
+        next job to that output can say which windows an edit changed (a co-denoised job
+        is stored whole, so any change renders every window again)."""
+        data = json.dumps({"output": output, "key": key, "window_keys": window_keys, "blend": blend})
+        replace_atomically(self._latent_job_path(output), lambda tmp: Path(tmp).write_text(data))
+
+    def _latent_job_path(self, output: str) -> Path:
+        # beside latent/ (whose folders are jobs' checkpoints, which `gc` ages), a few bytes each
+        return self.root / "latent-outputs" / f"{hashlib.sha256(output.encode()).hexdigest()[:32]}.json"
+
     # -- layout ----------------------------------------------------------------------------
     def _frames_path(self, key: str) -> Path:
         return self.root / "windows" / key[:2] / f"{key}.arrow"
@@ -394,3 +412,9 @@ class NoStore:
 
     def checkpoints(self, key: str) -> MemoryCheckpoints:
         return MemoryCheckpoints()
+
+    def last_latent_job(self, output: str) -> dict | None:
+        return None
+
+    def remember_latent_job(self, output: str, key: str, window_keys: list[str], blend: str) -> None:
+        pass

@@ -161,9 +161,16 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
         lost = f", {_count(len(lat['recoveries']), 'recovery')} from lost actors" if lat["recoveries"] else ""
         moved = ", then ".join(f"{r['actors_after']} from step {r['at_step']}" for r in lat.get("reshapes", []))
         moved = f" (the farm moved actors: {moved})" if moved else ""
-        click.echo(f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
-                   f"{asked}{resumed}{lost}{moved} → {report.output_frames} frames at {report.output_fps:g} fps "
-                   f"in {report.stages['total']:.1f}s")
+        if lat.get("from_store"):
+            click.echo(f"read {_count(len(report.windows), 'co-denoised window')} from the store (the job's final "
+                       f"latents) and decoded them on {_count(lat['actors'], 'actor')} → {report.output_frames} "
+                       f"frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s")
+        else:
+            click.echo(f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
+                       f"{asked}{resumed}{lost}{moved} → {report.output_frames} frames at {report.output_fps:g} fps "
+                       f"in {report.stages['total']:.1f}s")
+        if lat.get("rendered_again"):
+            click.echo(lat["rendered_again"])
     else:
         click.echo(
             f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
@@ -198,28 +205,60 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
     click.echo(f"report: {report.output}.report.json, {report.output}.report.html")
 
 
+def _store_option(f):
+    return click.option(
+        "--store", type=click.Path(exists=True, file_okay=False), envvar="FARM_STORE", cls=EnvOption,
+        help="Window store folder (it must exist). Default: <FARM_CACHE>/store.",
+    )(f)
+
+
 @main.command()
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output mp4; overrides the spec's `output`.")
+@_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(job, output, as_json):
-    """Show JOB's windows and the denoising work, without starting Ray."""
+def plan(job, output, store, as_json):
+    """Show JOB's windows (each one's prompts, and whether the window store holds it
+    already) and the denoising work, without starting Ray."""
+    from farm.keys import stored_windows
+    from farm.pipelines import descriptor
+    from farm.prompts import window_prompts
+    from farm.store import WindowStore
+    from farm.tasks import WindowTask
+
     try:
         spec = load_spec(job, output=output)
     except SpecError as err:
         _fail(err)
     p = plan_windows(spec)
+    prompts = [window_prompts(WindowTask.from_spec(spec, w).conditioning, w.start) for w in p.windows]
+    ws = WindowStore(store)
+    stored = stored_windows(spec, p, ws)
+    latent = spec.window.reconcile == "latent"
     if as_json:
-        click.echo(json.dumps(p.to_dict(), indent=2))
+        d = p.to_dict()
+        for w, runs in zip(d["windows"], prompts):
+            w["prompts"] = runs
+            if not latent:
+                w["stored"] = stored["windows"].get(w["index"])  # the device class it is stored for, or null
+        d["store"] = {"path": str(ws.root), **({k: v for k, v in stored.items() if k != "windows"} if latent else
+                                               {"windows_stored": len(stored["windows"])})}
+        click.echo(json.dumps(d, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{Path(job).name}: {len(p.windows)} windows, blend {spec.window.blend}, reconcile {spec.window.reconcile}")
-    for col in ("window", "frames", "length", "overlap prev", "overlap next"):
-        table.add_column(col, justify="right")
-    for w in p.windows:
-        table.add_row(str(w.index), f"{w.start}–{w.end - 1}", str(w.length), str(w.overlap_prev), str(w.overlap_next))
+    for col in ("window", "frames", "overlap", "prompts", "store"):
+        table.add_column(col, justify="left" if col in ("prompts", "store") else "right",
+                         no_wrap=col not in ("prompts", "store"))
+    chained = descriptor(spec.model.pipeline).chained
+    for w, runs in zip(p.windows, prompts):
+        where = stored["windows"].get(w.index)
+        held = ("-" if latent else f"stored ({where})" if where else
+                "after window " + str(w.index - 1) if chained and w.index else "to render")
+        table.add_row(str(w.index), f"{w.start}–{w.end - 1} ({w.length})", f"{w.overlap_prev}/{w.overlap_next}",
+                      _prompt_runs(runs), held)
     console = Console()
     console.print(table)
     d = p.to_dict()
@@ -228,7 +267,34 @@ def plan(job, output, as_json):
         f"(+{d['overlap_frames']} in overlaps)   steps: {p.steps}   "
         f"denoising work: {d['denoise_frame_steps']} frame-steps"
     )
+    console.print(_store_plan(spec, p, stored, chained) + f" ({ws.root})")
     console.print(_encode_plan(spec, p))
+
+
+def _prompt_runs(runs: list[dict]) -> str:
+    """A window's prompts: the one prompt, or one line per run of frames
+    (`36–47: a red fox`, `48–51: a forest ← a red fox` while it blends in)."""
+    if len(runs) == 1 and "blending_from" not in runs[0]:
+        return runs[0]["prompt"]
+    return "\n".join(f"{r['from_frame']}–{r['to_frame']}: {r['prompt']}"
+                     + (f" ← {r['blending_from']}" if "blending_from" in r else "") for r in runs)
+
+
+def _store_plan(spec, p, stored: dict, chained: bool) -> str:
+    """What the window store saves this job: windows, or a co-denoised job's checkpoint."""
+    if spec.window.reconcile == "latent":
+        step = stored["latent_step"]
+        if step == spec.steps:
+            return f"store: the whole co-denoised job ({stored['latent_device']}); nothing to denoise"
+        if step:
+            return f"store: a checkpoint after step {step} of {spec.steps} ({stored['latent_device']}); it goes on from there"
+        return "store: nothing of this co-denoised job" + (
+            f"; {stored['rendered_again'].removeprefix('co-denoised: ')}" if stored.get("rendered_again") else
+            "; every window is rendered (a change anywhere changes every window)")
+    held = len(stored["windows"])
+    if chained and len(p.windows) > 1:
+        return f"store: window 0 {'stored' if held else 'to render'}; a chain's later windows are looked up as it is read"
+    return f"store: {held} of {len(p.windows)} windows stored, {len(p.windows) - held} to render"
 
 
 def _encode_plan(spec, p) -> str:
@@ -357,13 +423,6 @@ def _parse_age(ctx, param, value: str | None) -> float | None:
     if seconds < 0:
         raise click.BadParameter(f"must not be negative; got {value!r}")
     return seconds
-
-
-def _store_option(f):
-    return click.option(
-        "--store", type=click.Path(exists=True, file_okay=False), envvar="FARM_STORE", cls=EnvOption,
-        help="Window store folder (it must exist). Default: <FARM_CACHE>/store.",
-    )(f)
 
 
 @main.group()

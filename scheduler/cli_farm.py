@@ -6,10 +6,10 @@ ways:
 - **the jobs API** (`http://HOST:8265`, the default, e.g. through `ray dashboard`'s SSH
   tunnel): the command runs on the cluster as a small Ray job of its own (`farm queue
   --address auto --json`) and its answer comes back in that job's log. Nothing but the
-  dashboard's port is needed; an answer takes a Ray job's start-up, about 2-5 s.
+  dashboard's port is needed; an answer takes a Ray job's start-up, 4-7 s on a 2-core head.
 - **a Ray address** (`--address auto` on a cluster node, or `ray://HOST:10001`): the
-  command joins the cluster as a Ray driver and calls the manager directly (well under a
-  second once joined).
+  command joins the cluster as a Ray driver (nearly 2 s) and calls the manager directly
+  (milliseconds).
 """
 
 from __future__ import annotations
@@ -175,29 +175,63 @@ def manager_stop(as_json, address):
 # -- farm queue, farm priority ---------------------------------------------------------------
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs and actors as JSON.")
+@click.option("--watch", type=click.FloatRange(min=0.5), is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="Show the tables again every SECONDS (2 if not given) until Ctrl-C.")
 @click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
-def queue(as_json, address):
+def queue(as_json, watch, address):
     """List the farm's jobs (by priority, then submission; ended ones last) and its actors."""
-    t0 = time.monotonic()
+    if watch is not None and as_json:
+        raise click.UsageError("--watch shows the tables; --json prints the queue once")
     try:
-        if not _direct(address):
-            data = _on_cluster(address, ["queue"])
-        else:
-            _join(address)
-            data = _ask(_manager().snapshot.remote())
+        data = _snapshot(address)
     except FarmError as err:
         fail(err)
-    data["answered_in_seconds"] = round(time.monotonic() - t0, 3)
     if as_json:
         _answer(data, True, None)
         return
-    from rich.console import Console
+    from rich.console import Console, Group
+    from rich.live import Live
 
     console = Console()
-    for table in queue_tables(data):
-        console.print(table)
+    if watch is None:
+        console.print(_queue_view(data))
+        return
+    try:  # Ctrl-C ends it
+        with Live(_queue_view(data), console=console, auto_refresh=False) as live:
+            while True:
+                _wait(watch)
+                try:
+                    data = _snapshot(address)
+                except FarmError as err:  # a manager restarting: say so, and ask again
+                    live.update(Group(_queue_view(data), f"[red]{err}[/red]"), refresh=True)
+                    continue
+                live.update(_queue_view(data), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+_wait = time.sleep  # between two views of `farm queue --watch`
+
+
+def _snapshot(address: str | None) -> dict:
+    """The manager's snapshot, with how long the answer took (`answered_in_seconds`)."""
+    t0 = time.monotonic()
+    if not _direct(address):
+        data = _on_cluster(address, ["queue"])
+    else:
+        _join(address)
+        data = _ask(_manager().snapshot.remote())
+    data["answered_in_seconds"] = round(time.monotonic() - t0, 3)
+    return data
+
+
+def _queue_view(data: dict):
+    from rich.console import Group
+
+    parts = queue_tables(data)
     if not data["jobs"]:
-        click.echo("no jobs in the farm queue yet")
+        parts.append("no jobs in the farm queue yet")
+    return Group(*parts, f"[dim]answered in {data['answered_in_seconds']:.2f} s[/dim]")
 
 
 def queue_tables(data: dict) -> list:
@@ -205,9 +239,12 @@ def queue_tables(data: dict) -> list:
     from rich import box
     from rich.table import Table
 
+    # 80 columns hold both tables: the short columns keep their whole header and value, and a
+    # long id or name folds onto a second line instead of ending in "…"
     jobs = Table(title="farm jobs (served by priority, then submission)", box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("id", "priority", "state", "windows", "actors", "pipelines", "age"):
-        jobs.add_column(col, no_wrap=col == "id")
+        jobs.add_column(col, overflow="fold", min_width=len(col) if col != "id" else None,
+                        no_wrap=col not in ("id", "pipelines"))
     for j in data["jobs"]:
         pipelines = "-" if not j["actors"] else f"loading {j['loading']}" if j["loading"] else "warm"
         jobs.add_row(j["id"], str(j["priority"]), j["state"], f"{j['windows_done']}/{j['windows_total']}",
@@ -215,10 +252,10 @@ def queue_tables(data: dict) -> list:
     actors = Table(title=f"farm actors (up to {data['max_actors']}; {data['starting']} starting)",
                    box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("actor", "node", "pipelines held", "working for"):
-        actors.add_column(col, no_wrap=col == "actor")
+        actors.add_column(col, overflow="fold", no_wrap=col == "node")
     for a in data["actors"]:
         working = (a["holder"] + (" (moving)" if a["moving"] else "")) if a["busy"] else "idle"
-        actors.add_row(a["name"], a["node"][:12], ", ".join(a["model_names"]) or "-", working)
+        actors.add_row(a["name"], a["node"][:8], "\n".join(a["model_names"]) or "-", working)
     return [jobs, actors]
 
 

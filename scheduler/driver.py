@@ -46,7 +46,7 @@ from farm.errors import ClusterError, FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips
 from farm.interpolate import retiming
 from farm.farmqueue import DEFAULT_PRIORITY
-from farm.keys import latent_job_key, model_identity, pipeline_key, task_key
+from farm.keys import latent_job_key, model_identity, pipeline_key, task_key, why_rendered_again
 from farm.metrics import FlickerMeter, flicker_report
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
@@ -355,13 +355,19 @@ class RenderJob:
                         spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every),
                         causal_decode=self.pipeline.causal_decode)
         prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
-        self.latent_key = latent_job_key([self.keys.get(prepare(t)) for t in self.tasks], spec.window.blend)
+        window_keys = [self.keys.get(prepare(t)) for t in self.tasks]
+        self.latent_key = latent_job_key(window_keys, spec.window.blend)
+        checkpoints = self.store.checkpoints(self.latent_key)
+        self._look_up_latent(checkpoints.latest(windows[-1].end), window_keys)
         self.codenoiser = CoDenoiser(
-            self.actors, self.actor_infos, job, self.tasks, prepare, self.store.checkpoints(self.latent_key),
+            self.actors, self.actor_infos, job, self.tasks, prepare, checkpoints,
             spec.retries, progress=self.progress, resizer=self.lease,
             pipeline=(self.lease.spec_ref, self.lease.key) if self.lease is not None else ())
         for index in range(len(self.tasks)):
-            self.ledger.start(index)
+            if self.latent_stored:
+                self.ledger.cached(index)
+            else:
+                self.ledger.start(index)
         if self.segmented:  # the decoded chunks stay in the object store
             for source, ref in self.codenoiser.chunk_refs():
                 self.stream.chunk(source, ref)
@@ -369,10 +375,23 @@ class RenderJob:
             for frame in self.codenoiser.frames():
                 self.stream.frame(frame)
         for index in range(len(self.tasks)):
-            self.ledger.done(index)
+            if not self.latent_stored:
+                self.ledger.done(index)
             task = self.tasks[index]
-            self.records[index] = (_latent_record(task, self.codenoiser, self.latent_key)
+            self.records[index] = (_latent_record(task, self.codenoiser, self.latent_key, self.latent_stored)
                                    | self.pipeline.describe_inputs(spec, task))
+
+    def _look_up_latent(self, saved: int, window_keys: list[str]) -> None:
+        """What the store holds of this co-denoised job (its last whole checkpoint is after
+        `saved` steps): all of it (the same job again: only decoding is left), or nothing,
+        when an edit since the last render of this output is why (said, and reported)."""
+        spec = self.spec
+        self.latent_stored = saved == spec.steps
+        self.latent_rerender = None if saved else why_rendered_again(
+            self.store.last_latent_job(spec.output), window_keys, spec.window.blend, self.plan.windows)
+        if self.latent_rerender:
+            self.progress.notice(self.latent_rerender)
+        self.store.remember_latent_job(spec.output, self.latent_key, window_keys, spec.window.blend)
 
     def _needed_from(self) -> int:
         return self.stream.first_needed_window() if not self.ledger.failed else len(self.tasks)
@@ -452,13 +471,18 @@ class RenderJob:
         if self.spec.interpolate:
             metrics["interpolate"] = self._interpolation()
         if self.codenoiser is not None:
-            metrics["latent"] = self.codenoiser.report() | {"key": self.latent_key, "actors_asked": self.workers_asked,
-                                                            "actors_placed": len(self.actor_infos)}
+            metrics["latent"] = self.codenoiser.report() | self._latent_fields() | {
+                "actors_asked": self.workers_asked, "actors_placed": len(self.actor_infos)}
         if self.check_seams is not None:
             worst = max(metrics["seams"], key=lambda seam: seam["jump_ratio"], default=None)
             metrics["seam_check"] = {"limit": self.check_seams, "worst": worst,
                                      "passed": worst is None or worst["jump_ratio"] <= self.check_seams}
         return self._report(filmstrips=[s.to_html_data() for s in stream.strips(self.plan.windows)], **metrics)
+
+    def _latent_fields(self) -> dict:
+        """The co-denoised job's key; whether its final latents came from the store
+        (`from_store`: only decoded); why it rendered every window again, if an edit did."""
+        return {"key": self.latent_key, "from_store": self.latent_stored, "rendered_again": self.latent_rerender}
 
     def _interpolation(self) -> dict:
         if self.segmented:
@@ -479,7 +503,7 @@ class RenderJob:
             self.ledger.job(JobState.FAILED)
         fields = {"error": None if isinstance(err, WindowFatal) else str(err)}  # a window's error is in `failed`
         if self.codenoiser is not None:
-            fields["latent"] = self.codenoiser.report() | {"key": self.latent_key}
+            fields["latent"] = self.codenoiser.report() | self._latent_fields()
         if self.segmented and self.spec.interpolate and isinstance(self.stream, SegmentStage):
             fields["interpolate"] = self.stream.interpolation(self.retime, self.spec.interpolate.backend)
         elif isinstance(self.interp, InterpolationStage):
@@ -514,7 +538,7 @@ class RenderJob:
             farm=self.lease.report() if self.lease is not None else
             {"private": self.private_why} if self.private_why else None,
             reconcile=spec.window.reconcile, encode=self._encode_report(),
-            workers=self.workers, threads_per_actor=self.threads, spec=spec.model_dump(mode="json"), **fields)
+            workers=self.workers, threads_per_actor=self.threads, spec=spec.report_dump(), **fields)
         report.write(self.local_out, filmstrips)
         return report
 
@@ -836,14 +860,15 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
     }
 
 
-def _latent_record(task: WindowTask, codenoiser: CoDenoiser, key: str) -> dict:
+def _latent_record(task: WindowTask, codenoiser: CoDenoiser, key: str, stored: bool) -> dict:
     """A co-denoised window's record: its shard's actor, and the job's key (windows are
-    stored as one job)."""
+    stored as one job); `stored`: the job's final latents came from the store."""
     window = task.window
     shard = next(s for s in codenoiser.shards if window.index in s.windows)
     info = codenoiser.infos[shard.index]
-    return {"index": window.index, "start": window.start, "end": window.end, "state": WindowState.DONE.value,
-            "cached": False, "key": key, "shard": shard.index, "prompts": window_prompts(task.conditioning, window.start),
+    return {"index": window.index, "start": window.start, "end": window.end,
+            "state": (WindowState.CACHED if stored else WindowState.DONE).value, "cached": stored, "key": key,
+            "shard": shard.index, "prompts": window_prompts(task.conditioning, window.start),
             "attempts": 1 + len(codenoiser.recoveries),
             "failures": [], "node": info["node"], "actor": info["actor"], "device": info["device"], "fallbacks": []}
 

@@ -232,8 +232,9 @@ def path_size(path: Path) -> int:
 def local_inputs(spec: dict, base: str | Path | None = None,
                  fields: tuple[InputField, ...] = INPUT_FIELDS) -> list[LocalInput]:
     """The files and folders on this machine that `spec` (a mapping, e.g. a validated
-    spec's `model_dump()`) names; relative paths are taken against `base` (default: the
-    current directory), as `load_spec` does. Pure apart from reading sizes."""
+    spec's `model_dump()`, whose paths `load_spec` made absolute against the spec file's
+    folder) names; relative paths are taken against `base` (default: the current
+    directory). Pure apart from reading sizes."""
     base = Path(base or os.getcwd())
     found = []
     for f in fields:

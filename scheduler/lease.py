@@ -50,6 +50,7 @@ class Lease:
         self.manager, self.job_id, self.key = manager, job_id, key
         self.priority = priority
         self.registered_at = time.time()
+        self.priorities = [{"priority": priority, "at": 0.0}]  # its priority over time (`farm priority`)
         self._register = dict(priority=priority, model=key, wants=wants, latent=latent, label=label,
                               model_name=model_name, windows_total=windows_total)
         reply = _get(manager.register.remote(job_id, **self._register), "register the job")
@@ -65,7 +66,6 @@ class Lease:
         self._epoch = 0  # bumped by every hand-back: a reply to an older heartbeat is stale
         self.state = "QUEUED"
         self.windows_done = 0
-        self.loading = 0
         self.lends: list[dict] = []  # every actor lent to the job: name, node, when, its use() ref
         self.recalled = 0
         self.unreachable = 0  # heartbeats the manager did not answer
@@ -91,8 +91,8 @@ class Lease:
             held = self._held | set(self._desired)
             held, dead, epoch = sorted(held), tuple(self._dead), self._epoch
         try:
-            reply = ray.get(self.manager.heartbeat.remote(self.job_id, held, self.windows_done, self.loading, dead),
-                            timeout=CALL_TIMEOUT_S)
+            reply = ray.get(self.manager.heartbeat.remote(self.job_id, held, self.windows_done, self._loading(held),
+                                                          dead), timeout=CALL_TIMEOUT_S)
             if reply["state"] == "UNKNOWN":  # a manager that lost its queue: queue again
                 _get(self.manager.register.remote(self.job_id, **self._register), "register the job again")
                 return
@@ -102,6 +102,9 @@ class Lease:
         with self._lock:
             self._dead -= set(dead)
             self.state = reply["state"]
+            if reply.get("priority", self.priority) != self.priority:  # `farm priority` changed it
+                self.priority = reply["priority"]
+                self.priorities.append({"priority": self.priority, "at": _since(time.time(), self.registered_at)})
             if epoch == self._epoch:
                 self._desired = reply["actors"]
                 if reply["actors"] and self.first_lent_at is None:
@@ -140,7 +143,25 @@ class Lease:
         with self._lock:
             self._dead |= set(pool.lost())
             self._held = set(pool.names())
-        self.loading = sum(1 for lend in self.lends if not _ready(lend))
+
+    def _loading(self, held: list[str]) -> int:
+        """Of the actors the job holds, those without its pipeline yet (`farm queue` shows
+        them): lent cold (the manager knows which actors hold which pipelines) and not taken
+        in, or taken in and still loading it."""
+        taken = {(lend["actor"], lend["grant"]): lend for lend in list(self.lends)}  # the pool loop appends
+        with self._lock:
+            desired = dict(self._desired)
+
+        def loading(name: str) -> bool:
+            lent = desired.get(name)
+            if lent is None:
+                return False  # on its way back to the pool
+            if lent["warm"]:
+                return False  # it holds the pipeline already
+            lend = taken.get((name, lent["grant"]))
+            return lend is None or not _ready(lend)
+
+        return sum(1 for name in held if loading(name))
 
     # -- a co-denoised job: its actors change only at checkpoints ----------------------------
     def take_all(self) -> tuple[list, list[dict]]:
@@ -240,7 +261,7 @@ class Lease:
     def _lend(self, name: str, actor: dict) -> dict:
         now = time.time()
         lend = {"actor": name, "node": actor["node"], "lent_at": now, "handle": actor["handle"],
-                "use": actor["handle"].use.remote(self.spec_ref, self.key)}
+                "grant": actor.get("grant"), "use": actor["handle"].use.remote(self.spec_ref, self.key)}
         self.lends.append(lend)
         return lend
 
@@ -290,7 +311,8 @@ class Lease:
         infos = self.actor_infos()
         return {
             "job_id": self.job_id,
-            "priority": self.priority,
+            "priority": self.priority,  # the last one
+            "priorities": self.priorities,  # every one it had, from registration: [{priority, at (seconds)}]
             "pipeline_key": self.key,
             "queued_seconds": _since(self.first_lent_at, self.registered_at),
             "first_window_seconds": _since(self.first_window_at, self.registered_at),

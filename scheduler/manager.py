@@ -120,8 +120,9 @@ class FarmManager:
     def heartbeat(self, job_id: str, held: list[str], windows_done: int = 0, loading: int = 0,
                   dead: tuple[str, ...] = ()) -> dict:
         """A driver is alive and holds `held`. Returns its job's state and the actors it
-        holds now: {name: {handle, node, moving, grant}}; `moving` ones go back after their
-        current window; `grant` names this lending when it hands one back."""
+        holds now: {name: {handle, node, moving, grant, warm}}; `moving` ones go back after their
+        current window; `grant` names this lending when it hands one back. And its priority,
+        which `farm priority` may have changed."""
         with self._lock:
             job = self.queue.jobs.get(job_id)
             if job is None:
@@ -133,9 +134,10 @@ class FarmManager:
             changed = self.queue.beat(job_id, held, time.time(), windows_done=windows_done, loading=loading,
                                       dead=dead)
             self._plan(changed)
-            actors = {a.name: {"handle": self.handles[a.name], "node": a.node, "moving": a.moving, "grant": a.grant}
+            actors = {a.name: {"handle": self.handles[a.name], "node": a.node, "moving": a.moving, "grant": a.grant,
+                               "warm": a.warm}
                       for a in self.queue.tell(job_id) if a.name in self.handles}
-            return {"state": job.state.value, "actors": actors}
+            return {"state": job.state.value, "actors": actors, "priority": job.priority}
 
     def release(self, job_id: str, lent: list[tuple[str, int]]) -> None:
         """The job hands back these actors, each (name, grant)."""

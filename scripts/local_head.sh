@@ -5,10 +5,16 @@
 #   - its own temp dir, so it does not touch another Ray on the machine.
 # It runs in the foreground (ray start --block): stop it with Ctrl-C, or with SIGTERM to the
 # script or its process group (`kill -- -PGID`); either stops the head cleanly in seconds.
+# Started in the background, e.g.
+#   (setsid nohup scripts/local_head.sh > head.log 2>&1 &)
+# stop it with `kill -TERM <the script's pid>` (or `kill -TERM -- -<pid>`: setsid made it the
+# group's leader); `pgrep -f local_head.sh` finds it. A background job inherits SIGINT and
+# SIGHUP ignored, so Ctrl-C's SIGINT cannot stop it; SIGTERM always does.
 # `ray start` runs in a process group of its own, so a signal to the script's group reaches
-# only the script, which asks Ray to shut down in order (SIGINT, as Ctrl-C does). Sent to
-# Ray's own processes at once, SIGTERM kills the GCS first and the node then waits 30 s for
-# it. Do not use `ray stop`, which stops every Ray on the machine.
+# only the script, which asks `ray start` alone to shut Ray down in order (SIGTERM, which
+# nothing inherits ignored; its handler stops Ray's processes one by one). Sent to Ray's
+# own processes at once, SIGTERM kills the GCS first and the node then waits 30 s for it.
+# Do not use `ray stop`, which stops every Ray on the machine.
 #
 # Usage: scripts/local_head.sh [extra `ray start` options, e.g. --num-cpus 4]
 # Environment (all optional):
@@ -33,6 +39,9 @@ fi
 chmod 600 "$token_file"
 
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token_file"
+# On SIGTERM `ray start` first drains the node for Ray Serve (up to 30 s); the farm runs no
+# Serve proxies, so it stops at once unless this is set.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
 gcs_port="${FARM_GCS_PORT:-6379}"
 dashboard_port="${FARM_DASHBOARD_PORT:-8265}"
 echo "farm head: jobs API http://127.0.0.1:${dashboard_port} (token auth), GCS port ${gcs_port}" >&2
@@ -44,10 +53,11 @@ ray start --head --block --disable-usage-stats \
   --temp-dir "$dir/ray" \
   "$@" &
 ray_pid=$!
-# Ctrl-C, SIGTERM and SIGHUP all become one SIGINT to `ray start`, which stops its
-# processes in order (its children ignore SIGINT themselves).
+# Ctrl-C, SIGTERM and SIGHUP all become one SIGTERM to `ray start` alone, which stops its
+# processes in order. (Not SIGINT: a background launch starts `ray start` with SIGINT
+# ignored, and Python keeps it ignored.)
 stopping=0
-trap 'stopping=1; kill -INT "$ray_pid" 2>/dev/null || true' INT TERM HUP
+trap 'stopping=1; kill -TERM "$ray_pid" 2>/dev/null || true' INT TERM HUP
 set +e
 while kill -0 "$ray_pid" 2>/dev/null; do
   wait "$ray_pid"  # returns early when a trapped signal arrives; then wait again

@@ -180,11 +180,14 @@ class Head:
 
 
 def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None = None,
-               env: dict | None = None, timeout: float = 120) -> Head:
+               env: dict | None = None, timeout: float = 120, background: bool = False) -> Head:
     """Start a token-auth head bound to 127.0.0.1 on free ports; wait until its jobs API answers.
 
     `autoscaling_config` (a dict) turns on Ray's fake multinode autoscaler
-    (RAY_FAKE_CLUSTER=1); its provider is pointed at this head's GCS port.
+    (RAY_FAKE_CLUSTER=1); its provider is pointed at this head's GCS port. `background`
+    launches the script as a shell script would put it in the background,
+    `(setsid nohup scripts/local_head.sh … > log 2>&1 &)`: it inherits SIGINT and SIGHUP
+    ignored, and is not this process's child.
     """
     lock = open(HEAD_LOCK, "a")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one test head at a time on this machine
@@ -224,9 +227,15 @@ def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None 
         child_env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     child_env.update(env or {})
     log_path = temp_dir / "ray-start.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=temp_dir)
+    if background:
+        launch = ["bash", "-c", '(setsid nohup "$@" > "$FARM_TEST_HEAD_LOG" 2>&1 < /dev/null &)', "bash", *cmd]
+        subprocess.run(launch, env={**child_env, "FARM_TEST_HEAD_LOG": str(log_path)}, cwd=temp_dir, check=True)
+        script = wait_for(lambda: _process_running(cmd), 30, 0.1, "the background local_head.sh")
+        proc = _NotOurChild(script)
+    else:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=temp_dir)
     head = Head(proc, temp_dir, "", token_path, ports, log_path, lock)
     try:
         wait_for(lambda: token_path.is_file() and token_path.stat().st_size, 30, 0.1, "the token file")
@@ -237,6 +246,39 @@ def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None 
         head.stop()
         raise RuntimeError(f"the test head did not come up; ray start said:\n{tail}") from None
     return head
+
+
+def _process_running(cmd: list[str]) -> psutil.Process | None:
+    """The process whose command line ends with `cmd` (the script run by bash)."""
+    for p in psutil.process_iter(["cmdline"]):
+        if (p.info["cmdline"] or [])[-len(cmd):] == cmd:
+            return p
+    return None
+
+
+class _NotOurChild:
+    """A background head's script, which is not our child: its pid, and whether it has
+    exited (a zombie its new parent has yet to reap counts as exited). No exit status."""
+
+    returncode = None
+
+    def __init__(self, process: psutil.Process):
+        self.pid, self._process = process.pid, process
+
+    def poll(self):
+        try:
+            running = self._process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            running = False
+        return None if running else 0
+
+    def wait(self, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("local_head.sh", timeout)
+            time.sleep(0.1)
+        return 0
 
 
 def _wait_until_jobs_api_answers(head: Head, timeout: float) -> None:

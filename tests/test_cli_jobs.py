@@ -207,3 +207,23 @@ def test_a_farm_command_on_the_cluster_answers_with_its_own_json_or_its_own_erro
     with pytest.raises(ClusterError) as err:
         client_with(failed).run_command(["farm", "priority", "nope", "10"], poll=0)
     assert str(err.value) == "no job 'nope' in the farm queue"  # not Ray's log lines around it
+
+
+def test_farm_queue_fits_80_columns_without_cutting_a_name():
+    from rich.console import Console
+
+    from scheduler.cli_farm import queue_tables
+
+    job = "farm-wan-t2v-long-8f3a2b1c"
+    data = {"max_actors": 2, "starting": 0,
+            "jobs": [{"id": job, "priority": 50, "state": "RUNNING", "windows_done": 3, "windows_total": 20,
+                      "actors": ["farm-pipeline-0-0"], "loading": 1, "age_seconds": 620.0}],
+            "actors": [{"name": "farm-pipeline-0-0", "node": "c62f9fdae6c63575f46d587aa2f59937", "busy": True,
+                        "model_names": ["wan Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "holder": job, "moving": False}]}
+    console = Console(width=80, record=True)
+    for table in queue_tables(data):
+        console.print(table)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for whole in ("priority", "windows", "pipelines", "RUNNING", "loading 1", "farm-pipeline-0-0"):
+        assert whole in text, whole

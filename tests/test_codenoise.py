@@ -251,6 +251,12 @@ def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ra
         driver.wait()
     saved = checkpoints.latest(latent_frames)
     assert 2 <= saved < spec.steps and not (tmp_path / "killed.mp4").exists()
+    from click.testing import CliRunner
+
+    from scheduler.cli import main
+
+    planned = CliRunner().invoke(main, ["plan", str(tmp_path / "job.yaml"), "--store", str(tmp_path / "store")])
+    assert f"store: a checkpoint after step {saved} of {spec.steps} (cpu)" in " ".join(planned.output.split())
 
     report = render(spec, workers=2, threads=1, store=tmp_path / "store")
     assert report["latent"]["resumed_from_step"] >= saved

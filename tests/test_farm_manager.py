@@ -213,10 +213,26 @@ def test_warm_pipelines_are_reused_and_the_least_recently_used_is_evicted(farm_r
                                                 output=str(tmp_path / f"{name}.mp4")))
 
     ddim, euler, lcm = job("a", "ddim", 1), job("c", "euler", 3), job("e", "lcm", 5)
+    seen: list[tuple[str, int]] = []  # (job, actors loading) whenever `farm queue` shows a job holding an actor
+    done = threading.Event()
+
+    def watch(handle):
+        while not done.is_set():
+            seen.extend((j["label"], j["loading"]) for j in snapshot(handle)["jobs"] if j["actors"])
+            time.sleep(0.02)
+
     with manager(max_actors=1, max_models=2) as handle:
+        watcher = threading.Thread(target=watch, args=(handle,), daemon=True)
+        watcher.start()
         reports = [render(spec, store=False) for spec in
                    (ddim, job("b", "ddim", 2), euler, job("d", "ddim", 4), lcm)]
+        done.set()
+        watcher.join()
         actors = snapshot(handle)["actors"]
+    # what `farm queue` says is the actor's real state: loading from the moment a cold actor
+    # is lent (never `warm` first), and never loading when the actor holds the pipeline
+    assert next(loading for label, loading in seen if label == "a.mp4") == 1
+    assert {loading for label, loading in seen if label in ("b.mp4", "d.mp4")} == {0}
     lends = [r["farm"] for r in reports]
     infos = [r["actors"][0] for r in reports]
     assert (lends[0]["loads"], infos[0]["warm"]) == (1, False) and infos[0]["load_seconds"] > 0
@@ -266,6 +282,11 @@ def test_farm_priority_moves_a_queued_job_ahead(farm_ray, tmp_path):
     # c overtook both: it took the running job's actor at its next window, and ran before b
     assert runs["c"].finished_at < runs["b"].finished_at
     assert runs["running"].report["farm"]["recalled"] == 1
+    # c's report has the priority it ran at, and the one it was submitted with
+    farm_c = runs["c"].report["farm"]
+    assert farm_c["priority"] == 60 and [p["priority"] for p in farm_c["priorities"]] == [50, 60]
+    assert farm_c["priorities"][1]["at"] > 0
+    assert "50 (at 0 s) → 60 (at " in Path(f"{tmp_path / 'c.mp4'}.report.html").read_text()
     first_lent = [e["job"] for e in events if e["event"] == "lent"]
     assert first_lent.index("c") < first_lent.index("b")
     assert bad.exit_code == 1 and "no job 'nope' in the farm queue" in bad.output
@@ -336,3 +357,23 @@ def test_the_farm_commands_say_what_is_wrong(farm_ray):
     out_of_range = CliRunner().invoke(farm_cli, ["priority", "some-job", "101"])
     assert out_of_range.exit_code == 2 and "PRIORITY" in out_of_range.output and "0<=x<=100" in out_of_range.output
     assert CliRunner().invoke(farm_cli, ["manager", "stop"]).output.strip() == "no farm manager runs"
+
+
+def test_farm_queue_watch_shows_the_tables_again_until_ctrl_c(farm_ray, monkeypatch):
+    import scheduler.cli_farm
+
+    naps = []
+
+    def nap(seconds):  # the watch loop's wait: Ctrl-C on the third
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt
+
+    both = CliRunner().invoke(farm_cli, ["queue", "--watch", "--json"])
+    assert both.exit_code == 2 and "--watch shows the tables" in both.output
+    with manager(max_actors=1):
+        monkeypatch.setattr(scheduler.cli_farm, "_wait", nap)
+        watched = CliRunner().invoke(farm_cli, ["queue", "--watch", "0.5"])
+    assert watched.exit_code == 0, watched.output
+    assert naps == [0.5, 0.5, 0.5]  # shown, then shown again twice, then Ctrl-C
+    assert "farm actors (up to 1" in watched.output and "no jobs in the farm queue yet" in watched.output

@@ -257,6 +257,23 @@ def test_submission_ships_the_spec_and_its_inputs_with_paths_rewritten(tmp_path)
     assert not sub.folder.exists()
 
 
+def test_submit_ships_the_inputs_a_spec_names_relative_to_its_own_folder(tmp_path, monkeypatch):
+    jobdir = tmp_path / "jobs"
+    (jobdir / "adapter").mkdir(parents=True)
+    (jobdir / "adapter" / "config.json").write_text("{}")
+    data = base_spec(tmp_path, model={"pipeline": "animatediff", "base": "tiny", "motion_adapter": "./adapter"})
+    job = write_spec(jobdir, data)
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    sub = jobs.prepare_submission(job, "s3://bucket/renders/fox.mp4")
+    try:
+        assert [(i.field, i.path) for i in sub.inputs] == [("model.motion_adapter", jobdir / "adapter")]
+        shipped = yaml.safe_load((sub.folder / "job.yaml").read_text())
+        assert shipped["model"]["motion_adapter"] == "./inputs/0-adapter"
+        assert (sub.folder / "inputs" / "0-adapter" / "config.json").read_text() == "{}"
+    finally:
+        sub.cleanup()
+
+
 def test_inputs_over_rays_upload_limit_are_refused_before_sending(tmp_path):
     model = tmp_path / "big-model"
     model.mkdir()

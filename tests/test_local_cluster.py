@@ -85,8 +85,12 @@ def test_farm_render_end_to_end_with_two_workers(tmp_path):
 
 
 def test_ncnn_backend_problems_are_reported_before_ray_starts(tmp_path):
-    data = base_spec(tmp_path, interpolate={"factor": 2, "backend": "ncnn", "model_dir": str(tmp_path / "rife-v4.6")})
+    data = base_spec(tmp_path, interpolate={"factor": 2, "backend": "ncnn", "model_dir": "rife-v4.6"})
     job = write_spec(tmp_path, data)
+    missing = CliRunner().invoke(main, ["render", str(job)])  # the spec names a folder that is not there
+    assert missing.exit_code == 2
+    assert f"interpolate.model_dir: nothing at '{tmp_path / 'rife-v4.6'}' (the spec says 'rife-v4.6')" in missing.output
+    (tmp_path / "rife-v4.6").mkdir()
     result = CliRunner().invoke(main, ["render", str(job)])
     assert result.exit_code == 1
     assert "interpolate.backend ncnn needs" in result.output or "interpolate.model_dir" in result.output

@@ -226,3 +226,5 @@ def test_a_co_denoised_job_shows_its_seams_fused_and_its_shards(report):
     assert "windows disagree 0" not in text
     cells = re.findall(r"<td class=n>(fused|[0-9.]+)</td></tr>", page)
     assert cells.count("fused") == len(windows) - 1
+    report["latent"] |= {"actors": 1, "actors_asked": 1}
+    assert "Denoised together on 1 actor (1 asked)" in re.sub(r"<[^>]+>", " ", render_html(report))

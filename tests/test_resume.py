@@ -122,7 +122,17 @@ def test_editing_the_prompt_from_frame_48_rerenders_only_the_windows_that_reach_
     assert first["windows_rendered"] == 6
 
     data["prompts"] = {0: "a red fox running through snow", 48: "a fox in a green forest"}
-    edited = _render(write_spec(tmp_path, data, "v2.yaml"), tmp_path / "v2.mp4", store)
+    v2 = write_spec(tmp_path, data, "v2.yaml")
+    # `farm plan` shows what the edit costs before anything renders: keys only, no Ray
+    planned = CliRunner().invoke(main, ["plan", str(v2), "--store", str(store), "--json"])
+    assert planned.exit_code == 0, planned.output
+    planned = json.loads(planned.output)
+    assert [w["stored"] for w in planned["windows"]] == ["cpu"] * 3 + [None] * 3
+    assert planned["store"]["windows_stored"] == 3
+    table = CliRunner().invoke(main, ["plan", str(v2), "--store", str(store)])
+    assert "store: 3 of 6 windows stored, 3 to render" in table.output
+    edited = _render(v2, tmp_path / "v2.mp4", store)
+    assert edited["windows"][3]["prompts"] == planned["windows"][3]["prompts"]  # what the plan said
     assert [w["index"] for w in edited["windows"] if w["cached"]] == [0, 1, 2]  # end before frame 48
     assert edited["windows_rendered"] == 3
     # Window 3 (frames 36-51) spans the change: the new prompt blends in over 8 frames from 48.
@@ -135,3 +145,39 @@ def test_editing_the_prompt_from_frame_48_rerenders_only_the_windows_that_reach_
     diff = [float(np.abs(a.astype(int) - b).mean()) for a, b in zip(v1, v2)]
     assert max(diff[:36]) < 0.5  # the same windows (up to H.264 look-ahead)
     assert min(diff[52:]) > 2.0  # the new prompt
+
+
+def test_an_unchanged_co_denoised_job_is_read_from_the_store_and_an_edit_says_which_windows_it_changed(tmp_path):
+    """Co-denoised (window.reconcile: latent) on the simulated pipeline: the store path is the same."""
+    data = base_spec(tmp_path, frames=52, window={"length": 16, "overlap": 4, "blend": "linear", "reconcile": "latent"})
+    data["model"] = {**data["model"], "faults": {"simulate_seconds": 0}}
+    del data["prompt"]
+    data["prompts"] = {0: "a red fox running through snow"}
+    job, out, store = write_spec(tmp_path, data), tmp_path / "fox.mp4", tmp_path / "store"
+    first = _render(job, out, store)
+    assert (first["windows_rendered"], first["windows_cached"]) == (4, 0)
+    assert first["latent"]["from_store"] is False and first["latent"]["rendered_again"] is None
+    video = out.read_bytes()
+
+    # the same job again: its final latents are in the store, and only decoding is left
+    args = ["render", str(job), "-o", str(out), "--store", str(store), "--workers", "1", "--threads", "1"]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "read 4 co-denoised windows from the store (the job's final latents)" in again.output
+    report = json.loads(out.with_name("fox.mp4.report.json").read_text())
+    assert (report["windows_rendered"], report["windows_cached"]) == (0, 4)
+    assert report["latent"]["from_store"] is True and report["latent"]["resumed_from_step"] == data["steps"]
+    assert all(w["cached"] and w["state"] == "CACHED" for w in report["windows"])
+    assert out.read_bytes() == video
+
+    # an edit from frame 40 reaches window 3 alone, yet a co-denoised job renders them all: it says so
+    data["prompts"] = {0: "a red fox running through snow", 40: "a fox in a green forest"}
+    planned = CliRunner().invoke(main, ["plan", str(write_spec(tmp_path, data)), "-o", str(out), "--store", str(store)])
+    assert "changed since the last render: window 3 (frames 36–51)" in " ".join(planned.output.split())
+    edited = CliRunner().invoke(main, [args[0], str(job), *args[2:]])
+    assert edited.exit_code == 0, edited.output
+    said = " ".join(edited.output.split())
+    assert ("co-denoised: every window is rendered again; changed since the last render: window 3 (frames 36–51)."
+            in said) and "window.reconcile: crossfade" in said
+    report = json.loads(out.with_name("fox.mp4.report.json").read_text())
+    assert report["windows_rendered"] == 4 and report["latent"]["rendered_again"].startswith("co-denoised: every")

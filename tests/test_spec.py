@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -143,3 +147,57 @@ def test_cli_output_override_is_validated(tmp_path):
     job = write_spec(tmp_path, base_spec(tmp_path))
     result = CliRunner().invoke(main, ["plan", str(job), "-o", str(tmp_path / "x.webm")])
     assert result.exit_code == 2 and "-o/--output: must end in .mp4" in result.output
+
+
+# -- relative paths: against the spec file's folder ---------------------------------------------
+TINY_EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "tiny"
+
+
+def test_relative_paths_in_a_spec_file_are_read_from_its_folder_and_o_from_here(tmp_path, monkeypatch):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    shutil.copy(TINY_EXAMPLES / "svd_product.yaml", jobs)
+    shutil.copy(TINY_EXAMPLES / "product.png", jobs)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(Path("..") / "jobs" / "svd_product.yaml")
+    assert spec.svd.image == str(jobs / "product.png")  # `image: product.png`, beside the spec
+    assert spec.output == str(jobs / "svd_product.mp4")  # `output: svd_product.mp4` too
+    # -o is a command-line path: taken from the current directory
+    assert load_spec(jobs / "svd_product.yaml", output="mine.mp4").output == str(elsewhere / "mine.mp4")
+
+    (jobs / "product.png").unlink()
+    with pytest.raises(SpecError) as err:
+        load_spec(jobs / "svd_product.yaml")
+    assert f"svd.image: no file at '{jobs / 'product.png'}' (the spec says 'product.png')" in err.value.problems
+
+
+def test_farm_plan_reads_a_spec_from_another_folder(monkeypatch):
+    monkeypatch.chdir(TINY_EXAMPLES.parent.parent)  # the repository's root
+    for name in ("svd_product", "pose_dance", "wan_i2v_product"):
+        result = CliRunner().invoke(main, ["plan", f"examples/tiny/{name}.yaml", "--json"])
+        assert result.exit_code == 0, result.output
+        plan = json.loads(result.output)
+        assert plan["windows"], name
+
+
+def test_a_relative_model_folder_and_lora_are_read_from_the_spec_s_folder(tmp_path, monkeypatch):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "style.safetensors").write_bytes(b"x")
+    data = base_spec(tmp_path, output="out.mp4")
+    data["model"] = {**data["model"], "motion_adapter": "./adapter",
+                     "loras": [{"path": "style.safetensors", "name": "style"}]}
+    job = write_spec(tmp_path, data)
+    monkeypatch.chdir(tmp_path.parent)
+    spec = load_spec(job)
+    assert spec.model.motion_adapter == str(tmp_path / "adapter")
+    assert spec.model.loras[0].path == str(tmp_path / "style.safetensors")
+    assert spec.output == str(tmp_path / "out.mp4")
+
+
+def test_the_report_shows_the_scheduler_a_job_runs_with_not_null(tmp_path):
+    assert parse_spec(base_spec(tmp_path)).report_dump()["model"]["scheduler"] == "ddim"  # AnimateDiff's default
+    lcm = base_spec(tmp_path)
+    lcm["model"] = {**lcm["model"], "scheduler": "lcm"}
+    assert parse_spec(lcm).report_dump()["model"]["scheduler"] == "lcm"
