@@ -154,28 +154,8 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
     )
     if report is None:
         return
-    if report.latent is not None:
-        lat = report.latent
-        resumed = f", resumed from step {lat['resumed_from_step']}" if lat["resumed_from_step"] else ""
-        asked = f" ({lat['actors_asked']} asked)" if lat.get("actors_asked", lat["actors"]) != lat["actors"] else ""
-        lost = f", {_count(len(lat['recoveries']), 'recovery')} from lost actors" if lat["recoveries"] else ""
-        moved = ", then ".join(f"{r['actors_after']} from step {r['at_step']}" for r in lat.get("reshapes", []))
-        moved = f" (the farm moved actors: {moved})" if moved else ""
-        if lat.get("from_store"):
-            click.echo(f"read {_count(len(report.windows), 'co-denoised window')} from the store (the job's final "
-                       f"latents) and decoded them on {_count(lat['actors'], 'actor')} → {report.output_frames} "
-                       f"frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s")
-        else:
-            click.echo(f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
-                       f"{asked}{resumed}{lost}{moved} → {report.output_frames} frames at {report.output_fps:g} fps "
-                       f"in {report.stages['total']:.1f}s")
-        if lat.get("rendered_again"):
-            click.echo(lat["rendered_again"])
-    else:
-        click.echo(
-            f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store "
-            f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
-        )
+    for line in _windows_summary(report):
+        click.echo(line)
     if report.farm is not None and "private" in report.farm:
         click.echo(f"private actors: {report.farm['private']}")
     elif report.farm is not None:
@@ -203,6 +183,25 @@ def _run(spec, address, workers, threads, quiet, as_json, rife_weights=None, sto
             click.echo(line)
     click.echo(f"video:  {report.output}")
     click.echo(f"report: {report.output}.report.json, {report.output}.report.html")
+
+
+def _windows_summary(report) -> list[str]:
+    """What `farm render` says of the windows: rendered or read from the store, and for a
+    co-denoised job on how many actors, resumed, recovered, moved; or why it rendered all."""
+    tail = f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
+    lat = report.latent
+    if lat is None:
+        return [f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store {tail}"]
+    if lat.get("from_store"):
+        return [f"read {_count(len(report.windows), 'co-denoised window')} from the store (the job's final latents) "
+                f"and decoded them on {_count(lat['actors'], 'actor')} {tail}"]
+    resumed = f", resumed from step {lat['resumed_from_step']}" if lat["resumed_from_step"] else ""
+    asked = f" ({lat['actors_asked']} asked)" if lat.get("actors_asked", lat["actors"]) != lat["actors"] else ""
+    lost = f", {_count(len(lat['recoveries']), 'recovery')} from lost actors" if lat["recoveries"] else ""
+    moved = ", then ".join(f"{r['actors_after']} from step {r['at_step']}" for r in lat.get("reshapes", []))
+    moved = f" (the farm moved actors: {moved})" if moved else ""
+    return [f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
+            f"{asked}{resumed}{lost}{moved} {tail}"] + ([lat["rendered_again"]] if lat.get("rendered_again") else [])
 
 
 def _store_option(f):
