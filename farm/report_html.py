@@ -101,12 +101,17 @@ def gantt_svg(report: dict) -> str:
     if latent:
         rows = "".join(f"<tr><td>{_e(sh['index'])}</td><td>{_e(sh['windows'][0])}–{_e(sh['windows'][1])}</td>"
                        f"<td>{_e(sh['frames'][0])}–{_e(sh['frames'][1] - 1)}</td></tr>" for sh in latent["shards"])
+        if latent.get("from_store"):
+            return (f'<p class="note">The job\'s final latents were read from the window store: nothing was '
+                    f'denoised; decoded on {_e(_count(latent["actors"], "actor"))}.</p>'
+                    f"<table><tr><th>shard</th><th>windows</th><th>frames</th></tr>{rows}</table>")
         return (f'<p class="note">Denoised together on {_e(_count(latent["actors"], "actor"))} '
                 f'({_e(latent.get("actors_asked", latent["actors"]))} asked), one shard each, in '
                 f'{_e(_fmt(latent.get("denoise_seconds")))} s; shards waited {_e(_fmt(latent.get("wait_share")))} '
                 f'of the time (barrier and exchange); resumed from step {_e(latent.get("resumed_from_step"))}; '
                 f'{_e(len(latent.get("recoveries", [])))} recoveries.</p>'
-                f"<table><tr><th>shard</th><th>windows</th><th>frames</th></tr>{rows}</table>")
+                + (f'<p class="note">{_e(latent["rendered_again"])}</p>' if latent.get("rendered_again") else "")
+                + f"<table><tr><th>shard</th><th>windows</th><th>frames</th></tr>{rows}</table>")
     if not bars:
         return '<p class="note">No window attempt was recorded.</p>'
 

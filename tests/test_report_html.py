@@ -226,5 +226,9 @@ def test_a_co_denoised_job_shows_its_seams_fused_and_its_shards(report):
     assert "windows disagree 0" not in text
     cells = re.findall(r"<td class=n>(fused|[0-9.]+)</td></tr>", page)
     assert cells.count("fused") == len(windows) - 1
-    report["latent"] |= {"actors": 1, "actors_asked": 1}
+    report["latent"] |= {"actors": 1, "actors_asked": 1, "rendered_again": "co-denoised: every window is rendered again; <edit>"}
+    assert "every window is rendered again; &lt;edit&gt;" in render_html(report)
     assert "Denoised together on 1 actor (1 asked)" in re.sub(r"<[^>]+>", " ", render_html(report))
+    report["latent"] |= {"from_store": True}  # the same job again
+    assert "final latents were read from the window store: nothing was denoised; decoded on 1 actor" in (
+        re.sub(r"<[^>]+>", " ", render_html(report)).replace("&#x27;", "'"))
