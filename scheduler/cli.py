@@ -248,16 +248,17 @@ def plan(job, output, store, as_json):
     from rich.table import Table
 
     table = Table(title=f"{Path(job).name}: {len(p.windows)} windows, blend {spec.window.blend}, reconcile {spec.window.reconcile}")
-    for col in ("window", "frames", "overlap", "prompts", "store"):
+    # a co-denoised job is stored whole: the line under the table says what the store holds
+    for col in ("window", "frames", "overlap", "prompts") + (() if latent else ("store",)):
         table.add_column(col, justify="left" if col in ("prompts", "store") else "right",
                          no_wrap=col not in ("prompts", "store"))
     chained = descriptor(spec.model.pipeline).chained
     for w, runs in zip(p.windows, prompts):
         where = stored["windows"].get(w.index)
-        held = ("-" if latent else f"stored ({where})" if where else
+        held = (f"stored ({where})" if where else
                 "after window " + str(w.index - 1) if chained and w.index else "to render")
         table.add_row(str(w.index), f"{w.start}–{w.end - 1} ({w.length})", f"{w.overlap_prev}/{w.overlap_next}",
-                      _prompt_runs(runs), held)
+                      _prompt_runs(runs), *(() if latent else (held,)))
     console = Console()
     console.print(table)
     d = p.to_dict()
@@ -274,7 +275,7 @@ def _prompt_runs(runs: list[dict]) -> str:
     """A window's prompts: the one prompt, or one line per run of frames
     (`36–47: a red fox`, `48–51: a forest ← a red fox` while it blends in)."""
     if len(runs) == 1 and "blending_from" not in runs[0]:
-        return runs[0]["prompt"]
+        return runs[0]["prompt"] or "-"  # an image-to-video job may have no prompt
     return "\n".join(f"{r['from_frame']}–{r['to_frame']}: {r['prompt']}"
                      + (f" ← {r['blending_from']}" if "blending_from" in r else "") for r in runs)
 
