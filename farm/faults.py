@@ -4,7 +4,8 @@ job spec's `model.faults` (see FaultSpec), never by monkeypatching.
 - `FaultyRenderer` wraps the real pipeline and fails the calls it is told to: a poison
   window, a process crash on the k-th call, every call on a node with a given resource,
   torch's CUDA out-of-memory error or NaN frames on chosen calls, or a delay. A call it
-  lets through is rendered by the real pipeline, unchanged.
+  lets through is rendered by the real pipeline, unchanged. (`load_delay`, a slow load,
+  is slept in `farm.renderers.make_renderer`, before the pipeline loads.)
 - `SimulatedRenderer` is a fixed-cost stand-in for benchmarks of the scheduling itself: it
   sleeps, then returns frames drawn from the per-frame seeds. It is a SIMULATION and is
   labelled so in every report (`device: simulation`).

@@ -18,6 +18,7 @@ float32 in [0, 1], as the pipeline decoded it (NaN included); a wrapper may add
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import replace
 
 from farm.fallbacks import LadderRenderer
@@ -38,6 +39,8 @@ def renderer_class(pipeline: str) -> type:
 def make_renderer(spec: JobSpec, device: str | None = None, context: FaultContext | None = None):
     """Build the renderer stack for `spec.model.pipeline` (see the module docstring)."""
     faults = spec.model.faults
+    if faults is not None and faults.load_delay:
+        time.sleep(faults.load_delay)  # a slow disk or hub: the load takes this much longer
     if faults is not None and faults.simulate_seconds is not None:
         renderer = SimulatedRenderer(faults.simulate_seconds)
     else:

@@ -176,6 +176,7 @@ class FaultSpec(_Strict):
     crash_on_call: Call | None = None  # each actor's process exits on its k-th window, first life only
     fail_on_resource: str | None = None  # actors on nodes with this custom resource raise on every window
     delay: float = Field(0.0, ge=0, le=MAX_SECONDS)  # seconds of sleep before each window (latent: each step)
+    load_delay: float = Field(0.0, ge=0, le=MAX_SECONDS)  # seconds of sleep before each pipeline load (a slow disk)
     simulate_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)  # replace the pipeline by a SIMULATION
     oom_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls (1-based) raise CUDA OOM
     nan_on_calls: list[Call] = Field([], max_length=MAX_LIST)  # these render calls decode to NaN frames

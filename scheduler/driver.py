@@ -126,7 +126,7 @@ class RenderJob:
         self.lease: Lease | None = None
         self.private_why: str | None = None  # a farm job that had to start its own actors
         self.interrupted = False
-        self.session = self.pool = self.stream = self.codenoiser = None
+        self.session = self.pool = self.stream = self.codenoiser = self.interp = None
         self.actors, self.actor_infos, self.rife_actors, self.rife_infos = [], [], [], []
         self.t_render: float | None = None
         self.frames_out = 0

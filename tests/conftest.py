@@ -9,7 +9,11 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One cache for the whole session (tiny models are built once); Ray workers inherit it.
-os.environ.setdefault("FARM_CACHE", tempfile.mkdtemp(prefix="farm-test-cache-"))
+# scripts/test.sh keeps one with the checkout; a bare `pytest` gets a temporary one,
+# removed when the session ends (pytest_unconfigure).
+_OWN_CACHE = None
+if not os.environ.get("FARM_CACHE"):
+    _OWN_CACHE = os.environ["FARM_CACHE"] = tempfile.mkdtemp(prefix="farm-test-cache-")
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
@@ -48,9 +52,9 @@ def write_spec(tmp_path, data: dict, name: str = "job.yaml"):
 #: end while the other idles (longest processing time first). Unlisted modules follow, in
 #: their own order.
 LONGEST_FIRST = (
-    "test_recovery", "test_resume", "test_codenoise", "test_farm_manager", "test_jobs", "test_ray_render",
-    "test_examples", "test_segments", "test_wan", "test_local_cluster", "test_fallbacks", "test_autoscaler",
-    "test_pool", "test_outputs", "test_pipelines", "test_cli_local_head", "test_rife",
+    "test_recovery", "test_farm_manager", "test_codenoise", "test_jobs", "test_ray_render", "test_wan",
+    "test_resume", "test_autoscaler", "test_cli_local_head", "test_pool", "test_examples", "test_segments",
+    "test_local_cluster", "test_fallbacks", "test_outputs", "test_pipelines", "test_rife",
 )
 
 
@@ -59,7 +63,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's order is kept
 
 
-_SHARED_RAY = {"up": False}  # the Ray `shared_ray` started in this pytest process, while it runs
+_SHARED_RAY = {"up": False, "farm": False}  # what `shared_ray` (and `warm_farm`) started in this process
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +85,74 @@ def shared_ray():
     yield
 
 
+@pytest.fixture(scope="module")
+def warm_farm(shared_ray):
+    """A farm manager (scheduler/manager.py) in the shared Ray: every render of the module
+    that may use the shared farm (not `--private`, nothing shipped) borrows its actor,
+    which keeps the pipelines it loaded warm from one job, test and module to the next. A
+    lent actor renders the same frames as a private one (tests/test_farm_manager.py); what
+    it saves is the actor start-up (seconds of CPU each). For modules whose tests do not
+    check how a job starts its own actors. Two actors, the most these jobs ask for."""
+    from scheduler.manager import ManagerConfig, find_manager, start_manager
+
+    if not (_SHARED_RAY["farm"] and find_manager() is not None):
+        # a long lease: a driver starved of CPU on 2 cores for seconds is not lost
+        start_manager(ManagerConfig(max_actors=2, threads=1, max_models=8, lease_timeout_s=60.0,
+                                    idle_timeout_s=3600.0))
+        _SHARED_RAY["farm"] = True
+    yield
+
+
+def _module_asks_for(request, fixture: str) -> bool:
+    return any(fixture in item.fixturenames for item in request.session.items if item.module is request.module)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _shared_ray_only_where_asked(request):
-    """Before a module none of whose tests asks for `shared_ray`: stop the one still up."""
-    if _SHARED_RAY["up"] and not any("shared_ray" in item.fixturenames for item in request.session.items
-                                     if item.module is request.module):
+    """Before a module none of whose tests asks for `shared_ray`: stop the one still up.
+    Before one that does not ask for `warm_farm`: stop the farm manager, whose actors its
+    renders would otherwise borrow."""
+    if _SHARED_RAY["up"] and not _module_asks_for(request, "shared_ray"):
         _stop_shared_ray()
+    elif _SHARED_RAY["farm"] and not _module_asks_for(request, "warm_farm"):
+        _stop_warm_farm()
     yield
+
+
+def _stop_warm_farm() -> None:
+    """Stop the farm manager and wait until its actors' CPUs are free again: the next
+    module's tests count on the shared Ray's every CPU (4 actors placed of 6 asked)."""
+    import time
+
+    import ray
+
+    from scheduler.manager import stop_manager
+
+    stop_manager()
+    _SHARED_RAY["farm"] = False
+    total = ray.cluster_resources().get("CPU", 0)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _stop_shared_ray() -> None:
     import ray
 
     ray.shutdown()
-    _SHARED_RAY["up"] = False
+    _SHARED_RAY["up"] = _SHARED_RAY["farm"] = False
 
 
 def pytest_sessionfinish(session, exitstatus):
     if _SHARED_RAY["up"]:
         _stop_shared_ray()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -223,6 +223,7 @@ def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ra
     import sys
     import time
 
+    import ray
     import yaml
 
     from farm.keys import latent_job_key, model_identity, task_key
@@ -239,14 +240,18 @@ def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ra
     key = latent_job_key([task_key(model_id, WindowTask.from_spec(spec, w)) for w in plan.windows], spec.window.blend)
     checkpoints = LatentCheckpoints(tmp_path / "store", key)
     latent_frames = plan.latent_windows[-1].end
+    # a driver process of its own, joined to the module's Ray, with actors of its own: SIGKILL
+    # takes it and, with it, the actors it owns
+    address = ray.get_runtime_context().gcs_address
     driver = subprocess.Popen([str(Path(sys.executable).parent / "farm"), "render", str(tmp_path / "job.yaml"),
-                               "--workers", "2", "--threads", "1", "--store", str(tmp_path / "store")],
+                               "--workers", "2", "--threads", "1", "--store", str(tmp_path / "store"),
+                               "--address", address, "--private"],
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while checkpoints.latest(latent_frames) == 0 and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        os.killpg(driver.pid, signal.SIGKILL)
     finally:
         driver.wait()
     saved = checkpoints.latest(latent_frames)

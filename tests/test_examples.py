@@ -16,7 +16,8 @@ from farm.spec import parse_spec
 from scheduler.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the module
+# one Ray for the module, and a farm manager whose warm actor renders every twin in turn
+pytestmark = pytest.mark.usefixtures("warm_farm")
 
 RECIPES = ["svd_product", "lcm_watch", "pose_dance", "scheduled_30s", "wan_t2v_long", "wan_i2v_product"]
 

@@ -140,7 +140,7 @@ def test_a_missing_bucket_is_found_before_any_rendering(s3_server):
             _write_video(local)
 
 
-def test_farm_render_writes_its_video_and_reports_to_s3(tmp_path, s3_server):
+def test_farm_render_writes_its_video_and_reports_to_s3(tmp_path, s3_server, warm_farm):
     from click.testing import CliRunner
 
     from farm.video import read_frames

@@ -18,7 +18,10 @@ from scheduler.cli import main
 from tests.conftest import base_spec, write_spec
 
 
-pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the module (see tests/test_local_cluster.py)
+# one Ray for the module (see tests/test_local_cluster.py), and a farm manager whose warm actors
+# render its jobs; the tests of what a job's own actors do (the warm-up window, running out of
+# actors) say `farm=False`
+pytestmark = pytest.mark.usefixtures("warm_farm")
 
 
 def test_a_window_is_bit_identical_on_two_actors_and_twice_on_one(tmp_path):
@@ -117,8 +120,8 @@ def test_the_warmup_window_changes_no_frame(tmp_path):
     model = base_spec(tmp_path)["model"]
     warm = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "warm.mp4"), model=model | {"warmup": True}))
     cold = parse_spec(base_spec(tmp_path, frames=28, output=str(tmp_path / "cold.mp4"), model=model | {"warmup": False}))
-    with_warmup = render(warm, store=False, workers=1, threads=1)
-    without = render(cold, store=False, workers=1, threads=1)
+    with_warmup = render(warm, store=False, workers=1, threads=1, farm=False)
+    without = render(cold, store=False, workers=1, threads=1, farm=False)
     assert with_warmup["actors"][0]["warmup_seconds"] > 0
     assert without["actors"][0]["warmup_seconds"] is None
     assert (tmp_path / "warm.mp4").read_bytes() == (tmp_path / "cold.mp4").read_bytes()
@@ -146,7 +149,7 @@ def test_a_job_that_runs_out_of_actors_still_writes_its_report(tmp_path):
     model = {"pipeline": "animatediff", "faults": {"simulate_seconds": 0, "fail_windows": [0, 1, 2]}}
     spec = parse_spec(base_spec(tmp_path, frames=52, model=model, retries=5))
     with pytest.raises(ClusterError, match="no pipeline actor is left"):
-        render(spec, store=False, workers=1, threads=1)  # 3 failed windows blocklist the only actor
+        render(spec, store=False, workers=1, threads=1, farm=False)  # 3 failed windows blocklist the only actor
     assert not (tmp_path / "out.mp4").exists()
     report = json.loads((tmp_path / "out.mp4.report.json").read_text())
     assert report["state"] == "FAILED" and "no pipeline actor is left" in report["error"]

@@ -44,9 +44,11 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def reference(cluster, tmp_path_factory):
-    """The undisturbed render every recovered job must match."""
+    """The undisturbed render every recovered job must match. On one actor: a window's frames
+    do not depend on which actor renders it (tests/test_ray_render.py), and one actor starts
+    in a quarter of the CPU time of four."""
     tmp = tmp_path_factory.mktemp("reference")
-    report = _render(tmp, "reference.mp4", tmp / "store", workers=4)
+    report = _render(tmp, "reference.mp4", tmp / "store", workers=1)
     assert report["state"] == "DONE" and report["windows_rendered"] == 12
     path = tmp / "reference.mp4"
     return path.read_bytes(), read_frames(path)
@@ -126,7 +128,7 @@ def test_a_poison_window_fails_the_job_and_keeps_every_other_window(cluster, tmp
     assert sorted(e.key for e in store.entries()) == sorted(keys[:5] + keys[6:])
 
     # Fixed: only the poison window is rendered; the others come from the store.
-    fixed = _render(tmp_path, "poison.mp4", store.root, workers=2)
+    fixed = _render(tmp_path, "poison.mp4", store.root, workers=1)  # one window to render
     assert fixed["state"] == "DONE" and fixed["windows_rendered"] == 1 and fixed["windows_cached"] == 11
     assert [w["index"] for w in fixed["windows"] if not w["cached"]] == [5]
 
@@ -237,7 +239,7 @@ def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_f
         cluster.farm_workers = cluster.farm_workers[1:] + [cluster.add_node(num_cpus=1, resources=PIPE)]
     latent = report["latent"]
     assert len(latent["recoveries"]) == 1 and latent["recoveries"][0]["actors_left"] == 3
-    assert latent["recoveries"][0]["from_step"] >= 1
+    assert latent["recoveries"][0]["from_step"] >= 1, latent["recoveries"]  # the error says what was lost first
     assert latent["actors"] == 3 and latent["actors_asked"] == 4
     assert doomed.node_id not in {w["node"] for w in report["windows"]}
     assert np.array_equal(read_frames(tmp_path / "lost.mp4"), latent_reference)

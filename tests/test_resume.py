@@ -23,7 +23,9 @@ from tests.conftest import base_spec, write_spec
 
 FARM = [str(Path(sys.executable).parent / "farm")]
 
-pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the in-process renders
+# one Ray for the in-process renders, and a farm manager whose warm actor renders them: what
+# is rendered and what is read from the store does not depend on whose actor renders it
+pytestmark = pytest.mark.usefixtures("warm_farm")
 
 
 def _render(job, out, store, *extra):
@@ -83,11 +85,11 @@ def test_a_driver_killed_half_way_resumes_without_rendering_a_finished_window_ag
     job = write_spec(tmp_path, data)
     store = WindowStore(tmp_path / "store")
     out = tmp_path / "resumed.mp4"
-    # a driver process of its own, joined to the module's Ray (as on a cluster): SIGKILL takes
-    # it and, with it, the actors it owns
+    # a driver process of its own, joined to the module's Ray (as on a cluster), with actors of
+    # its own (--private): SIGKILL takes it and, with it, the actors it owns
     address = ray.get_runtime_context().gcs_address
     cmd = [*FARM, "render", str(job), "-o", str(out), "--store", str(store.root), "--workers", "1",
-           "--threads", "1", "--address", address, "--quiet"]
+           "--threads", "1", "--address", address, "--private", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240

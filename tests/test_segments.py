@@ -129,7 +129,7 @@ def _decode_errors(path) -> str:
     return proc.stderr.strip()
 
 
-@pytest.mark.usefixtures("shared_ray")
+@pytest.mark.usefixtures("warm_farm")
 def test_both_paths_give_the_same_video_and_report_and_stored_windows_need_no_actor(tmp_path):
     from farm.rife import weights
 
@@ -158,7 +158,7 @@ def test_both_paths_give_the_same_video_and_report_and_stored_windows_need_no_ac
     assert np.array_equal(b, c)
 
 
-@pytest.mark.usefixtures("shared_ray")
+@pytest.mark.usefixtures("warm_farm")
 @pytest.mark.parametrize("interpolate", [{"factor": 2}, {"fps": 20}], ids=["factor2", "fps20"])
 def test_no_frame_is_dropped_or_repeated_at_a_segment_join(tmp_path, interpolate):
     """Every input frame is a solid colour of its own (the simulated pipeline), and with
@@ -184,7 +184,7 @@ def test_no_frame_is_dropped_or_repeated_at_a_segment_join(tmp_path, interpolate
     assert _decode_errors(tmp_path / "pattern.mp4") == ""
 
 
-@pytest.mark.usefixtures("shared_ray")
+@pytest.mark.usefixtures("warm_farm")
 def test_a_segment_whose_worker_dies_is_sent_again_and_the_video_is_the_same(tmp_path):
     data = dict(frames=64, model={"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny",
                                   "faults": {"simulate_seconds": 0}}, encode={"crf": 18})  # the usual crf
@@ -198,7 +198,7 @@ def test_a_segment_whose_worker_dies_is_sent_again_and_the_video_is_the_same(tmp
     assert all(s["attempts"] == 1 for s in clean["encode"]["segments"])
 
 
-@pytest.mark.usefixtures("shared_ray")
+@pytest.mark.usefixtures("warm_farm")
 def test_a_co_denoised_job_takes_the_segment_path_with_the_same_frames(tmp_path):
     """The decoded chunks stay in the object store; the segments read them there (the
     simulated pipeline: the real one's latent steps are tests/test_codenoise.py's)."""

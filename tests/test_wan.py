@@ -115,15 +115,15 @@ def test_wan_22_switches_to_its_low_noise_expert_with_its_own_guidance(one_threa
 
 
 # -- through the farm ------------------------------------------------------------------------------
-def test_wan_renders_through_the_farm_in_both_modes(shared_ray, wan, tmp_path):
-    """Latent: two actors, the last shard's lost mid-way; the decode still runs in order and
-    the frames are those of the shards run here. Crossfade: windows rendered alone, then
-    all read back from the store."""
+def test_wan_renders_through_the_farm_in_both_modes(warm_farm, wan, tmp_path):
+    """Latent: two private actors, the last shard's lost mid-way; the decode still runs in
+    order and the frames are those of the shards run here. Crossfade: windows rendered
+    alone (on the module's warm farm actor), then all read back from the store."""
     from farm.encode import open_writer
 
     latent = parse_spec(wan_spec(tmp_path, output=str(tmp_path / "latent.mp4"), encode={"crf": 0}))
     latent = latent.model_copy(update={"model": latent.model.model_copy(update={"faults": FaultSpec(crash_on_step=2)})})
-    report = render(latent, workers=2, threads=1, store=tmp_path / "store")
+    report = render(latent, workers=2, threads=1, store=tmp_path / "store", farm=False)
     assert report["latent"]["actors"] == 2 and all(s["fused"] for s in report["seams"])
     assert [r["from_step"] for r in report["latent"]["recoveries"]] == [0]
     wan.spec = latent
@@ -188,7 +188,7 @@ def test_image_to_video_pins_the_first_window_and_is_the_same_bits_on_1_2_and_3_
     assert np.abs(np.rint(renderer.render(task) * 255) - np.rint(np.asarray(out.frames[0]) * 255)).max() <= 1
 
 
-def test_wan_image_to_video_renders_through_the_farm_crossfaded(shared_ray, tmp_path, picture):
+def test_wan_image_to_video_renders_through_the_farm_crossfaded(warm_farm, tmp_path, picture):
     """(The co-denoised image-to-video twin renders in tests/test_examples.py.)"""
     out = tmp_path / "crossfade.mp4"
     spec = parse_spec(i2v_spec(tmp_path, picture, frames=40, output=str(out),
