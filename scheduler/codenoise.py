@@ -295,7 +295,7 @@ class CoDenoiser:
         for actor in self.actors:  # and every actor starts afresh: nothing of the failed attempt runs on
             ray.kill(actor, no_restart=False)
         alive, infos = [], []
-        for actor, info in zip(self.actors, _answers(self.actors, ACTOR_RETURN_WAIT_S)):
+        for actor, info in zip(self.actors, _answers(self.actors, ACTOR_RETURN_WAIT_S, told_to_restart=self.infos)):
             if info is None:
                 ray.kill(actor, no_restart=True)
             else:
@@ -346,11 +346,15 @@ def _raised_by_the_code(err: Exception) -> bool:
         cause, ray.exceptions.RayError)
 
 
-def _answers(actors: list, wait_s: float) -> list[dict | None]:
+def _answers(actors: list, wait_s: float, told_to_restart: list[dict] | None = None) -> list[dict | None]:
     """Each actor's info once it answers, asked of all at once (a restarting actor is
     unavailable for a while, and one that waits for a node that is gone must not use up
-    the others' time); None for those dead or silent after `wait_s`."""
+    the others' time); None for those dead or silent after `wait_s`. `told_to_restart`:
+    each actor's info from before `ray.kill(..., no_restart=False)`, which returns before
+    the process is gone; an answer from that same process (node and pid) is not taken,
+    the actor is asked again."""
     deadline = time.monotonic() + wait_s
+    old = [(i.get("node"), i.get("pid")) for i in told_to_restart] if told_to_restart else None
     infos: list[dict | None] = [None] * len(actors)
     pending = {actor.info.remote(): i for i, actor in enumerate(actors)}
     while pending and time.monotonic() < deadline:
@@ -358,12 +362,16 @@ def _answers(actors: list, wait_s: float) -> list[dict | None]:
         for ref in ready:
             i = pending.pop(ref)
             try:
-                infos[i] = ray.get(ref)
+                info = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
-                time.sleep(0.2)
-                pending[actors[i].info.remote()] = i  # restarting: ask again
+                info = None  # restarting: ask again
             except ray.exceptions.RayError:
-                pass  # dead for good
+                continue  # dead for good
+            if info is not None and (old is None or (info.get("node"), info.get("pid")) != old[i]):
+                infos[i] = info
+            else:
+                time.sleep(0.2)
+                pending[actors[i].info.remote()] = i
     return infos
 
 

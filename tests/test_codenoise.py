@@ -270,3 +270,29 @@ def test_a_killed_driver_resumes_from_the_last_checkpoint_in_the_store(shared_ra
             out.write(frame)
     assert read_frames(tmp_path / "killed.mp4").shape == (41, 64, 64, 3)
     assert np.array_equal(read_frames(tmp_path / "killed.mp4"), read_frames(tmp_path / "reference.mp4"))
+
+
+def test_a_recovery_waits_for_each_restarted_actor_s_new_process_to_answer(shared_ray):
+    """`ray.kill(actor, no_restart=False)` returns before the actor's process is gone: a
+    question sent right after it may still be answered by the old process, which then dies
+    under the job's next call (a second, needless recovery). An answer from the process
+    that was told to restart is not taken: the actor is asked again."""
+    import ray
+
+    from scheduler.codenoise import _answers
+
+    @ray.remote(max_restarts=1, num_cpus=0)
+    class Probe:
+        def info(self) -> dict:
+            import os
+
+            return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    probes = [Probe.remote() for _ in range(3)]
+    before = ray.get([p.info.remote() for p in probes])
+    for probe in probes:
+        ray.kill(probe, no_restart=False)
+    after = _answers(probes, 60, told_to_restart=before)
+    assert all(new is not None and new["pid"] != old["pid"] for new, old in zip(after, before)), (before, after)
+    for probe in probes:
+        ray.kill(probe, no_restart=True)
