@@ -88,8 +88,8 @@ def shared_ray():
 @pytest.fixture(scope="module")
 def warm_farm(shared_ray):
     """A farm manager (scheduler/manager.py) in the shared Ray: every render of the module
-    that may use the shared farm (not `--private`, nothing shipped) borrows its actor,
-    which keeps the pipelines it loaded warm from one job, test and module to the next. A
+    that may use the shared farm (not `--private`, nothing shipped) borrows its actors,
+    which keep the pipelines they loaded warm from one job, test and module to the next. A
     lent actor renders the same frames as a private one (tests/test_farm_manager.py); what
     it saves is the actor start-up (seconds of CPU each). For modules whose tests do not
     check how a job starts its own actors. Two actors, the most these jobs ask for."""
