@@ -134,6 +134,8 @@ class PipelineActor:
         """Render one window. A farm actor is told the job's pipeline with every window
         (`spec`, `key`): after a restart, or with another job's pipeline in use, it
         switches first."""
+        from farm.renderers import last_cache  # (torch: imported on the actors only)
+
         if key is not None and key != self.key:
             self.use(spec, key)
         started = time.time()
@@ -151,6 +153,7 @@ class PipelineActor:
             actor=self.actor,
             device=self.renderer.device,
             fallbacks=fallbacks,
+            cache=last_cache(self.renderer),
         )
 
     def render_apart(self, task: WindowTask, spec: JobSpec | None = None,

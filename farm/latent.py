@@ -11,7 +11,10 @@ The step loop is diffusers' own, cut where the windows meet:
                 schedulers) drawn from (seed, frame, step)
 
 A shard holds latents only, plus one window's UNet activations at a time, so an actor's
-GPU memory stays about one window's whatever the shard's length.
+GPU memory stays about one window's whatever the shard's length. (With step caching,
+`model.cache`, each window also keeps its cache state: a renderer's `step_cache`,
+farm/pipelines/_cache.py, starts empty with each shard, and the work it skipped is
+counted per shard.)
 
 Torch is imported here; the module is loaded on the actors only.
 """
@@ -27,6 +30,7 @@ import torch
 
 from farm.codenoise import LatentJob, Shard
 from farm.noise import step_seed
+from farm.report import skipped
 from farm.tasks import WindowTask
 from farm.util import unit_to_uint8
 
@@ -42,6 +46,7 @@ class ShardStats:
     sent_bytes: int = 0
     steps: int = 0
     windows: list[int] = field(default_factory=list)
+    cache: dict | None = None  # step caching: the blocks' work skipped (farm.report.skipped)
 
     def to_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -70,6 +75,10 @@ class ShardRunner:
             device = getattr(model, "latent_device", model.device)
             self.latents = torch.from_numpy(np.ascontiguousarray(latents)).to(device, model.latent_dtype())
         self.step = start_step
+        self.cache = getattr(model, "step_cache", None)
+        self._cache_counts = [0, 0]
+        if self.cache is not None:  # every window's cache starts empty (a resumed job's too: README)
+            self.cache.reset()
         self.conds = {t.window.index: model.latent_conditioning(t) for t in tasks}
         self.preds: dict[int, torch.Tensor] = {}
         self.stats = ShardStats(windows=list(shard.windows))
@@ -85,7 +94,13 @@ class ShardRunner:
             window = self.job.windows[w]
             at_step(self.model, i)
             x = self.latents[:, :, window.start - self.lo : window.end - self.lo]
+            before = self.cache.counts() if self.cache is not None else None
             self.preds[w] = self.model.latent_predict(self.conds[w], x, i, t)
+            if before is not None:
+                for k, (now, then) in enumerate(zip(self.cache.counts(), before)):
+                    self._cache_counts[k] += now - then
+        if self.cache is not None:
+            self.stats.cache = skipped(*self._cache_counts)
         out = []
         for pieces in self.shard.sends:
             sent = {}

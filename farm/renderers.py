@@ -60,6 +60,17 @@ def warmup_task(spec: JobSpec) -> WindowTask:
     return descriptor(spec.model.pipeline).warmup_inputs(spec, task)
 
 
+def last_cache(stack) -> dict | None:
+    """What step caching skipped in the window the stack rendered last (the pipeline's
+    renderer's `last_cache`, farm.report.skipped), or None: no cache."""
+    renderer = stack
+    while renderer is not None:
+        if hasattr(renderer, "last_cache"):
+            return renderer.last_cache
+        renderer = getattr(renderer, "inner", None)
+    return None
+
+
 def latent_model(stack):
     """The pipeline's own renderer inside a renderer stack (under the ladder and any fault
     injection): the one with the `latent_*` methods co-denoising calls."""

@@ -17,6 +17,23 @@ from farm.report_html import html_report_path, write_html_report
 from farm.util import write_json_atomic
 
 
+def cache_summary(cache, windows, latent: dict | None) -> dict:
+    """The report's `cache`: `cache` (the spec's CacheSpec), and the work skipped summed
+    over the rendered windows' records (crossfade) or the shards' stats (latent)."""
+    parts = [s.get("cache") for s in (latent or {}).get("shard_stats") or []] if latent else \
+        [w.get("cache") for w in windows]
+    return {"kind": cache.kind, "settings": cache.settings()} | skipped(
+        sum(p["evaluated"] for p in parts if p), sum(p["possible"] for p in parts if p))
+
+
+def skipped(evaluated: int, possible: int) -> dict:
+    """Step caching's work, as the report gives it per window, shard and job: Linear calls
+    made in the transformer blocks, those there would have been with every block computed,
+    and the share skipped or reused."""
+    return {"evaluated": evaluated, "possible": possible,
+            "skipped": round(1 - evaluated / possible, 4) if possible else 0.0}
+
+
 def report_path(output: str | Path) -> Path:
     return Path(str(output) + ".report.json")
 
@@ -34,7 +51,8 @@ def versions() -> dict:
 
 
 #: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
-_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check", "latent", "farm")
+_OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check", "latent", "farm",
+             "cache")
 #: Measured with the flicker: present (null for a single window) whenever `flicker` is.
 _WITH_FLICKER = ("seam_ratio_max", "seam_ratio_median")
 
@@ -82,6 +100,9 @@ class Report(Mapping):
     # the shared farm (scheduler/manager.py): the job's id and priority, how long it queued,
     # each actor it was lent (warm, or the load it cost) and how many were recalled
     farm: dict | None = None
+    # step caching (model.cache): its kind and settings, and the share of the transformer
+    # blocks' work skipped or reused over the windows (crossfade) or shards (latent) rendered
+    cache: dict | None = None
 
     def to_dict(self) -> dict:
         out = {}

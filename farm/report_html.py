@@ -268,6 +268,9 @@ def _summary(report: dict) -> str:
         cards.append(("windows disagree in overlaps, max (levels)", _fmt(max(disagree))))
     elif any(s.get("fused") for s in report.get("seams") or []):
         cards.append(("windows disagree in overlaps", "none: fused"))
+    cache = report.get("cache")
+    if cache:
+        cards.append((f"step cache ({cache['kind']}): blocks' work skipped", f"{100 * cache['skipped']:.1f} %"))
     cards.append(("total", f"{_fmt(stages.get('total'))} s"))
     body = "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
     return f'<div class="cards">{body}</div>'

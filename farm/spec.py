@@ -187,6 +187,88 @@ class FaultSpec(_Strict):
 
 
 
+#: Step caching (model.cache): each kind's settings and their defaults, diffusers' own
+#: (hooks/*.py in diffusers 0.42), except `pab`'s spatial skip range: diffusers leaves it
+#: unset, which caches nothing; 2 is the value its documentation uses.
+CACHE_SETTINGS: dict[str, dict[str, Any]] = {
+    "first_block": {"threshold": 0.05},
+    "mag": {"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2, "mag_ratios": None},
+    "taylorseer": {"cache_interval": 5, "disable_cache_before_step": 3, "disable_cache_after_step": None,
+                   "max_order": 1},
+    "faster": {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (-1, 681),
+               "unconditional_batch_skip_range": 5, "unconditional_batch_timestep_skip_range": (-1, 641)},
+    "pab": {"spatial_attention_block_skip_range": 2, "cross_attention_block_skip_range": None,
+            "spatial_attention_timestep_skip_range": (100, 800), "cross_attention_timestep_skip_range": (100, 800)},
+}
+Timesteps = tuple[Annotated[int, Field(ge=-1, le=1000)], Annotated[int, Field(ge=-1, le=1000)]]
+SkipRange = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+
+
+class CacheSpec(_Strict):
+    """Step caching with diffusers' cache hooks on the denoiser (a transformer's): steps
+    whose output barely changes skip or reuse the blocks' work. Each window and guidance
+    branch keeps its own cache state (farm/pipelines/_cache.py). Give `kind` and any of
+    that kind's settings (CACHE_SETTINGS); an unset setting takes diffusers' default."""
+
+    kind: Literal[tuple(CACHE_SETTINGS)]
+    threshold: float | None = Field(None, ge=0, le=1)  # first_block, mag: how much change a skip tolerates
+    max_skip_steps: int | None = Field(None, ge=1, le=MAX_STEPS)  # mag: consecutive steps skipped at most
+    retention_ratio: float | None = Field(None, ge=0, le=1)  # mag: the share of first steps never skipped
+    # mag: the model's magnitude ratio per step (checkpoint-dependent; interpolated to the job's steps)
+    mag_ratios: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(None, min_length=2, max_length=MAX_STEPS)
+    cache_interval: int | None = Field(None, ge=1, le=MAX_STEPS)  # taylorseer: steps between full computations
+    disable_cache_before_step: int | None = Field(None, ge=0, le=MAX_STEPS)  # taylorseer: steps computed first
+    disable_cache_after_step: int | None = Field(None, ge=1, le=MAX_STEPS)  # taylorseer: computed from this step on
+    max_order: int | None = Field(None, ge=0, le=4)  # taylorseer: the Taylor expansion's order
+    spatial_attention_block_skip_range: SkipRange | None = None  # pab, faster: self-attention computed every N calls
+    cross_attention_block_skip_range: SkipRange | None = None  # pab: cross-attention computed every N calls
+    unconditional_batch_skip_range: SkipRange | None = None  # faster: the unconditional branch every N steps
+    # pab, faster: the timesteps (of 1000) where the attention may be reused
+    spatial_attention_timestep_skip_range: Timesteps | None = None
+    cross_attention_timestep_skip_range: Timesteps | None = None
+    unconditional_batch_timestep_skip_range: Timesteps | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The kind's settings, each as the spec gives it or diffusers' default."""
+        given = self.model_dump(exclude={"kind"})
+        return {name: default if given[name] is None else given[name]
+                for name, default in CACHE_SETTINGS[self.kind].items()}
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        kind = v.get("kind")
+        if kind not in CACHE_SETTINGS:
+            return
+        own = CACHE_SETTINGS[kind]
+        for name in cls.model_fields:
+            if name != "kind" and name not in own and v.get(name) is not None:
+                yield name, f"not a setting of cache kind {kind} (its settings: {', '.join(own)})"
+        for name in own:
+            span = v.get(name)
+            if name.endswith("timestep_skip_range") and span is not None and span[0] >= span[1]:
+                yield name, f"must be [low, high] with low < high; got {list(span)}"
+        before, after = v.get("disable_cache_before_step"), v.get("disable_cache_after_step")
+        before = own.get("disable_cache_before_step") if before is None else before
+        if kind == "taylorseer" and after is not None and before is not None and after <= before:
+            yield "disable_cache_after_step", (f"must be above disable_cache_before_step ({before}): nothing "
+                                               f"would be cached; got {after}")
+        if kind == "mag" and "mag_ratios" in v and v["mag_ratios"] is None:  # (absent: it failed its own rule)
+            yield "mag_ratios", ("MagCache needs the checkpoint's magnitude ratio per step (they depend on the "
+                                 "model; the MagCache project publishes them for Wan 2.1); give model.cache.mag_ratios")
+
+
+def cache_refusal(pipeline: str, kind: str) -> str | None:
+    """Why `pipeline` cannot cache its steps with `kind` (None: it can)."""
+    d = descriptor(pipeline)
+    if kind in d.cache_kinds:
+        return None
+    if kind in d.cache_refuses:
+        return f"{kind} does not work with {pipeline}: {d.cache_refuses[kind]}"
+    able = [name for name in REGISTRY if descriptor(name).cache_kinds]
+    return (f"{pipeline}'s denoiser has no diffusers cache hooks (they are for transformer denoisers); "
+            f"step caching is for {', '.join(able)}")
+
+
 class LoraSpec(_Strict):
     """A LoRA loaded with `load_lora_weights`, then weighted with `set_adapters`."""
 
@@ -239,6 +321,7 @@ class ModelSpec(_Strict):
     # Each actor renders one throwaway 1-step window of the job's shape while it starts, so
     # first-call costs (loading and selecting kernels, allocator growth) are paid there.
     warmup: bool = True
+    cache: CacheSpec | None = None  # step caching, for the pipelines whose denoiser has diffusers' cache hooks
     faults: FaultSpec | None = None
 
     @property
@@ -259,6 +342,11 @@ class ModelSpec(_Strict):
             for field, why in descriptor(v["pipeline"]).refuses.items():
                 if _get(v, field):
                     yield field, why
+        cache = v.get("cache")
+        if v.get("pipeline") in REGISTRY and cache and cache.get("kind") in CACHE_SETTINGS:
+            why = cache_refusal(v["pipeline"], cache["kind"])
+            if why:
+                yield "cache", why
         names = [lora.get("name") for lora in v.get("loras") or [] if lora and lora.get("name")]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -72,6 +72,7 @@ class WindowResult:
     actor: str
     device: str
     fallbacks: tuple[str, ...] = ()  # ladder steps this window needed, e.g. ("vae_fp32",)
+    cache: dict | None = None  # step caching: the blocks' work skipped (farm.report.skipped)
 
 
 @dataclass(frozen=True)

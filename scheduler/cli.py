@@ -242,6 +242,8 @@ def plan(job, output, store, as_json):
                 w["stored"] = stored["windows"].get(w["index"])  # the device class it is stored for, or null
         d["store"] = {"path": str(ws.root), **({k: v for k, v in stored.items() if k != "windows"} if latent else
                                                {"windows_stored": len(stored["windows"])})}
+        cache = spec.model.cache
+        d["cache"] = None if cache is None else {"kind": cache.kind, "settings": cache.settings()}
         click.echo(json.dumps(d, indent=2))
         return
     from rich.console import Console
@@ -268,7 +270,14 @@ def plan(job, output, store, as_json):
         f"denoising work: {d['denoise_frame_steps']} frame-steps"
     )
     console.print(_store_plan(spec, p, stored, chained) + f" ({ws.root})")
+    if spec.model.cache is not None:
+        console.print(_cache_plan(spec.model.cache))
     console.print(_encode_plan(spec, p))
+
+
+def _cache_plan(cache) -> str:
+    settings = ", ".join(f"{k} {v}" for k, v in cache.settings().items() if v is not None and k != "mag_ratios")
+    return f"step cache: {cache.kind} ({settings}); one cache state per window and guidance branch"
 
 
 def _prompt_runs(runs: list[dict]) -> str:

@@ -52,7 +52,7 @@ from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
 from farm.plan import plan_windows
 from farm.prompts import window_prompts
-from farm.report import Report, report_path, versions
+from farm.report import Report, cache_summary, report_path, versions
 from farm.segments import Encoding, Interpolation, choose_path, plan_latent_segments, plan_segments
 from farm.rife import backends, weights
 from farm.spec import InterpolateJob, JobSpec
@@ -525,6 +525,8 @@ class RenderJob:
             w = ledger.failed[0]
             fields["failed"] = {"window": w.index, "attempts": w.attempts, "error": w.last_error}
         spec, cached = self.spec, ledger.in_state(WindowState.CACHED)
+        if spec.model.cache is not None:
+            fields["cache"] = cache_summary(spec.model.cache, self.records.values(), fields.get("latent"))
         report = Report(
             output=spec.output, state=ledger.state.value, frames=spec.frames, output_frames=self.frames_out,
             output_fps=spec.output_fps, width=spec.width, height=spec.height, blend=spec.window.blend,
@@ -855,6 +857,7 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
         "device": result.device,
         "seconds": round(result.seconds, 4),
         "fallbacks": list(result.fallbacks),
+        **({"cache": result.cache} if result.cache is not None and not cached else {}),
         "started_at": None if cached else _rel(result.started, epoch0),
         "finished_at": round(finished_at, 4),
     }

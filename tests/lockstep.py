@@ -1,7 +1,8 @@
 """Run a co-denoised job's shards in turn in this process, with the actors' own code.
 
 `lockstep(renderer, spec, shards)` spreads the job's windows over `shards` shards
-(farm.codenoise.partition), runs each step's `evaluate` on every shard, hands each peer
+(farm.codenoise.partition), each run by `renderer` (or by its own renderer, when
+`renderer` is a list of one per shard, as each actor holds its own pipeline), runs each step's `evaluate` on every shard, hands each peer
 exactly what an actor's `latent_step` call returns, `apply`s, and decodes in order, each
 shard continuing the decoder's state the shard before handed over (as
 scheduler/codenoise.py does for a causal decoder). Only the transport differs from the
@@ -20,6 +21,7 @@ from farm.tasks import WindowTask
 
 
 def lockstep(renderer, spec, shards: int) -> np.ndarray:
+    renderers = renderer if isinstance(renderer, list) else [renderer] * shards
     plan = plan_windows(spec)
     pipeline = descriptor(spec.model.pipeline)
     windows = plan.latent_windows
@@ -28,7 +30,7 @@ def lockstep(renderer, spec, shards: int) -> np.ndarray:
                     causal_decode=pipeline.causal_decode)
     tasks = [pipeline.window_inputs(spec, WindowTask.from_spec(spec, w), None) for w in plan.windows]
     cut = partition(windows, shards)
-    runners = [ShardRunner(renderer, job, s, [tasks[w] for w in s.windows], 0) for s in cut]
+    runners = [ShardRunner(r, job, s, [tasks[w] for w in s.windows], 0) for r, s in zip(renderers, cut)]
     for _ in range(job.steps):
         sent = [r.evaluate() for r in runners]
         for s, r in zip(cut, runners):

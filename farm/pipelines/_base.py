@@ -74,6 +74,11 @@ class Pipeline:
     #: None: windows are conditioned on text (`prompt` or `prompts`, exactly one). Else why
     #: they are not, for the error that refuses a prompt.
     no_text: ClassVar[str | None] = None
+    #: Step caching (`model.cache`): the kinds of diffusers' cache hooks its denoiser takes
+    #: (its renderer then keeps one cache state per window, farm/pipelines/_cache.py), and
+    #: the kinds it refuses, each with the reason. No kinds: `model.cache` is refused.
+    cache_kinds: ClassVar[tuple[str, ...]] = ()
+    cache_refuses: ClassVar[dict[str, str]] = {}
     #: Fields under `model:` this pipeline does not take, each with the reason.
     refuses: ClassVar[dict[str, str]] = {}
     #: Its own defaults for top-level spec fields, and for the fields of `window:`.

@@ -46,18 +46,38 @@ class Wan(Pipeline):
     }
     defaults = {"guidance": 5.0}  # WanPipeline's default
     window_defaults = {"length": 81, "overlap": 16}  # Wan's native 81 frames; 4 shared latent frames
+    cache_kinds = ("first_block", "mag", "taylorseer", "pab")
+    cache_refuses = {"faster": "FasterCache approximates the unconditional branch from one batch holding both "
+                               "guidance branches, and wan calls its transformer once per branch"}
     latent_refuses = {"model.memory.vae_tiling": "a co-denoised wan video is decoded one latent frame at a time, "
                                                  "in order across the actors, without tiles; use it with crossfade"}
 
     def key_fields(self, spec: "JobSpec") -> dict:
-        wan = spec.wan_settings
+        wan, cache = spec.wan_settings, spec.model.cache
         return {"scheduler": {"class": "FlowMatchEulerDiscreteScheduler", "shift": wan.shift},
-                "guidance_2": wan.guidance_2, "max_sequence_length": wan.max_sequence_length}
+                "guidance_2": wan.guidance_2, "max_sequence_length": wan.max_sequence_length} | (
+                   {"cache": {"kind": cache.kind} | cache.settings()} if cache else {})
 
 
 class WanRenderer(LoadedRenderer):
-    """Holds one loaded WanPipeline and renders windows with it."""
+    """Holds one loaded WanPipeline and renders windows with it.
 
+    With `model.cache`, its transformers carry diffusers' cache hooks and every call is
+    made under its window's own cache state (farm/pipelines/_cache.py); a window rendered
+    on its own then runs the farm's step loop (`render_steps`), the loop co-denoising runs,
+    so both modes keep one state per window and guidance branch."""
+
+    def __init__(self, spec: "JobSpec", device: str):
+        super().__init__(spec, device)
+        self._t = None  # the timestep of the call being made (read by the cache hooks)
+        self.step_cache = None
+        self.last_cache = None  # what the cache skipped in the last window rendered alone
+        if spec.model.cache is not None:
+            from farm.pipelines._cache import StepCache
+
+            denoisers = [m for m in (self.pipe.transformer, self.pipe.transformer_2) if m is not None]
+            self.step_cache = StepCache(spec.model.cache, denoisers, spec.steps, lambda: float(self._t),
+                                        modules=r"blocks\.\d+\.(attn1|attn2|ffn)")  # what TaylorSeer predicts
 
     def load(self, spec: "JobSpec", device: str):
         from diffusers import WanPipeline
@@ -72,8 +92,10 @@ class WanRenderer(LoadedRenderer):
         pipe, w = self.pipe, task.window
         if overrides.cpu_offload:
             offload_once(pipe, self.device, self.memory)
+        if self.step_cache is not None:
+            return self.render_steps(task)
         # 1. Initial latents: per latent frame, the noise of the pixel frame it ends on.
-        latents = self._noise(task.seed, [w.start + 4 * i for i in range((w.length - 1) // 4 + 1)],
+        latents = self._noise(task.seed, [w.start + 4 * i for i in range(latent_frames(w.length))],
                               task.height, task.width)
         # 2. Text conditioning: the window's middle frame's.
         positive, negative = self._embeddings(task)
@@ -84,6 +106,26 @@ class WanRenderer(LoadedRenderer):
                        guidance_scale=task.guidance, guidance_scale_2=self._guidance_2(task), latents=latents,
                        output_type="np")
         return np.asarray(out.frames[0], dtype=np.float32)
+
+    def render_steps(self, task: WindowTask) -> np.ndarray:
+        """One window through the farm's step loop, alone: the window's own noise and
+        conditioning, `latent_predict` and the scheduler's step, the causal decode."""
+        from farm.latent import at_step
+        from farm.report import skipped
+
+        w, cache = task.window, self.step_cache
+        cond = self.latent_conditioning(task)
+        latents = self._noise(task.seed, [w.start + 4 * i for i in range(latent_frames(w.length))],
+                              task.height, task.width)
+        if cache is not None:
+            cache.reset()
+            before = cache.counts()
+        for i, t in enumerate(self.latent_timesteps(task.steps)):
+            at_step(self, i)
+            latents = self.latent_step(self.latent_predict(cond, latents, i, t), t, latents, None)
+        if cache is not None:
+            self.last_cache = skipped(*(now - then for now, then in zip(cache.counts(), before)))
+        return self.latent_decode(latents, None)[0]
 
     def _guidance_2(self, task: WindowTask) -> float | None:
         if self.pipe.config.boundary_ratio is None:
@@ -116,6 +158,8 @@ class WanRenderer(LoadedRenderer):
         return torch.float32
 
     def latent_timesteps(self, steps: int) -> list:
+        if self.step_cache is not None:
+            self.step_cache.set_steps(steps)
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
         return list(self.pipe.scheduler.timesteps)
 
@@ -135,7 +179,7 @@ class WanRenderer(LoadedRenderer):
 
     def latent_conditioning(self, task: WindowTask) -> dict:
         positive, negative = self._embeddings(task)
-        return {"positive": positive, "negative": negative, "guidance": task.guidance,
+        return {"window": task.window.index, "positive": positive, "negative": negative, "guidance": task.guidance,
                 "guidance_2": self._guidance_2(task)}
 
     def latent_predict(self, cond: dict, latents, step: int, t):
@@ -149,16 +193,25 @@ class WanRenderer(LoadedRenderer):
             model, guidance = pipe.transformer, cond["guidance"]
         else:
             model, guidance = pipe.transformer_2, cond["guidance_2"]
+        self._t = t
         with torch.inference_mode():
             x, extra = self.model_input(cond, latents, model.dtype)
             timestep = t.expand(latents.shape[0])
-            pred = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["positive"],
-                         return_dict=False, **extra)[0]
+            with self._scope(model, cond, "cond"):
+                pred = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["positive"],
+                             return_dict=False, **extra)[0]
             if cond["guidance"] > 1.0:
-                uncond = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["negative"],
-                               return_dict=False, **extra)[0]
+                with self._scope(model, cond, "uncond"):
+                    uncond = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["negative"],
+                                   return_dict=False, **extra)[0]
                 pred = uncond + guidance * (pred - uncond)
         return pred
+
+    def _scope(self, model, cond: dict, branch: str):
+        """The window's own cache state for `branch` (nothing without `model.cache`)."""
+        from contextlib import nullcontext
+
+        return nullcontext() if self.step_cache is None else self.step_cache.scope(model, cond["window"], branch)
 
     def model_input(self, cond: dict, latents, dtype):
         """The transformer's input for one window, and what else it reads (image to video
@@ -223,6 +276,12 @@ def load_wan(spec: "JobSpec", device: str, pipeline_class, tiny: str):
     denoisers = [m for m in (pipe.transformer, pipe.transformer_2) if m is not None]
     applied = apply_memory(pipe, model.memory, device, denoisers)
     return place(pipe, model.memory, device, denoisers), applied
+
+
+def latent_frames(length: int) -> int:
+    """Latent frames of a window of `length` frames (4k + 1, or 4k for a later window of a
+    latent job, whose frames start 3 after a multiple of 4)."""
+    return (length - 1) // 4 + 1
 
 
 def _to(entry, device):

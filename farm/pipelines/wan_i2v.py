@@ -23,7 +23,7 @@ import numpy as np
 
 from farm.models.tiny import TINY_WAN_I2V
 from farm.pipelines.svd import _read_image
-from farm.pipelines.wan import Wan, WanRenderer, _fp32, load_wan
+from farm.pipelines.wan import Wan, WanRenderer, _fp32, latent_frames, load_wan
 from farm.tasks import Overrides, WindowTask
 
 if TYPE_CHECKING:
@@ -61,16 +61,11 @@ class WanI2VRenderer(WanRenderer):
     def render(self, task: WindowTask, overrides: Overrides = Overrides()) -> np.ndarray:
         """One window through the step loop, alone (the first window's frames are
         WanImageToVideoPipeline's for the same noise)."""
-        w = task.window
-        cond = self.latent_conditioning(task)
-        latents = self._noise(task.seed, [w.start + 4 * i for i in range(_latent_frames(w.length))],
-                              task.height, task.width)
-        from farm.latent import at_step
+        from farm.pipelines._fallback_steps import offload_once
 
-        for i, t in enumerate(self.latent_timesteps(task.steps)):
-            at_step(self, i)
-            latents = self.latent_step(self.latent_predict(cond, latents, i, t), t, latents, None)
-        return self.latent_decode(latents, None)[0]
+        if overrides.cpu_offload:
+            offload_once(self.pipe, self.device, self.memory)
+        return self.render_steps(task)
 
     def latent_conditioning(self, task: WindowTask) -> dict:
         """2. The window's text; the picture's CLIP embedding (if the checkpoint has an image
@@ -99,7 +94,7 @@ class WanI2VRenderer(WanRenderer):
         import torch
 
         pipe = self.pipe
-        frames = 4 * (_latent_frames(task.window.length) - 1) + 1
+        frames = 4 * (latent_frames(task.window.length) - 1) + 1
         h, w = task.height // 8, task.width // 8
         image = pipe.video_processor.preprocess(picture, height=task.height, width=task.width)
         image = image.to(self.device, _fp32()).unsqueeze(2)
@@ -126,9 +121,4 @@ class WanI2VRenderer(WanRenderer):
         extra = {"encoder_hidden_states_image": cond["image_embeds"]} if "image_embeds" in cond else {}
         return torch.cat([latents, cond["condition"]], dim=1).to(dtype), extra
 
-
-def _latent_frames(length: int) -> int:
-    """Latent frames of a window of `length` frames (4k + 1, or 4k for a later window of a
-    latent job, whose frames start 3 after a multiple of 4)."""
-    return (length - 1) // 4 + 1
 
