@@ -52,6 +52,13 @@ class QueuedJob:
     last_beat: float = 0.0
     ended: float | None = None
     preempted: int = 0  # actors taken from it
+    # for the people watching (`farm queue`, the web UI)
+    submitter: str = ""  # user@host of whoever submitted it
+    prompt: str = ""  # its (first) prompt, shortened
+    output: str = ""  # the output path, as the driver wrote it
+    steps_done: int = 0  # a co-denoised job's progress is in steps (all windows together)
+    steps_total: int = 0
+    stop_requested: bool = False  # `farm stop` / the UI asked its driver to stop it
 
     @property
     def order(self) -> tuple[int, int]:
@@ -120,7 +127,8 @@ class FarmQueue:
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, job_id: str, priority: int, model: str, wants: int, now: float, *, latent: bool = False,
-               label: str = "", model_name: str = "", windows_total: int = 0) -> QueuedJob:
+               label: str = "", model_name: str = "", windows_total: int = 0, submitter: str = "",
+               prompt: str = "", output: str = "") -> QueuedJob:
         """Queue a job (a job already queued under `job_id` is kept: a driver registering
         again after the manager restarted)."""
         if job_id in self.jobs and self.jobs[job_id].state.active:
@@ -130,17 +138,30 @@ class FarmQueue:
         check_priority(priority)
         self._seq += 1
         job = QueuedJob(job_id, priority, self._seq, model, max(1, wants), now, latent, label, model_name,
-                        windows_total=windows_total, last_beat=now)
+                        windows_total=windows_total, last_beat=now, submitter=submitter, prompt=prompt[:300],
+                        output=output)
         self.jobs[job_id] = job
         return job
 
     def set_priority(self, job_id: str, priority: int) -> QueuedJob:
         check_priority(priority)
-        job = self._job(job_id)
-        if not job.state.active:
-            raise KeyError(f"job {job_id} has ended ({job.state.value}); its priority no longer matters")
+        job = self._active(job_id, "; its priority no longer matters")
         job.priority = priority
         return job
+
+    def request_stop(self, job_id: str) -> QueuedJob:
+        """Ask a job's driver to stop it (it sees the request in its next heartbeat's reply
+        and ends the job STOPPED, handing its actors back)."""
+        job = self._active(job_id)
+        job.stop_requested = True
+        return job
+
+    def progress(self, job: QueuedJob) -> dict:
+        """What a progress bar shows: steps for a co-denoised job once it reports them,
+        else windows."""
+        if job.steps_total:
+            return {"done": job.steps_done, "total": job.steps_total, "unit": "steps"}
+        return {"done": job.windows_done, "total": job.windows_total, "unit": "windows"}
 
     def end(self, job_id: str, state: QueueState, now: float) -> list[str]:
         """The job ended (DONE, FAILED, STOPPED or LOST): its actors go back to the pool,
@@ -159,12 +180,14 @@ class FarmQueue:
         return freed
 
     def beat(self, job_id: str, held: list[str], now: float, *, windows_done: int = 0, loading: int = 0,
-             dead: tuple[str, ...] = ()) -> bool:
-        """A driver's heartbeat: the actors it holds, its progress. Actors the manager gave
-        it that it no longer holds (it released them at a window boundary) go back to the
-        pool; actors it found dead leave the pool. True if an actor changed hands."""
+             dead: tuple[str, ...] = (), steps: tuple[int, int] = (0, 0)) -> bool:
+        """A driver's heartbeat: the actors it holds, its progress (windows; a co-denoised
+        job's in `steps`, done and total). Actors the manager gave it that it no longer
+        holds (it released them at a window boundary) go back to the pool; actors it found
+        dead leave the pool. True if an actor changed hands."""
         job = self._job(job_id)
         job.last_beat, job.windows_done, job.loading = now, windows_done, loading
+        job.steps_done, job.steps_total = steps
         changed = False
         for name in dead:
             changed |= self.actors.pop(name, None) is not None
@@ -307,6 +330,12 @@ class FarmQueue:
             return self.jobs[job_id]
         except KeyError:
             raise KeyError(f"no job {job_id!r} in the farm queue") from None
+
+    def _active(self, job_id: str, why: str = "") -> QueuedJob:
+        job = self._job(job_id)
+        if not job.state.active:
+            raise KeyError(f"job {job_id} has ended ({job.state.value}){why}")
+        return job
 
     def _free(self, actor: PoolActor, now: float) -> None:
         actor.holder, actor.moving, actor.granted_pending, actor.idle_since = None, False, False, now

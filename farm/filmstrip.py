@@ -33,11 +33,16 @@ KEEP = 6
 
 def jpeg_data_uri(image: np.ndarray) -> str:
     """A small JPEG as a data URI (a few kB for a thumbnail; the page stays one file)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image)).decode("ascii")
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
+    """`image` (H, W, 3) uint8 as JPEG."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 @dataclass

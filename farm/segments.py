@@ -201,6 +201,7 @@ class SegmentOutput:
     first_lab: list[float] | None = None  # mean L*a*b* of frame 0 (segment 0)
     window_labs: dict[int, list[float]] = field(default_factory=dict)  # window → its last frame's
     cuts: list[int] = field(default_factory=list)
+    preview: tuple[int, bytes] | None = None  # (frame, a small JPEG of it): the segment's last frame
     model_calls: int = 0
     interpolate_seconds: float = 0.0
     seconds: float = 0.0
@@ -221,6 +222,7 @@ def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend, write_fr
     _own_thumbnails(job, arrays, out, thumb)
 
     meter = FlickerMeter()  # the driver path's, so the curve is the same numbers
+    last: list = []  # [f, frame] of the last frame emitted: the farm UI's preview
 
     def blended() -> Iterator[np.ndarray]:
         for f, frame in _blend(job, arrays, out):
@@ -231,6 +233,7 @@ def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend, write_fr
             for s in strip_at.get(f, ()):
                 out.strips.setdefault(s.window, {"blended": {}, "own": {}})["blended"][f] = thumbnail(frame, thumb)
             out.frames_in += 1
+            last[:] = [f, frame]
             yield frame
 
     frames = _interpolate(job, blended(), backend, out) if job.interpolation else _emit(job, blended())
@@ -239,6 +242,10 @@ def run_segment(job: SegmentJob, arrays: Sequence[np.ndarray], backend, write_fr
         out.frames_out = write_frames(path, job.encoding, frames)
         out.data = path.read_bytes()
     out.diffs = meter.curve
+    if last:
+        from farm.filmstrip import jpeg_bytes
+
+        out.preview = (last[0], jpeg_bytes(thumbnail(last[1], 160), quality=80))
     out.seconds = time.perf_counter() - t0
     return out
 

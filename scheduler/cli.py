@@ -16,8 +16,6 @@ import click
 from farm import __version__
 from farm.errors import FarmError, SpecError
 from farm.farmqueue import DEFAULT_PRIORITY, PRIORITY_RANGE
-from farm.plan import plan_windows
-from farm.spec import load_spec
 from scheduler.cli_jobs import MAX_GPUS_PER_WORKER, MAX_THREADS, MAX_WORKERS, EnvOption
 from scheduler.cli_jobs import parse_resources as _parse_resources
 from scheduler.cli_jobs import fail as _fail
@@ -97,6 +95,8 @@ def render(job, output, address, workers, threads, quiet, as_json, rife_weights,
 
     Windows already in the store are reused, so running a job again after a crash, or after
     editing it, renders only the windows that are missing or changed."""
+    from farm.spec import load_spec  # (pydantic's models: imported by the commands that read a spec)
+
     try:
         spec = load_spec(job, output=output)
     except SpecError as err:
@@ -221,7 +221,9 @@ def plan(job, output, store, as_json):
     already) and the denoising work, without starting Ray."""
     from farm.keys import stored_windows
     from farm.pipelines import descriptor
+    from farm.plan import plan_windows
     from farm.prompts import window_prompts
+    from farm.spec import load_spec
     from farm.store import WindowStore
     from farm.tasks import WindowTask
 

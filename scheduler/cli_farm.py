@@ -10,12 +10,18 @@ ways:
 - **a Ray address** (`--address auto` on a cluster node, or `ray://HOST:10001`): the
   command joins the cluster as a Ray driver (nearly 2 s) and calls the manager directly
   (milliseconds).
+
+When the farm's web UI runs (`farm ui`), `farm queue`, `farm priority` and `farm stop`
+given a jobs API address ask it instead (scheduler/webui.py's JSON routes, on
+FARM_UI_PORT of the same host, e.g. through `ray dashboard -p 8266 --remote-port 8266`):
+an answer in milliseconds; when nothing answers there they go through the jobs API.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import click
@@ -28,9 +34,9 @@ _FARM_ADDRESS_HELP = _ADDRESS_HELP + " Or a Ray address (auto, ray://HOST:10001)
 
 
 def _direct(address: str | None) -> bool:
-    import ray
-
-    return ray.is_initialized() or address == "auto" or bool(address and address.startswith("ray://"))
+    ray = sys.modules.get("ray")  # not imported: not joined (and importing it costs a second)
+    joined = ray is not None and ray.is_initialized()
+    return joined or address == "auto" or bool(address and address.startswith("ray://"))
 
 
 def _join(address: str | None) -> None:
@@ -57,6 +63,14 @@ def _on_cluster(address: str | None, argv: list[str]) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     raise ClusterError(f"`farm {' '.join(argv)}` printed no answer on the cluster; its log: {log[-500:]}")
+
+
+def _ui(address: str | None):
+    """The farm UI's client when the command goes through the jobs API and the UI answers
+    there: milliseconds instead of a Ray job."""
+    from scheduler.webui import ui_for
+
+    return None if _direct(address) else ui_for(address)
 
 
 def _ask(ref):
@@ -112,16 +126,22 @@ def manager() -> None:
               help="Reclaim the actors of a job whose driver is silent this long.")
 @click.option("--start-timeout", type=click.FloatRange(min=1), default=600, show_default=True, metavar="SECONDS",
               help="Give up on a new actor the cluster has not placed and started within this long.")
+@click.option("--ui", is_flag=True, help="Serve the farm's web UI from the manager (see `farm ui`).")
+@click.option("--ui-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="With --ui: the address it binds on the head; beyond loopback it asks for the Ray auth token.")
+@click.option("--ui-port", type=click.IntRange(1, 65535), default=8266, show_default=True, help="With --ui: its port.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
 def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, idle_timeout, lease_timeout,
-                  start_timeout, as_json, address):
-    """Start the farm manager (nothing happens if one runs)."""
+                  start_timeout, ui, ui_host, ui_port, as_json, address):
+    """Start the farm manager (nothing happens if one runs; with --ui, its web UI starts)."""
     parsed = parse_resources(None, None, resources)
     try:
         if not _direct(address):
             argv = ["manager", "start", "--max-models", str(max_models), "--idle-timeout", f"{idle_timeout:g}",
                     "--lease-timeout", f"{lease_timeout:g}", "--start-timeout", f"{start_timeout:g}"]
+            if ui:
+                argv += ["--ui", "--ui-host", ui_host, "--ui-port", str(ui_port)]
             for flag, value in (("--max-actors", max_actors), ("--threads", threads),
                                 ("--gpus-per-actor", gpus_per_actor)):
                 if value is not None:
@@ -138,6 +158,7 @@ def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, id
                                     start_timeout_s=start_timeout)
             handle, started = start_manager(config)
             data = {"started": started, "config": _ask(handle.pool_config.remote())}  # the one in force
+            data["ui"] = _ask(handle.start_ui.remote(ui_host, ui_port)) if ui else _ask(handle.ui_url.remote())
     except FarmError as err:
         fail(err)
 
@@ -148,7 +169,47 @@ def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, id
         click.echo(f"farm manager {what}: up to {c['max_actors']} actors of {shape}"
                    + (f" and {c['resources']}" if c["resources"] else "")
                    + f", {c['max_models']} pipeline(s) each; idle actors stop after {c['idle_timeout_s']:g}s")
+        if d.get("ui"):
+            click.echo(_ui_note(d["ui"]))
     _answer(data, as_json, human)
+
+
+# -- farm ui ----------------------------------------------------------------------------------
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address the UI binds on the head; beyond loopback it asks for the Ray auth token.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8266, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
+def ui(host, port, as_json, address):
+    """Start the farm's web UI in the running manager, or print its URL if it runs: the
+    queue, the actors, live previews of running jobs, priorities and stop."""
+    try:
+        if not _direct(address):
+            data = _on_cluster(address, ["ui", "--host", host, "--port", str(port)])
+        else:
+            _join(address)
+            try:
+                data = {"ui": _ask(_manager().start_ui.remote(host, port))}
+            except ClusterError as err:
+                raise ClusterError(f"the farm UI did not start: {err}") from None
+    except FarmError as err:
+        fail(err)
+    _answer(data, as_json, lambda d: click.echo(_ui_note(d["ui"])))
+
+
+def _ui_note(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    from scheduler.webui import _loopback
+
+    parts = urlsplit(url)
+    if not _loopback(parts.hostname or ""):
+        return (f"farm UI: {url} (beyond loopback: every page asks for the cluster's Ray auth token, "
+                "~/.ray/auth_token on the head)")
+    port = parts.port
+    return (f"farm UI: {url} on the head node; from your machine: `ray dashboard cluster.yaml -p {port} "
+            f"--remote-port {port}` (the dashboard's SSH tunnel, to this port) and open http://localhost:{port}/")
 
 
 @manager.command("stop")
@@ -214,9 +275,13 @@ _wait = time.sleep  # between two views of `farm queue --watch`
 
 
 def _snapshot(address: str | None) -> dict:
-    """The manager's snapshot, with how long the answer took (`answered_in_seconds`)."""
+    """The manager's snapshot, with how long the answer took (`answered_in_seconds`; through
+    the web UI: the request, after the probe that found it)."""
+    ui = _ui(address)
     t0 = time.monotonic()
-    if not _direct(address):
+    if ui is not None:
+        data = ui.state()
+    elif not _direct(address):
         data = _on_cluster(address, ["queue"])
     else:
         _join(address)
@@ -275,7 +340,10 @@ def priority(job_id, value, as_json, address):
     """Set JOB_ID's priority (0-100; higher first). A queued job moves in the queue; a
     running job of higher priority than another takes its actors at their next window."""
     try:
-        if not _direct(address):
+        ui = _ui(address)
+        if ui is not None:
+            data = ui.set_priority(job_id, value)
+        elif not _direct(address):
             data = _on_cluster(address, ["priority", job_id, str(value)])
         else:
             _join(address)
@@ -285,7 +353,7 @@ def priority(job_id, value, as_json, address):
     _answer(data, as_json, lambda d: click.echo(f"{d['id']}: priority {d['priority']} ({d['state']})"))
 
 
-COMMANDS = (manager, queue, priority)
+COMMANDS = (manager, queue, priority, ui)
 
 
 def register(main: click.Group) -> None:

@@ -73,6 +73,7 @@ from scheduler.cluster import (
 )
 from scheduler.codenoise import CoDenoiser
 from scheduler.dispatch import WindowDispatcher
+from scheduler.jobs import submitted_by
 from scheduler.lease import Lease
 from scheduler.manager import default_config, find_manager, start_manager
 from scheduler.pool import ActorPool
@@ -269,10 +270,13 @@ class RenderJob:
         """Register with the farm manager and wait for its first actor. Windows go to lent
         actors through the pool, which takes them in as they come (none here); a
         co-denoised job takes the actors lent now, and changes them at checkpoints."""
-        self.lease = Lease(manager, self.job_id, self.spec, pipeline_key(self.spec, self.keys.kind),
+        spec = self.spec
+        self.lease = Lease(manager, self.job_id, spec, pipeline_key(spec, self.keys.kind),
                            priority=self.priority, wants=min(self.workers, len(self.tasks)), latent=self.latent,
-                           label=Path(self.spec.output).name, model_name=_model_name(self.spec),
-                           windows_total=len(self.tasks))
+                           label=Path(spec.output).name, model_name=_model_name(spec),
+                           windows_total=len(self.tasks), submitter=submitted_by(),
+                           prompt=spec.prompt or next(iter(spec.schedule.values()), ""), output=spec.output)
+        self.progress = self.lease.watch(self.progress)  # the steps of a co-denoised job reach the farm too
         self.lease.wait_for_actors(on_wait=self.progress.stage)
         return self.lease.take_all() if self.latent else ([], [])
 
@@ -307,10 +311,12 @@ class RenderJob:
 
     def _open_stream(self):
         spec, ip = self.spec, self.spec.interpolate
+        previews = self.lease.previews() if self.lease is not None else None  # the farm's web UI
         if not self.segmented:
             writer = open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
                                  spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames)
-            return _InDriver(self.plan.windows, spec.window.blend, self.interp, writer, self.clock, self.progress)
+            return _InDriver(self.plan.windows, spec.window.blend, self.interp, writer, self.clock, self.progress,
+                             previews)
         encoding = Encoding(spec.width, spec.height, spec.output_fps, spec.encode.crf, spec.encode.preset)
         interpolation = Interpolation(self.retime, ip.chunk, ip.scene_threshold, tuple(ip.cuts)) if ip else None
         if self.latent:
@@ -326,7 +332,8 @@ class RenderJob:
         return SegmentStage(jobs, SegmentFiles(self.local_out, len(jobs)), spec.retries, rife=rife,
                             gpus=RIFE_GPU_SHARE if ip and self.session.gpus else 0.0,
                             crash=tuple(faults.crash_segments) if faults else (),
-                            on_done=lambda output: self.progress.frames_written(self.stream.frames_written))
+                            on_done=lambda output: self.progress.frames_written(self.stream.frames_written),
+                            previews=previews)
 
     # 4-5 (crossfade): each window alone, the decoded overlaps blended.
     def dispatch_windows(self) -> None:
@@ -645,12 +652,14 @@ class _InDriver:
     frames through the RIFE actors' stage (`interp`) and into `writer`, in order. The
     segment path's `SegmentStage` (scheduler/segments.py) has the same interface."""
 
-    def __init__(self, windows, blend: str, interp, writer, clock: Stopwatch, progress: NullProgress):
+    def __init__(self, windows, blend: str, interp, writer, clock: Stopwatch, progress: NullProgress,
+                 previews=None):
         self.reconciler = Reconciler(windows, blend)
         self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
         self.filmstrips = Filmstrips(windows)  # the seams up close, for the HTML report
         self.drift_meter = DriftMeter()  # colour drift of each window from the first frame
         self.interp, self.writer, self.clock, self.progress = interp, writer, clock, progress
+        self.previews = previews  # scheduler.lease.Previews: thumbnails for the farm's web UI
         self.frames_blended = 0
         self.widest = 0  # windows a segment reads (none here)
 
@@ -687,6 +696,8 @@ class _InDriver:
 
     def _pass_on(self, frame, disagreement) -> None:
         self.filmstrips.frame(self.frames_blended, frame, disagreement)
+        if self.previews is not None:
+            self.previews.offer(self.frames_blended, frame)
         self.frames_blended += 1
         self.meter.add(frame)
         self.interp.push(frame)

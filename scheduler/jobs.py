@@ -27,7 +27,6 @@ This module imports Ray only when it talks to a cluster.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -39,10 +38,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -52,9 +50,15 @@ from farm.errors import ClusterError, SpecError
 from farm.pipelines import REGISTRY
 from farm.identity import is_local_ref
 from farm.spec import JobSpec, load_spec
+from scheduler.auth import (  # noqa: F401 (also re-exported: the jobs client's addresses and tokens)
+    DEFAULT_ADDRESS,
+    Token,
+    is_loopback,
+    is_loopback_host,
+    resolve_address,
+    resolve_token,
+)
 
-#: Where the jobs API is when neither --address nor the environment says.
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_NAME = "job.yaml"
 INPUTS_DIR = "inputs"
@@ -64,80 +68,7 @@ NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 60.0
 
 
-# --- addresses and tokens ------------------------------------------------------------
-
-def resolve_address(address: str | None = None) -> str:
-    """The jobs API URL: `address`, else FARM_JOBS_ADDRESS, else RAY_API_SERVER_ADDRESS,
-    else RAY_ADDRESS when it is an http(s) URL, else DEFAULT_ADDRESS. `host:port` gets http://."""
-    if not address:
-        address = os.environ.get("FARM_JOBS_ADDRESS") or os.environ.get("RAY_API_SERVER_ADDRESS")
-    if not address:
-        ray_address = os.environ.get("RAY_ADDRESS", "")
-        address = ray_address if ray_address.startswith(("http://", "https://")) else DEFAULT_ADDRESS
-    address = address.strip().rstrip("/")
-    if "://" not in address:
-        if address == "auto":
-            raise ClusterError("--address auto names a Ray driver connection; farm jobs need the "
-                               f"dashboard's HTTP address, e.g. {DEFAULT_ADDRESS}")
-        address = f"http://{address}"
-    scheme = address.split("://", 1)[0].lower()
-    if scheme not in ("http", "https"):
-        raise ClusterError(
-            f"{address!r} is not a jobs API address: farm submit/status/logs/stop/list talk to the "
-            f"dashboard over HTTP, e.g. {DEFAULT_ADDRESS} (after `ray dashboard cluster.yaml`)"
-        )
-    return address
-
-
-def is_loopback(address: str) -> bool:
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Token:
-    value: str = field(repr=False)
-    source: str  # where it came from, for messages: "RAY_AUTH_TOKEN", a file path
-
-
-def _default_token_path() -> Path:
-    return Path.home() / ".ray" / "auth_token"
-
-
-def resolve_token() -> Token | None:
-    """The token to send: RAY_AUTH_TOKEN, the RAY_AUTH_TOKEN_PATH file, or Ray's default
-    file ~/.ray/auth_token; none when RAY_AUTH_MODE=disabled. A named file that cannot be
-    read is an error, not a silent fall-through."""
-    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
-    if mode == "disabled":
-        return None
-    value = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if value:
-        return Token(value, "RAY_AUTH_TOKEN")
-    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    path = Path(named).expanduser() if named else _default_token_path()
-    try:
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        if named:
-            raise ClusterError(f"RAY_AUTH_TOKEN_PATH={named} does not exist") from None
-        if mode == "token":
-            raise ClusterError(
-                f"RAY_AUTH_MODE=token but no token: set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a "
-                f"file holding it, or put it in {path}"
-            ) from None
-        return None
-    except OSError as err:
-        raise ClusterError(f"cannot read the token file {path}: {err.strerror}") from None
-    if not value:
-        raise ClusterError(f"the token file {path} is empty")
-    return Token(value, str(path))
-
+# --- addresses and tokens: scheduler/auth.py (light: the CLI's fast paths import it) ---
 
 def security_warnings(address: str, token: Token | None) -> list[str]:
     """What a user should hear about before talking to `address` with `token`."""
@@ -357,9 +288,10 @@ def prepare_submission(job: str | Path, output: str | None = None, *, workers: i
         argv += ["--threads", str(threads)]
     if gpus_per_worker is not None:
         argv += ["--gpus-per-worker", f"{gpus_per_worker:g}"]
-    runtime_env: dict[str, Any] = {"working_dir": str(folder)}
-    if env:
-        runtime_env["env_vars"] = dict(env)
+    submitter = submitted_by()
+    # the farm's queue and web UI show who submitted the job (also in the Ray job's metadata)
+    runtime_env: dict[str, Any] = {"working_dir": str(folder),
+                                   "env_vars": {**(env or {}), "FARM_SUBMITTER": submitter}}
     return Submission(
         folder=folder,
         entrypoint=shlex.join(argv),
@@ -368,9 +300,18 @@ def prepare_submission(job: str | Path, output: str | None = None, *, workers: i
         inputs=inputs,
         size=size,
         submission_id=submission_id,
-        metadata={"farm": __version__, "spec": job.name, "output": target}
+        metadata={"farm": __version__, "spec": job.name, "output": target, "submitted_by": submitter}
         | ({} if private else {"priority": str(DEFAULT_PRIORITY if priority is None else priority)}),
     )
+
+
+def submitted_by() -> str:
+    """Who submits, for the farm's queue: FARM_SUBMITTER (set for a submitted job's driver),
+    else user@host."""
+    import getpass
+    import socket
+
+    return os.environ.get("FARM_SUBMITTER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def _validate_for_cluster(job: Path, output: str | None) -> tuple[JobSpec, dict, str]:

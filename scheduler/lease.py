@@ -18,13 +18,19 @@ leaving ones back and cuts the shards again; its frames do not depend on how man
 it has. An actor recalled before it ever worked for the job goes back at once.
 
 If the manager cannot be reached (it is restarting), the job keeps its actors and goes
-on rendering; the heartbeat tries again. A job that the manager ended (`farm stop`, or
-its lease expired) stops with ClusterError.
+on rendering; the heartbeat tries again. A job that the manager ended (its lease expired)
+stops with ClusterError; a job someone asked the manager to stop (the web UI, `farm
+stop`) stops as Ctrl-C stops it (`StoppedByFarm`): STOPPED, its actors handed back.
+
+The driver also tells the manager what the people watching need: its progress (windows,
+or a co-denoised job's steps, through `watch(progress)`) and, every `PREVIEW_EVERY_S`, a
+small JPEG of the latest frame it finished (`Previews`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -34,6 +40,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
 from farm.errors import ClusterError
 from scheduler.manager import HEARTBEAT_S
+from scheduler.progress import NullProgress
 
 #: How long one call to the manager may take before the driver gives up on it (for now).
 CALL_TIMEOUT_S = 10.0
@@ -42,17 +49,28 @@ CALL_TIMEOUT_S = 10.0
 JOIN_WAIT_S = 5.0
 #: How long a driver keeps trying to tell the manager its job ended.
 FINISH_TRIES_S = 60.0
+#: How often a driver sends the manager a thumbnail of its latest finished frame.
+PREVIEW_EVERY_S = float(os.environ.get("FARM_PREVIEW_EVERY_S", "2"))
+#: Longest side of a preview thumbnail, in pixels.
+PREVIEW_SIZE = 160
+
+
+class StoppedByFarm(KeyboardInterrupt):
+    """Someone asked the farm manager to stop this job: the driver ends it STOPPED, as
+    Ctrl-C does."""
 
 
 class Lease:
     def __init__(self, manager, job_id: str, spec, key: str, *, priority: int, wants: int, latent: bool = False,
-                 label: str = "", model_name: str = "", windows_total: int = 0):
+                 label: str = "", model_name: str = "", windows_total: int = 0, submitter: str = "",
+                 prompt: str = "", output: str = ""):
         self.manager, self.job_id, self.key = manager, job_id, key
         self.priority = priority
         self.registered_at = time.time()
         self.priorities = [{"priority": priority, "at": 0.0}]  # its priority over time (`farm priority`)
         self._register = dict(priority=priority, model=key, wants=wants, latent=latent, label=label,
-                              model_name=model_name, windows_total=windows_total)
+                              model_name=model_name, windows_total=windows_total, submitter=submitter,
+                              prompt=prompt, output=output)
         reply = _get(manager.register.remote(job_id, **self._register), "register the job")
         self.config = reply["config"]
         self.wants = min(wants, self.config["max_actors"])
@@ -65,7 +83,9 @@ class Lease:
         self._current: dict[str, dict] = {}  # a co-denoised job's lends of now, by actor
         self._epoch = 0  # bumped by every hand-back: a reply to an older heartbeat is stale
         self.state = "QUEUED"
+        self.stop_requested = False
         self.windows_done = 0
+        self.steps = (0, 0)  # a co-denoised job's steps (done, total)
         self.lends: list[dict] = []  # every actor lent to the job: name, node, when, its use() ref
         self.recalled = 0
         self.unreachable = 0  # heartbeats the manager did not answer
@@ -80,6 +100,8 @@ class Lease:
     # -- the heartbeat thread ------------------------------------------------------------
     def _beat_loop(self) -> None:
         while not self._closed.wait(HEARTBEAT_S):
+            if not ray.is_initialized():  # the driver left Ray: a call now would start a new one
+                return
             try:
                 self._beat()
             except Exception:  # noqa: BLE001 - a silent driver would lose its actors: keep beating
@@ -92,7 +114,7 @@ class Lease:
             held, dead, epoch = sorted(held), tuple(self._dead), self._epoch
         try:
             reply = ray.get(self.manager.heartbeat.remote(self.job_id, held, self.windows_done, self._loading(held),
-                                                          dead), timeout=CALL_TIMEOUT_S)
+                                                          dead, self.steps), timeout=CALL_TIMEOUT_S)
             if reply["state"] == "UNKNOWN":  # a manager that lost its queue: queue again
                 _get(self.manager.register.remote(self.job_id, **self._register), "register the job again")
                 return
@@ -102,6 +124,7 @@ class Lease:
         with self._lock:
             self._dead -= set(dead)
             self.state = reply["state"]
+            self.stop_requested = bool(reply.get("stop"))
             if reply.get("priority", self.priority) != self.priority:  # `farm priority` changed it
                 self.priority = reply["priority"]
                 self.priorities.append({"priority": self.priority, "at": _since(time.time(), self.registered_at)})
@@ -266,10 +289,20 @@ class Lease:
         return lend
 
     def _check_ended(self) -> None:
+        if self.stop_requested:
+            raise StoppedByFarm(f"job {self.job_id} was stopped through the farm manager")
         if self.state in ("LOST", "STOPPED", "FAILED", "DONE"):
             raise ClusterError(f"the farm manager ended job {self.job_id} ({self.state}): "
                                + ("its driver was silent for longer than the lease"
                                   if self.state == "LOST" else "it was stopped"))
+
+    # -- what the people watching see ---------------------------------------------------------
+    def watch(self, progress):
+        """`progress` with the co-denoised job's steps copied here for the heartbeat."""
+        return _Watched(progress, self)
+
+    def previews(self) -> "Previews":
+        return Previews(lambda frame, jpeg: self.manager.publish_preview.remote(self.job_id, frame, jpeg))
 
     # -- the end -------------------------------------------------------------------------
     def window_started(self, at: float) -> None:
@@ -324,6 +357,66 @@ class Lease:
             "recalled": self.recalled,
             "manager_unreachable_heartbeats": self.unreachable,
         }
+
+
+class _Watched(NullProgress):
+    """A driver's progress display that also tells the lease the steps done."""
+
+    def __init__(self, inner: NullProgress, lease: Lease):
+        self.inner, self.lease = inner, lease
+
+    def steps_done(self, done: int, total: int) -> None:
+        self.lease.steps = (done, total)
+        self.inner.steps_done(done, total)
+
+    def stage(self, name: str) -> None:
+        self.inner.stage(name)
+
+    def windows_total(self, n: int) -> None:
+        self.inner.windows_total(n)
+
+    def window_done(self, result) -> None:
+        self.inner.window_done(result)
+
+    def window_cached(self, index: int) -> None:
+        self.inner.window_cached(index)
+
+    def window_failed(self, index: int, error: str, retrying: bool) -> None:
+        self.inner.window_failed(index, error, retrying)
+
+    def frames_total(self, n: int) -> None:
+        self.inner.frames_total(n)
+
+    def frames_written(self, n: int) -> None:
+        self.inner.frames_written(n)
+
+    def notice(self, text: str) -> None:
+        self.inner.notice(text)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Previews:
+    """Every PREVIEW_EVERY_S, a thumbnail of the frame just finished goes to `publish`
+    (frame index, JPEG bytes): only frames the driver has anyway, sampled, not resized."""
+
+    def __init__(self, publish, every_s: float | None = None, size: int = PREVIEW_SIZE):
+        self.publish, self.size = publish, size
+        self.every_s = PREVIEW_EVERY_S if every_s is None else every_s
+        self._last = None
+        self.sent = 0
+
+    def offer(self, index: int, frame) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return
+        from farm.filmstrip import jpeg_bytes
+        from farm.util import thumbnail
+
+        self._last = now
+        self.publish(index, jpeg_bytes(thumbnail(frame, self.size), quality=80))
+        self.sent += 1
 
 
 def _ready(lend: dict) -> bool:

@@ -25,6 +25,10 @@ directly, so windows keep flowing while the manager restarts.
 - **Scaling.** Demand that idle actors cannot meet starts actors up to `max_actors` (with
   `request_resources` when they need GPUs, so an autoscaler adds nodes); actors idle for
   `idle_timeout_s` are stopped, so the cluster can scale down.
+- **The web UI** (`farm manager start --ui`, `farm ui`): an HTTP server thread in this
+  process (scheduler/webui.py) reads the queue and the drivers' preview thumbnails under
+  the same lock, and changes priorities or asks drivers to stop through the same methods
+  the CLI calls. Thumbnails are kept per running job up to `PREVIEW_BYTES`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ _KV_KEY = b"farm-manager-state"
 HEARTBEAT_S = float(os.environ.get("FARM_HEARTBEAT_S", "0.25"))
 #: How often the manager looks at starting actors, silent drivers and idle actors.
 TICK_S = 0.25
+#: Preview thumbnails kept per running job (the oldest go first).
+PREVIEW_BYTES = int(os.environ.get("FARM_PREVIEW_BYTES", str(256 * 1024)))
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class ManagerConfig:
     idle_timeout_s: float = 600.0
     lease_timeout_s: float = 10.0
     start_timeout_s: float = 600.0  # an actor not placed and up by then is given up
+    ui_host: str | None = None  # the web UI's address (None: no UI); 127.0.0.1 unless asked
+    ui_port: int = 8266
 
 
     def actor_options(self) -> dict:
@@ -90,6 +98,10 @@ class FarmManager:
         self.decision_seconds = 0.0
         self.started = time.time()
         self._stopping = False
+        self.previews: dict[str, deque[tuple[int, bytes]]] = {}  # job → its latest thumbnails (frame, JPEG)
+        self.preview_peak: dict[str, int] = {}  # job → the most thumbnail bytes held at once
+        self._first_progress: dict[str, tuple[float, int]] = {}  # job → (when, done) of its first progress
+        self.ui = None
         saved = _kv_get()
         if saved is not None:
             self._recover(saved)
@@ -102,27 +114,34 @@ class FarmManager:
             self.actor_seq = 0
             self.restarts = 0
             self._save()
+        if self.config.ui_host:  # a restarted manager serves its UI again
+            try:
+                self._start_ui()
+            except (OSError, ValueError) as err:  # e.g. the port taken meanwhile: say so, keep managing
+                self._event("web UI failed to start", error=str(err))
+                log.error("the farm web UI did not start: %s", err)
         threading.Thread(target=self._tick_loop, name="farm-manager-tick", daemon=True).start()
 
     # -- what drivers call -----------------------------------------------------------------
     def register(self, job_id: str, priority: int, model: str, wants: int, *, latent: bool = False,
-                 label: str = "", model_name: str = "", windows_total: int = 0) -> dict:
+                 label: str = "", model_name: str = "", windows_total: int = 0, submitter: str = "",
+                 prompt: str = "", output: str = "") -> dict:
         """Queue a job; returns the pool's shape. A job registering again (its driver lost
         the manager for a while) keeps its place."""
         with self._lock:
             job = self.queue.submit(job_id, priority, model, min(wants, self.config.max_actors), time.time(),
                                     latent=latent, label=label, model_name=model_name,
-                                    windows_total=windows_total)
+                                    windows_total=windows_total, submitter=submitter, prompt=prompt, output=output)
             self._event("queued", job=job_id, priority=job.priority, model=model)
             self._plan(True)  # a queued job is saved too: a restarted manager keeps its place
             return {"config": asdict(self.config), "seq": job.seq}
 
     def heartbeat(self, job_id: str, held: list[str], windows_done: int = 0, loading: int = 0,
-                  dead: tuple[str, ...] = ()) -> dict:
+                  dead: tuple[str, ...] = (), steps: tuple[int, int] = (0, 0)) -> dict:
         """A driver is alive and holds `held`. Returns its job's state and the actors it
         holds now: {name: {handle, node, moving, grant, warm}}; `moving` ones go back after their
         current window; `grant` names this lending when it hands one back. And its priority,
-        which `farm priority` may have changed."""
+        which `farm priority` may have changed, and whether it was asked to stop."""
         with self._lock:
             job = self.queue.jobs.get(job_id)
             if job is None:
@@ -131,13 +150,18 @@ class FarmManager:
                 return {"state": job.state.value, "actors": {}}
             for name in dead:
                 self._forget(name)
-            changed = self.queue.beat(job_id, held, time.time(), windows_done=windows_done, loading=loading,
-                                      dead=dead)
+            now = time.time()
+            changed = self.queue.beat(job_id, held, now, windows_done=windows_done, loading=loading,
+                                      dead=dead, steps=tuple(steps))
+            done = self.queue.progress(job)["done"]
+            if job_id not in self._first_progress or self._first_progress[job_id][1] > done:
+                self._first_progress[job_id] = (now, done)  # where its rate is measured from
             self._plan(changed)
             actors = {a.name: {"handle": self.handles[a.name], "node": a.node, "moving": a.moving, "grant": a.grant,
                                "warm": a.warm}
                       for a in self.queue.tell(job_id) if a.name in self.handles}
-            return {"state": job.state.value, "actors": actors, "priority": job.priority}
+            return {"state": job.state.value, "actors": actors, "priority": job.priority,
+                    "stop": job.stop_requested}
 
     def release(self, job_id: str, lent: list[tuple[str, int]]) -> None:
         """The job hands back these actors, each (name, grant)."""
@@ -154,6 +178,8 @@ class FarmManager:
             if windows_done is not None:
                 self.queue.jobs[job_id].windows_done = windows_done
             freed = self.queue.end(job_id, QueueState(state), time.time())
+            self.previews.pop(job_id, None)
+            self._first_progress.pop(job_id, None)
             self._event("ended", job=job_id, state=state, actors=freed)
             self._plan(True)
             return freed
@@ -168,7 +194,7 @@ class FarmManager:
             out["manager"] = {"restarts": self.restarts, "decisions": self.decisions,
                               "decision_ms": round(1000 * self.decision_seconds / max(1, self.decisions), 4),
                               "up_seconds": round(time.time() - self.started, 1), "config": asdict(self.config),
-                              "heartbeat_s": HEARTBEAT_S}
+                              "heartbeat_s": HEARTBEAT_S, "ui": self.ui_url()}
             return out
 
     def set_priority(self, job_id: str, priority: int) -> dict:
@@ -178,10 +204,122 @@ class FarmManager:
             self._plan(True)
             return job.to_dict()
 
+    def stop_job(self, job_id: str) -> dict:
+        """Ask the job's driver to stop it: at its next heartbeat it ends the job STOPPED
+        and its actors go back to the pool (the web UI's stop, and `farm stop` through it)."""
+        with self._lock:
+            job = self.queue.request_stop(job_id)
+            self._event("stop asked", job=job_id)
+            self._save()
+            return job.to_dict()
+
+    # -- what the web UI reads (scheduler/webui.py) ------------------------------------------
+    def publish_preview(self, job_id: str, frame: int, jpeg: bytes) -> None:
+        """A driver's thumbnail of a finished frame; the oldest go once the job's exceed
+        PREVIEW_BYTES."""
+        with self._lock:
+            job = self.queue.jobs.get(job_id)
+            if job is None or not job.state.active:
+                return
+            kept = self.previews.setdefault(job_id, deque())
+            kept.append((frame, bytes(jpeg)))
+            held = sum(len(j) for _, j in kept)
+            while held > PREVIEW_BYTES and len(kept) > 1:
+                held -= len(kept.popleft()[1])
+            self.preview_peak[job_id] = max(self.preview_peak.get(job_id, 0), held)
+
+    def preview_image(self, job_id: str, frame: int) -> bytes | None:
+        with self._lock:
+            return next((j for f, j in self.previews.get(job_id, ()) if f == frame), None)
+
+    def preview_bytes(self) -> dict:
+        """Per job: thumbnail bytes held now and at most (what the bound is checked on)."""
+        with self._lock:
+            return {job: {"held": sum(len(j) for _, j in kept), "peak": self.preview_peak.get(job, 0),
+                          "frames": [f for f, _ in kept]} for job, kept in self.previews.items()}
+
+    def preview_peaks(self) -> dict:
+        """Per job: the most thumbnail bytes it held at once (ended jobs too)."""
+        with self._lock:
+            return dict(self.preview_peak)
+
+    def ui_state(self) -> dict:
+        """The page's data: the queue's snapshot, each job's progress, ETA (from its own
+        rate so far) and preview frames, the finished jobs' outputs found on this node."""
+        now = time.time()
+        with self._lock:
+            out = self.snapshot()
+            for j in out["jobs"]:
+                job = self.queue.jobs[j["id"]]
+                progress = self.queue.progress(job)
+                j["progress"], j["active"] = progress, job.state.active
+                j["eta_seconds"] = self._eta(job.id, progress, now) if job.state.active else None
+                j["previews"] = [f for f, _ in self.previews.get(job.id, ())]
+                if job.state.active and not j["previews"]:
+                    j["preview_note"] = ("queued" if job.state is QueueState.QUEUED else
+                                         "a thumbnail comes every few seconds once frames are finished")
+                j["video"] = self.output_file(job.id, "video") is not None
+                j["report"] = self.output_file(job.id, "report") is not None
+            out["gpus_per_actor"] = self.config.gpus_per_actor
+            return out
+
+    def _eta(self, job_id: str, progress: dict, now: float) -> float | None:
+        """Seconds left at the job's own rate since its first heartbeat (None before it
+        has done anything)."""
+        done, total = progress["done"], progress["total"]
+        first = self._first_progress.get(job_id)
+        if first is None:
+            return None
+        when, at = first
+        if done <= at or now <= when:
+            return None
+        return round((total - done) * (now - when) / (done - at), 1)
+
+    def output_file(self, job_id: str, what: str) -> str | None:
+        """A finished job's mp4 (`video`) or HTML report (`report`), when it is a file on
+        this node; None otherwise (an s3:// output, another machine's path)."""
+        from farm.report_html import html_report_path
+
+        job = self.queue.jobs.get(job_id)
+        if job is None or job.state is not QueueState.DONE or not job.output or "://" in job.output:
+            return None
+        path = html_report_path(job.output) if what == "report" else job.output
+        return str(path) if os.path.isfile(path) else None
+
+    def start_ui(self, host: str = "127.0.0.1", port: int = 8266) -> str:
+        """Serve the web UI (scheduler/webui.py) from this process; its URL. Kept across
+        a restart of the manager."""
+        with self._lock:
+            if self.ui is not None:
+                return self.ui.url
+            before = (self.config.ui_host, self.config.ui_port)
+            self.config.ui_host, self.config.ui_port = host, port
+            try:
+                url = self._start_ui()
+            except (OSError, ValueError):
+                self.config.ui_host, self.config.ui_port = before
+                raise
+            self._save()
+            return url
+
+    def ui_url(self) -> str | None:
+        return None if self.ui is None else self.ui.url
+
+    def _start_ui(self) -> str:
+        from scheduler.auth import resolve_token
+        from scheduler.webui import UIServer
+
+        token = resolve_token()
+        self.ui = UIServer(self, self.config.ui_host, self.config.ui_port, token.value if token else None).start()
+        self._event("web UI", url=self.ui.url)
+        return self.ui.url
+
     def shutdown(self) -> int:
         """Stop every pool actor and forget the queue (`farm manager stop`)."""
         with self._lock:
             self._stopping = True
+            if self.ui is not None:
+                self.ui.stop()
             handles = list(self.handles.values()) + [h for _, h, _ in self.pending.values()]
             for handle in handles:
                 ray.kill(handle, no_restart=True)
@@ -392,15 +530,26 @@ def start_manager(config: ManagerConfig | None = None) -> tuple[object, bool]:
     existing = find_manager()
     if existing is not None:
         return existing, False
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     config = config or default_config()
+    head = _head_node()  # its web UI binds there; the GCS holding its state is there too
+    placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(head, soft=True)} if head else {}
     handle = manager_class().options(
         name=MANAGER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=-1, max_concurrency=64, num_cpus=0).remote(asdict(config))
+        max_restarts=-1, max_task_retries=-1, max_concurrency=64, num_cpus=0, **placement).remote(asdict(config))
     try:
         ray.get(handle.snapshot.remote(), timeout=120)
     except ray.exceptions.RayError as err:
         raise ClusterError(f"the farm manager did not start: {err}") from err
     return handle, True
+
+
+def _head_node() -> str | None:
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return node["NodeID"]
+    return None
 
 
 def stop_manager() -> int | None:

@@ -54,10 +54,11 @@ class SegmentStage:
 
     def __init__(self, jobs: Sequence[SegmentJob], files: SegmentFiles, retries: int, *,
                  rife: RifeSetup | None = None, gpus: float = 0.0, crash: Sequence[int] = (),
-                 on_done=lambda output: None):
+                 on_done=lambda output: None, previews=None):
         self.jobs = list(jobs)
         self.files, self.retries, self.rife = files, retries, rife
         self.on_done = on_done
+        self.previews = previews  # scheduler.lease.Previews: each segment's last frame, for the farm's web UI
         opts = {"num_cpus": 1, "max_retries": 0}  # the stage retries, counting attempts
         if gpus:
             opts["num_gpus"] = gpus
@@ -172,6 +173,9 @@ class SegmentStage:
             return
         self.files.add(job.index, output.data, output.frames_out)
         output.data = b""
+        if output.preview is not None and self.previews is not None:  # the farm's web UI
+            self.previews.publish(*output.preview)
+        output.preview = None
         self.outputs[job.index] = output
         self._release()
         self.on_done(output)

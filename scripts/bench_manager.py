@@ -20,9 +20,17 @@ manager   64 SIMULATED actors (64 logical `farm_gpu`, one CPU each: `simulate_se
           second the actors produce, against the scheduling decisions per second the
           manager made and the time it spent per decision (its own wall clock around
           `FarmQueue.plan`), i.e. how far the manager is from being the bottleneck.
+ui        The same 64 actors and 8 jobs with the manager's web UI on, run --rounds times
+          without and with --pages open pages (each a thread doing what the page does:
+          GET /api/state every second and every thumbnail it has not fetched yet),
+          alternating: the manager's decisions per second and time per decision, and the
+          windows per second, side by side. Then the latency from a driver publishing a
+          thumbnail (the moment it finished that frame) to the thumbnail being in
+          /api/state, seen by a poller every 20 ms: median and p95 (the page's own poll
+          adds up to 1 s on top).
 
-    .venv/bin/python scripts/bench_manager.py [--parts warm,priority,manager] [--rounds 3]
-        [--seconds 1.0] [--actors 64] [--jobs 8]
+    .venv/bin/python scripts/bench_manager.py [--parts warm,priority,manager,ui] [--rounds 3]
+        [--seconds 1.0] [--actors 64] [--jobs 8] [--pages 5]
 
 Starting 64 actors takes 1-2 minutes on 2 cores (each imports torch); that is not counted.
 """
@@ -119,40 +127,52 @@ def bench_priority(folder: Path, rounds: int, seconds: float) -> None:
           f"max {max(latencies):.2f}   {_all(latencies)}")
 
 
+def fill_pool(folder: Path, handle, actors: int, seconds: float) -> None:
+    """Start the pool's actors and warm each with one window."""
+    fill = spec(folder, "fill", windows=actors, seconds=seconds, path="driver")
+    render(fill, store=False)  # starts the pool's actors
+    while True:  # every actor up (on 2 cores they come up over a minute or two) ...
+        snap = ray.get(handle.snapshot.remote())
+        if len(snap["actors"]) == actors and not snap["starting"]:
+            break
+        time.sleep(1)
+    render(fill, store=False)  # ... and warm: one window each
+
+
+def run_jobs(folder: Path, handle, actors: int, jobs: int, seconds: float, tag: str = "") -> dict:
+    """The 8 jobs at once on the warm pool; what the manager and the actors did."""
+    before = ray.get(handle.snapshot.remote())["manager"]
+    windows = 4 * actors // jobs  # each job: 4 rounds on its share of the pool
+    threads, reports, t0 = [], {}, time.time()
+    for j in range(jobs):
+        # the driver path: the 2 cores left beside 64 actors would make segment tasks the bottleneck
+        job = spec(folder, f"job{j}{tag}", windows=windows, seed=j, seconds=seconds, path="driver")
+        t = threading.Thread(target=lambda j=j, job=job: reports.setdefault(j, render(
+            job, store=False, priority=10 * j, workers=actors // jobs, job_id=f"job{j}{tag}")), daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    wall = time.time() - t0
+    after = ray.get(handle.snapshot.remote())["manager"]
+    decisions = after["decisions"] - before["decisions"]
+    spent = after["decision_ms"] * after["decisions"] - before["decision_ms"] * before["decisions"]
+    return {"reports": reports, "wall": wall, "windows": jobs * windows, "decisions": decisions,
+            "decision_ms": spent / max(1, decisions)}
+
+
 def bench_manager(folder: Path, actors: int, jobs: int, seconds: float) -> None:
     handle, _ = start_manager(ManagerConfig(max_actors=actors, threads=1, resources=POOL, lease_timeout_s=60))
     try:
-        fill = spec(folder, "fill", windows=actors, seconds=seconds, path="driver")
-        render(fill, store=False)  # starts the pool's actors
-        while True:  # every actor up (on 2 cores they come up over a minute or two) ...
-            snap = ray.get(handle.snapshot.remote())
-            if len(snap["actors"]) == actors and not snap["starting"]:
-                break
-            time.sleep(1)
-        render(fill, store=False)  # ... and warm: one window each
-        before = ray.get(handle.snapshot.remote())["manager"]
-        windows = 4 * actors // jobs  # each job: 4 rounds on its share of the pool
-        threads, reports, t0 = [], {}, time.time()
-        for j in range(jobs):
-            # the driver path: the 2 cores left beside 64 actors would make segment tasks the bottleneck
-            job = spec(folder, f"job{j}", windows=windows, seed=j, seconds=seconds, path="driver")
-            t = threading.Thread(target=lambda j=j, job=job: reports.setdefault(j, render(
-                job, store=False, priority=10 * j, workers=actors // jobs)), daemon=True)
-            t.start()
-            threads.append(t)
-        for t in threads:
-            t.join()
-        wall = time.time() - t0
-        after = ray.get(handle.snapshot.remote())["manager"]
+        fill_pool(folder, handle, actors, seconds)
+        run = run_jobs(folder, handle, actors, jobs, seconds)
     finally:
         stop_manager()
-    for j, report in sorted(reports.items()):
+    for j, report in sorted(run["reports"].items()):
         farm, stages = report["farm"], report["stages"]
         print(f"  job{j}: queued {farm['queued_seconds']:.2f} s, startup {stages['startup']:.2f} s, "
               f"render {stages['render']:.2f} s, {farm['lent']} actors lent ({farm['warm']} warm)")
-    decisions = after["decisions"] - before["decisions"]
-    total_windows = jobs * windows
-    ms = after["decision_ms"]
+    wall, ms, decisions, total_windows = run["wall"], run["decision_ms"], run["decisions"], run["windows"]
     print(f"\n[manager] {actors} simulated actors, {jobs} jobs (priorities 0..{10 * (jobs - 1)}), "
           f"{total_windows} windows of {seconds:g} s:")
     ideal = 4 * seconds
@@ -160,6 +180,104 @@ def bench_manager(folder: Path, actors: int, jobs: int, seconds: float) -> None:
           f"{total_windows / wall:.1f} windows/s (ideal {actors / seconds:.0f})")
     print(f"  the manager made {decisions / wall:.1f} decisions/s, {ms:.3f} ms each inside plan(): "
           f"capacity {1000 / ms:.0f} decisions/s, {100 * decisions * ms / 1000 / wall:.2f} % busy")
+
+
+class Page(threading.Thread):
+    """What one open page does: the state every `every` s, and each new thumbnail."""
+
+    def __init__(self, url: str, every: float = 1.0):
+        super().__init__(daemon=True)
+        self.url, self.every = url, every
+        self.stop, self.requests, self.seen = threading.Event(), 0, set()
+
+    def run(self):
+        import json
+        import urllib.error
+        import urllib.request
+
+        while not self.stop.is_set():
+            state = json.loads(urllib.request.urlopen(self.url + "api/state", timeout=10).read())
+            self.requests += 1
+            for job in state["jobs"]:
+                for frame in job.get("previews", []):
+                    if (job["id"], frame) not in self.seen:
+                        self.seen.add((job["id"], frame))
+                        self.requests += 1
+                        try:
+                            urllib.request.urlopen(f"{self.url}api/preview/{job['id']}/{frame}.jpg", timeout=10).read()
+                        except urllib.error.HTTPError:  # gone meanwhile (its job ended): a page shows no image
+                            pass
+            self.stop.wait(self.every)
+
+
+def bench_ui(folder: Path, actors: int, jobs: int, seconds: float, pages: int, rounds: int) -> None:
+    import json
+    import urllib.request
+
+    import scheduler.lease as lease
+
+    handle, _ = start_manager(ManagerConfig(max_actors=actors, threads=1, resources=POOL, lease_timeout_s=60))
+    rows = []
+    try:
+        url = ray.get(handle.start_ui.remote("127.0.0.1", 0))
+        fill_pool(folder, handle, actors, seconds)
+        for r in range(rounds):
+            for open_pages in (0, pages):
+                browsers = [Page(url) for _ in range(open_pages)]
+                for b in browsers:
+                    b.start()
+                run = run_jobs(folder, handle, actors, jobs, seconds, tag=f"-{r}-{open_pages}")
+                for b in browsers:
+                    b.stop.set()
+                rows.append((open_pages, run, sum(b.requests for b in browsers)))
+                print(f"  round {r}, {open_pages} pages: wall {run['wall']:.1f} s, "
+                      f"{run['windows'] / run['wall']:.1f} windows/s, {run['decisions'] / run['wall']:.1f} "
+                      f"decisions/s, {run['decision_ms']:.3f} ms each", flush=True)
+        # thumbnail latency: published by the driver → in /api/state
+        sent, seen = {}, {}
+        make = lease.Previews.__init__
+
+        def timed(self, publish, *args, **kwargs):
+            def record(frame, jpeg):
+                sent[frame] = time.time()
+                return publish(frame, jpeg)
+            make(self, record, *args, **kwargs)
+
+        lease.Previews.__init__ = timed
+        lease.PREVIEW_EVERY_S = 0.5
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                state = json.loads(urllib.request.urlopen(url + "api/state", timeout=10).read())
+                for job in state["jobs"]:
+                    for frame in job.get("previews", []):
+                        seen.setdefault(frame, time.time())
+                time.sleep(0.02)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        render(spec(folder, "latency", windows=40, seconds=0.25, path="driver"), store=False, job_id="latency",
+               workers=1)
+        stop.set()
+        poller.join()
+        lease.Previews.__init__ = make
+    finally:
+        stop_manager()
+    print(f"\n[ui] {actors} simulated actors, {jobs} jobs of {4 * actors // jobs} windows of {seconds:g} s; "
+          f"{pages} pages polling every second (median of {rounds} rounds each):")
+    for n in (0, pages):
+        runs = [run for p, run, _ in rows if p == n]
+        requests = sum(q for p, _, q in rows if p == n)
+        print(f"  {n} pages: {statistics.median(r['windows'] / r['wall'] for r in runs):.1f} windows/s, "
+              f"{statistics.median(r['decisions'] / r['wall'] for r in runs):.1f} decisions/s, "
+              f"{statistics.median(r['decision_ms'] for r in runs):.3f} ms per decision"
+              + (f"; {requests} page requests served" if n else ""))
+    lags = sorted(seen[f] - sent[f] for f in sent if f in seen)
+    if lags:
+        p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))]
+        print(f"  thumbnail published → in /api/state: median {1000 * statistics.median(lags):.1f} ms, "
+              f"p95 {1000 * p95:.1f} ms over {len(lags)} thumbnails ({len(sent) - len(lags)} replaced before seen)")
 
 
 def _all(values) -> str:
@@ -173,9 +291,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--actors", type=int, default=64)
     ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--pages", type=int, default=5)
     args = ap.parse_args()
     parts = args.parts.split(",")
-    cpus = max(4, args.actors + 2) if "manager" in parts else 4
+    cpus = max(4, args.actors + 2) if {"manager", "ui"} & set(parts) else 4
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; Ray {ray.__version__}")
     ray.init(address="local", num_cpus=cpus, resources={"farm_gpu": max(2, args.actors)}, include_dashboard=False,
              logging_level=logging.ERROR, log_to_driver=False)
@@ -187,6 +306,8 @@ def main() -> None:
             bench_priority(folder, args.rounds, args.seconds)
         if "manager" in parts:
             bench_manager(folder, args.actors, args.jobs, args.seconds)
+        if "ui" in parts:
+            bench_ui(folder, args.actors, args.jobs, args.seconds, args.pages, args.rounds)
 
 
 if __name__ == "__main__":

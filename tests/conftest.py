@@ -54,7 +54,7 @@ def write_spec(tmp_path, data: dict, name: str = "job.yaml"):
 LONGEST_FIRST = (
     "test_recovery", "test_farm_manager", "test_codenoise", "test_jobs", "test_ray_render", "test_wan",
     "test_resume", "test_autoscaler", "test_cli_local_head", "test_pool", "test_examples", "test_segments",
-    "test_local_cluster", "test_fallbacks", "test_outputs", "test_pipelines", "test_rife",
+    "test_local_cluster", "test_webui", "test_fallbacks", "test_outputs", "test_pipelines", "test_rife",
 )
 
 
@@ -64,6 +64,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 _SHARED_RAY = {"up": False, "farm": False}  # what `shared_ray` (and `warm_farm`) started in this process
+
+
+@pytest.fixture(scope="module")
+def farm_ray():
+    """A local Ray of the farm tests' shape: 4 CPUs and two `farm_gpu`, the custom resource
+    that pins the farm manager's pool actors (standing in for GPUs)."""
+    import logging
+
+    import ray
+
+    ray.init(address="local", num_cpus=4, resources={"farm_gpu": 2}, include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

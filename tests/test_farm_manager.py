@@ -10,7 +10,6 @@ the scheduler's; the warm-pipeline test loads the real tiny AnimateDiff."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -34,14 +33,6 @@ from tests.ray_heads import FARM, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = {"farm_gpu": 1}
-
-
-@pytest.fixture(scope="module")
-def farm_ray():
-    ray.init(address="local", num_cpus=4, resources={"farm_gpu": 2}, include_dashboard=False,
-             logging_level=logging.ERROR, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @contextmanager

@@ -157,6 +157,24 @@ def test_priority_change_reorders_and_bad_priorities_are_refused():
         q.set_priority("zz", 1)
 
 
+def test_a_stop_is_asked_of_an_active_job_only_and_progress_is_in_windows_or_steps():
+    q = pool(1)
+    q.submit("w", 50, "m", wants=1, now=0, windows_total=8, submitter="ana@laptop", prompt="a fox " * 100)
+    q.submit("l", 40, "m", wants=1, now=1, latent=True, windows_total=5)
+    q.plan()
+    assert q.jobs["w"].submitter == "ana@laptop" and len(q.jobs["w"].prompt) == 300
+    q.beat("w", ["a0"], now=2, windows_done=3)
+    q.beat("l", [], now=2, steps=(7, 25))
+    assert q.progress(q.jobs["w"]) == {"done": 3, "total": 8, "unit": "windows"}
+    assert q.progress(q.jobs["l"]) == {"done": 7, "total": 25, "unit": "steps"}
+    assert q.request_stop("l").stop_requested and not q.jobs["w"].stop_requested
+    q.end("w", QueueState.DONE, now=3)
+    with pytest.raises(KeyError, match="job w has ended"):
+        q.request_stop("w")
+    with pytest.raises(KeyError, match="no job 'zz'"):
+        q.request_stop("zz")
+
+
 def test_idle_actors_are_stopped_after_the_idle_timeout():
     q = pool(2)
     q.submit("j", 50, "m", wants=1, now=0)

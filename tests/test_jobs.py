@@ -250,7 +250,10 @@ def test_submission_ships_the_spec_and_its_inputs_with_paths_rewritten(tmp_path)
         assert sub.entrypoint == (f"farm render job.yaml --address auto --farm --job-id {sub.submission_id} "
                                   "--priority 80 --workers 2")
         assert sub.metadata["priority"] == "80"
+        # who submitted it, for the farm's queue and web UI: in the driver's env and the metadata
+        submitter = sub.runtime_env["env_vars"].pop("FARM_SUBMITTER")
         assert sub.runtime_env == {"working_dir": str(sub.folder), "env_vars": {"A": "1"}}
+        assert "@" in submitter and sub.metadata["submitted_by"] == submitter
         assert sub.metadata["output"] == "s3://bucket/renders/fox.mp4"
     finally:
         sub.cleanup()
