@@ -63,7 +63,8 @@ class UIServer:
         self.auth = None if _loopback(host) else token
         self._session = hmac.new((token or "").encode(), b"farm-ui-session", hashlib.sha256).hexdigest()
         server = _IPv6Server if ":" in host else ThreadingHTTPServer
-        self.httpd = server((host, port), _handler(self))
+        self.httpd = server((host, port), _Handler)
+        self.httpd.ui = self
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="farm-ui", daemon=True)
@@ -94,100 +95,103 @@ class UIServer:
         return _same(headers.get("X-CSRF-Token", ""), self.csrf)
 
 
-def _handler(ui: UIServer):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "farm-ui"
+class _Handler(BaseHTTPRequestHandler):
+    """One request; its server's `ui` (the UIServer) answers it."""
 
-        def log_message(self, fmt, *args):  # quiet: the manager's log is for its own events
-            pass
+    server_version = "farm-ui"
 
-        # -- GET ------------------------------------------------------------------------------
-        def do_GET(self):
-            path = urlsplit(self.path).path
-            if path in ("/app.js", "/app.css"):  # no data in them: the login page needs the style
-                return self._bytes((SCRIPT if path == "/app.js" else STYLE).encode(),
-                                   "text/javascript" if path == "/app.js" else "text/css")
-            if path == "/login" and ui.auth is not None:
-                return self._html(LOGIN.replace("{error}", ""), 401 if not ui.authorized(self.headers) else 200)
-            if not ui.authorized(self.headers):
-                return self._html(LOGIN.replace("{error}", ""), 401)
-            if path == "/":
-                return self._html(PAGE.replace("{csrf}", ui.csrf))
-            if path == "/api/state":
-                return self._json(ui.manager.ui_state())
-            if path == "/api/session":
-                return self._json({"csrf": ui.csrf})
-            m = re.fullmatch(rf"/api/preview/{_JOB}/(?P<n>\d{{1,9}})\.jpg", path)
-            if m:
-                image = ui.manager.preview_image(m["job"], int(m["n"]))
-                return self._bytes(image, "image/jpeg") if image else self._error(404, "no such preview")
-            m = re.fullmatch(rf"/api/output/{_JOB}/(?P<what>video|report)", path)
-            if m:
-                return self._output(m["job"], m["what"])
-            return self._error(404, "no such page")
+    @property
+    def ui(self) -> UIServer:
+        return self.server.ui
 
-        def _output(self, job: str, what: str):
-            found = ui.manager.output_file(job, what)
-            if found is None:
-                return self._error(404, "no such output on this node")
-            path = Path(found)
-            kind = "video/mp4" if what == "video" else "text/html; charset=utf-8"
-            return self._bytes(path.read_bytes(), kind)
+    def log_message(self, fmt, *args):  # quiet: the manager's log is for its own events
+        pass
 
-        # -- POST -----------------------------------------------------------------------------
-        def do_POST(self):
-            path = urlsplit(self.path).path
-            body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 16))
-            if path == "/login" and ui.auth is not None:
-                return self._login(body)
-            if not ui.authorized(self.headers):
-                return self._error(401, "the farm UI needs the Ray auth token (log in at /login, or send "
-                                        "Authorization: Bearer TOKEN)")
-            if not ui.csrf_ok(self.headers):
-                return self._error(403, "missing or wrong X-CSRF-Token: reload the page")
-            m = re.fullmatch(rf"/api/jobs/{_JOB}/(?P<action>priority|stop)", path)
-            if not m:
-                return self._error(404, "no such action")
-            try:
-                if m["action"] == "priority":
-                    priority = json.loads(body or b"{}").get("priority")
-                    return self._json(ui.manager.set_priority(m["job"], priority))
-                return self._json(ui.manager.stop_job(m["job"]))
-            except KeyError as err:
-                return self._error(404, str(err).strip("'\""))
-            except (ValueError, AttributeError) as err:
-                return self._error(400, str(err))
+    # -- GET ------------------------------------------------------------------------------
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path in ("/app.js", "/app.css"):  # no data in them: the login page needs the style
+            return self._bytes((SCRIPT if path == "/app.js" else STYLE).encode(),
+                               "text/javascript" if path == "/app.js" else "text/css")
+        if path == "/login" and self.ui.auth is not None:
+            return self._html(LOGIN.replace("{error}", ""), 401 if not self.ui.authorized(self.headers) else 200)
+        if not self.ui.authorized(self.headers):
+            return self._html(LOGIN.replace("{error}", ""), 401)
+        if path == "/":
+            return self._html(PAGE.replace("{csrf}", self.ui.csrf))
+        if path == "/api/state":
+            return self._json(self.ui.manager.ui_state())
+        if path == "/api/session":
+            return self._json({"csrf": self.ui.csrf})
+        m = re.fullmatch(rf"/api/preview/{_JOB}/(?P<n>\d{{1,9}})\.jpg", path)
+        if m:
+            image = self.ui.manager.preview_image(m["job"], int(m["n"]))
+            return self._bytes(image, "image/jpeg") if image else self._error(404, "no such preview")
+        m = re.fullmatch(rf"/api/output/{_JOB}/(?P<what>video|report)", path)
+        if m:
+            return self._output(m["job"], m["what"])
+        return self._error(404, "no such page")
 
-        def _login(self, body: bytes):
-            given = (parse_qs(body.decode(errors="replace")).get("token") or [""])[0].strip()
-            if not _same(given, ui.auth):
-                return self._html(LOGIN.replace("{error}", "That is not this cluster's Ray auth token."), 401)
-            self.send_response(303)
-            self.send_header("Location", "/")
-            self.send_header("Set-Cookie", f"{_COOKIE}={ui._session}; HttpOnly; SameSite=Strict; Path=/")
-            self.end_headers()
+    def _output(self, job: str, what: str):
+        found = self.ui.manager.output_file(job, what)
+        if found is None:
+            return self._error(404, "no such output on this node")
+        path = Path(found)
+        kind = "video/mp4" if what == "video" else "text/html; charset=utf-8"
+        return self._bytes(path.read_bytes(), kind)
 
-        # -- answers --------------------------------------------------------------------------
-        def _json(self, data, status: int = 200):
-            self._bytes(json.dumps(data, default=str).encode(), "application/json", status)
+    # -- POST -----------------------------------------------------------------------------
+    def do_POST(self):
+        path = urlsplit(self.path).path
+        body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 16))
+        if path == "/login" and self.ui.auth is not None:
+            return self._login(body)
+        if not self.ui.authorized(self.headers):
+            return self._error(401, "the farm UI needs the Ray auth token (log in at /login, or send "
+                                    "Authorization: Bearer TOKEN)")
+        if not self.ui.csrf_ok(self.headers):
+            return self._error(403, "missing or wrong X-CSRF-Token: reload the page")
+        m = re.fullmatch(rf"/api/jobs/{_JOB}/(?P<action>priority|stop)", path)
+        if not m:
+            return self._error(404, "no such action")
+        try:
+            if m["action"] == "priority":
+                priority = json.loads(body or b"{}").get("priority")
+                return self._json(self.ui.manager.set_priority(m["job"], priority))
+            return self._json(self.ui.manager.stop_job(m["job"]))
+        except KeyError as err:
+            return self._error(404, str(err).strip("'\""))
+        except (ValueError, AttributeError) as err:
+            return self._error(400, str(err))
 
-        def _html(self, text: str, status: int = 200):
-            self._bytes(text.encode(), "text/html; charset=utf-8", status)
+    def _login(self, body: bytes):
+        given = (parse_qs(body.decode(errors="replace")).get("token") or [""])[0].strip()
+        if not _same(given, self.ui.auth):
+            return self._html(LOGIN.replace("{error}", "That is not this cluster's Ray auth token."), 401)
+        self.send_response(303)
+        self.send_header("Location", "/")
+        self.send_header("Set-Cookie", f"{_COOKIE}={self.ui._session}; HttpOnly; SameSite=Strict; Path=/")
+        self.end_headers()
 
-        def _error(self, status: int, message: str):
-            self._json({"error": message}, status)
+    # -- answers --------------------------------------------------------------------------
+    def _json(self, data, status: int = 200):
+        self._bytes(json.dumps(data, default=str).encode(), "application/json", status)
 
-        def _bytes(self, data: bytes, kind: str, status: int = 200):
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self'; media-src 'self'")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            self.wfile.write(data)
+    def _html(self, text: str, status: int = 200):
+        self._bytes(text.encode(), "text/html; charset=utf-8", status)
 
-    return Handler
+    def _error(self, status: int, message: str):
+        self._json({"error": message}, status)
+
+    def _bytes(self, data: bytes, kind: str, status: int = 200):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self'; media-src 'self'")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
 
 
 class _IPv6Server(ThreadingHTTPServer):
