@@ -58,7 +58,7 @@ class QueuedJob:
     output: str = ""  # the output path, as the driver wrote it
     steps_done: int = 0  # a co-denoised job's progress is in steps (all windows together)
     steps_total: int = 0
-    stop_requested: bool = False  # `farm stop` / the UI asked its driver to stop it
+    stop_requested: bool = False  # the web UI asked its driver to stop it
 
     @property
     def order(self) -> tuple[int, int]:

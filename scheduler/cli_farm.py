@@ -11,8 +11,8 @@ ways:
   command joins the cluster as a Ray driver (nearly 2 s) and calls the manager directly
   (milliseconds).
 
-When the farm's web UI runs (`farm ui`), `farm queue`, `farm priority` and `farm stop`
-given a jobs API address ask it instead (scheduler/webui.py's JSON routes, on
+When the farm's web UI runs (`farm ui`), `farm queue` and `farm priority` given a jobs
+API address ask it instead (scheduler/webui.py's JSON routes, on
 FARM_UI_PORT of the same host, e.g. through `ray dashboard -p 8266 --remote-port 8266`):
 an answer in milliseconds; when nothing answers there they go through the jobs API.
 """

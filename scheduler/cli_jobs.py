@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from datetime import datetime
 
 import click
@@ -252,13 +251,7 @@ def logs(job_id, follow, address):
 @_address_option
 def stop(job_id, wait, timeout, address):
     """Stop JOB_ID: its driver gets SIGTERM (then SIGKILL). Its private actors go with it;
-    actors the farm lent it go back to the farm's pool, warm. (With the farm's web UI
-    running, a farm job is stopped through it: its driver ends it STOPPED itself.)"""
-    try:
-        if _stopped_through_ui(job_id, wait, timeout, address):
-            return
-    except FarmError as err:
-        fail(err)
+    actors the farm lent it go back to the farm's pool, warm."""
     client = _client(address)
     try:
         was_running = client.stop(job_id)
@@ -267,27 +260,6 @@ def stop(job_id, wait, timeout, address):
         fail(err)
     note = "" if was_running else " (it was not running)"
     click.echo(f"{job_id}: {state}{note}")
-
-
-def _stopped_through_ui(job_id: str, wait: bool, timeout: float, address: str | None) -> bool:
-    """Stop a farm job through the farm's web UI when it runs and knows the job; False
-    otherwise (the jobs API stops it)."""
-    from scheduler.webui import ui_for
-
-    ui = ui_for(address)
-    if ui is None or not any(j["id"] == job_id and j["active"] for j in ui.state()["jobs"]):
-        return False
-    ui.stop(job_id)
-    state = "STOPPING"
-    deadline = time.monotonic() + timeout
-    while wait and time.monotonic() < deadline:
-        job = next((j for j in ui.state()["jobs"] if j["id"] == job_id), None)
-        if job is None or not job["active"]:
-            state = job["state"] if job else "STOPPED"
-            break
-        time.sleep(0.2)
-    click.echo(f"{job_id}: {state} (through the farm UI)")
-    return True
 
 
 @click.command("list")

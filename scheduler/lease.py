@@ -19,8 +19,8 @@ it has. An actor recalled before it ever worked for the job goes back at once.
 
 If the manager cannot be reached (it is restarting), the job keeps its actors and goes
 on rendering; the heartbeat tries again. A job that the manager ended (its lease expired)
-stops with ClusterError; a job someone asked the manager to stop (the web UI, `farm
-stop`) stops as Ctrl-C stops it (`StoppedByFarm`): STOPPED, its actors handed back.
+stops with ClusterError; a job someone asked the manager to stop (from the web UI)
+stops as Ctrl-C stops it (`StoppedByFarm`): STOPPED, its actors handed back.
 
 The driver also tells the manager what the people watching need: its progress (windows,
 or a co-denoised job's steps, through `watch(progress)`) and, every `PREVIEW_EVERY_S`, a

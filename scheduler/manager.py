@@ -206,7 +206,7 @@ class FarmManager:
 
     def stop_job(self, job_id: str) -> dict:
         """Ask the job's driver to stop it: at its next heartbeat it ends the job STOPPED
-        and its actors go back to the pool (the web UI's stop, and `farm stop` through it)."""
+        and its actors go back to the pool (the web UI's stop)."""
         with self._lock:
             job = self.queue.request_stop(job_id)
             self._event("stop asked", job=job_id)

@@ -220,7 +220,7 @@ def _cookies(header: str) -> dict[str, str]:
     return out
 
 
-# -- for the CLI: the fast path of `farm queue`, `farm priority`, `farm stop` -----------------
+# -- for the CLI: the fast path of `farm queue` and `farm priority` ---------------------------
 def ui_for(address: str | None) -> "UIClient | None":
     """The farm UI's client for a jobs API `address` (FARM_UI_PORT on its host), or None
     when nothing answers there."""
@@ -256,9 +256,6 @@ class UIClient:
 
     def set_priority(self, job_id: str, priority: int) -> dict:
         return self._call("POST", f"/api/jobs/{job_id}/priority", {"priority": priority})
-
-    def stop(self, job_id: str) -> dict:
-        return self._call("POST", f"/api/jobs/{job_id}/stop", {})
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         import urllib.error
