@@ -405,7 +405,6 @@ class Previews:
         self.publish, self.size = publish, size
         self.every_s = PREVIEW_EVERY_S if every_s is None else every_s
         self._last = None
-        self.sent = 0
 
     def offer(self, index: int, frame) -> None:
         now = time.monotonic()
@@ -416,7 +415,6 @@ class Previews:
 
         self._last = now
         self.publish(index, jpeg_bytes(thumbnail(frame, self.size), quality=80))
-        self.sent += 1
 
 
 def _ready(lend: dict) -> bool:

@@ -232,12 +232,6 @@ class FarmManager:
         with self._lock:
             return next((j for f, j in self.previews.get(job_id, ()) if f == frame), None)
 
-    def preview_bytes(self) -> dict:
-        """Per job: thumbnail bytes held now and at most (what the bound is checked on)."""
-        with self._lock:
-            return {job: {"held": sum(len(j) for _, j in kept), "peak": self.preview_peak.get(job, 0),
-                          "frames": [f for f, _ in kept]} for job, kept in self.previews.items()}
-
     def preview_peaks(self) -> dict:
         """Per job: the most thumbnail bytes it held at once (ended jobs too)."""
         with self._lock:

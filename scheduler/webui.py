@@ -35,6 +35,7 @@ import hmac
 import json
 import re
 import secrets
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -195,8 +196,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _IPv6Server(ThreadingHTTPServer):
-    import socket
-
     address_family = socket.AF_INET6
 
 

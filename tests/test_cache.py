@@ -136,8 +136,9 @@ def _fail_on_call(n: int):
 
 
 # -- latent: co-denoised windows --------------------------------------------------------------------
-@pytest.mark.parametrize("cache", [FBC, TAYLOR, {"kind": "pab", "spatial_attention_timestep_skip_range": [0, 1000]}],
-                         ids=["first_block", "taylorseer", "pab"])
+@pytest.mark.parametrize("cache", [FBC, TAYLOR, {"kind": "pab", "spatial_attention_timestep_skip_range": [0, 1000]},
+                                   {"kind": "mag", "threshold": 0.1, "mag_ratios": MAG_RATIOS}],
+                         ids=["first_block", "taylorseer", "pab", "mag"])
 def test_cached_co_denoised_frames_are_the_same_bits_on_1_2_and_3_actors(one_thread, tmp_path, cache):
     spec = parse_spec(cached(tmp_path, cache))
     frames = {n: lockstep(renderers(spec, n), spec, n) for n in (1, 2, 3)}
