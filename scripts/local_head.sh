@@ -56,14 +56,30 @@ ray_pid=$!
 # Ctrl-C, SIGTERM and SIGHUP all become one SIGTERM to `ray start` alone, which stops its
 # processes in order. (Not SIGINT: a background launch starts `ray start` with SIGINT
 # ignored, and Python keeps it ignored.)
+# A SIGTERM that reaches `ray start` while it is still starting can leave it running: its
+# handler stops the processes started so far, but the exit it raises may land in code that
+# swallows it, and a second SIGTERM is ignored. So a watchdog kills Ray's process group if
+# `ray start` has not exited ${FARM_HEAD_STOP_TIMEOUT_S} s after the signal.
+stop_timeout="${FARM_HEAD_STOP_TIMEOUT_S:-10}"
 stopping=0
-trap 'stopping=1; kill -TERM "$ray_pid" 2>/dev/null || true' INT TERM HUP
+watchdog=""
+stop_ray() {
+  [ "$stopping" = 1 ] && return
+  stopping=1
+  kill -TERM "$ray_pid" 2>/dev/null || true
+  ( sleep "$stop_timeout"
+    echo "farm head: ray start still running ${stop_timeout}s after SIGTERM (a signal during its start-up?); killing its processes" >&2
+    kill -KILL -- -"$ray_pid" 2>/dev/null ) &
+  watchdog=$!
+}
+trap stop_ray INT TERM HUP
 set +e
 while kill -0 "$ray_pid" 2>/dev/null; do
   wait "$ray_pid"  # returns early when a trapped signal arrives; then wait again
 done
 wait "$ray_pid"  # its exit status (bash keeps it after the process is reaped)
 status=$?
+[ -n "$watchdog" ] && kill -- -"$watchdog" 2>/dev/null
 # Anything of Ray's still up once `ray start` is gone (its runtime-env agent can outlive it)
 # is in Ray's process group, which is ours alone.
 kill -TERM -- -"$ray_pid" 2>/dev/null || true

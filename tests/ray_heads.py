@@ -180,14 +180,17 @@ class Head:
 
 
 def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None = None,
-               env: dict | None = None, timeout: float = 120, background: bool = False) -> Head:
-    """Start a token-auth head bound to 127.0.0.1 on free ports; wait until its jobs API answers.
+               env: dict | None = None, timeout: float = 120, background: bool = False,
+               wait_until: str = "started") -> Head:
+    """Start a token-auth head bound to 127.0.0.1 on free ports; wait until its jobs API
+    answers and `ray start` has finished starting.
 
     `autoscaling_config` (a dict) turns on Ray's fake multinode autoscaler
     (RAY_FAKE_CLUSTER=1); its provider is pointed at this head's GCS port. `background`
     launches the script as a shell script would put it in the background,
     `(setsid nohup scripts/local_head.sh … > log 2>&1 &)`: it inherits SIGINT and SIGHUP
-    ignored, and is not this process's child.
+    ignored, and is not this process's child. `wait_until="launched"` returns as soon as the
+    script has written the token, with `ray start` still starting.
     """
     lock = open(HEAD_LOCK, "a")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one test head at a time on this machine
@@ -240,7 +243,13 @@ def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None 
     try:
         wait_for(lambda: token_path.is_file() and token_path.stat().st_size, 30, 0.1, "the token file")
         head.token = token_path.read_text().strip()
+        if wait_until == "launched":
+            return head
         _wait_until_jobs_api_answers(head, timeout)
+        # The jobs API answers a few seconds before `ray start` has finished starting (the
+        # raylet comes last); a head is up once it says so.
+        wait_for(lambda: "Ray runtime started" in head.log_tail(100_000), timeout, 0.1,
+                 "`ray start` to say the runtime started")
     except BaseException:
         tail = head.log_tail()
         head.stop()
