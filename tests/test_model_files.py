@@ -1,6 +1,6 @@
-"""Models as downloaded files: single-file checkpoints in the original (LDM) layout,
-`model.vae`, and the sha256 that keys them, on the tiny models written as such files
-(farm/models/tiny_files.py). No Ray."""
+"""Models as downloaded files: single-file checkpoints in the original (LDM) layout, kohya
+and AnimateDiff LoRA files, `model.vae`, and the sha256 that keys them, on the tiny models
+written as such files (farm/models/tiny_files.py, farm/models/tiny_lora.py). No Ray."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import pytest
 from farm.errors import FarmError, SpecError
 from farm.filehash import HASHED, SETTLE_NS, sidecar
 from farm.keys import model_identity, task_key
+from farm.models.lora_formats import read_keys
 from farm.models.tiny import TINY_BASE, TINY_VAE, tiny_model_path
 from farm.models.tiny_files import tiny_file_path
+from farm.models.tiny_lora import tiny_lora_file, tiny_lora_path
 from farm.plan import split
 from farm.poses import write_pose_frames
 from farm.renderers import make_renderer
@@ -178,6 +180,52 @@ def test_a_single_file_enters_the_key_by_content_hashed_once_per_version(tmp_pat
     data[-1] ^= 1
     checkpoint.write_bytes(bytes(data))
     assert _key(spec) == first and HASHED[counted] == reads + 3
+
+
+# --- LoRA files --------------------------------------------------------------------------
+
+
+def _lora(path, weight, name="style"):
+    return {"loras": [{"path": str(path), "weight": weight, "name": name}]}
+
+
+def test_a_kohya_lora_loads_every_layer_at_weight_zero_is_no_lora(tmp_path, plain):
+    from farm.models.lora_formats import touched_layers
+
+    kohya = tiny_lora_file("kohya")
+    renderer = make_renderer(_spec(tmp_path, _lora(kohya, 1.0)))
+    layers = {key.split(".")[0] for key in read_keys(kohya)}
+    assert touched_layers(renderer.inner.pipe, "style") == len(layers)  # UNet and text encoder, none lost
+    with_lora, _ = renderer.render(_task(renderer.inner.spec))
+    assert _differ(with_lora, plain) > 2  # measured 6.5 levels
+    assert np.array_equal(_render(_spec(tmp_path, _lora(kohya, 0.0))), plain)
+
+
+def test_an_animatediff_motion_lora_file_renders_as_its_diffusers_twin(tmp_path, plain):
+    """AnimateDiff's own motion-LoRA layout (a .ckpt, as v2_lora_ZoomIn.ckpt) is converted
+    to diffusers' names: the frames of the same weights in diffusers' format."""
+    original = _render(_spec(tmp_path, _lora(tiny_lora_file("motion-animatediff"), 0.8, "zoom")))
+    assert np.array_equal(original, _render(_spec(tmp_path, _lora(tiny_lora_path("motion"), 0.8, "zoom"))))
+    assert _differ(original, plain) > 2  # measured 5.2 levels
+
+
+def test_a_lora_that_reaches_no_layer_is_refused_with_its_name(tmp_path):
+    """diffusers loads a LoRA for another model family with only a warning: the farm
+    refuses it, naming the LoRA and its file."""
+    import torch
+    from safetensors.torch import save_file
+
+    flux = tmp_path / "flux-style.safetensors"  # diffusers' layout, for a DiT's transformer
+    save_file({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(4, 32),
+               "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(32, 4)}, str(flux))
+    kohya = tmp_path / "sdxl-style.safetensors"  # kohya's layout, for blocks this UNet does not have
+    name = "lora_unet_down_blocks_5_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{name}.lora_down.weight": torch.ones(4, 32), f"{name}.lora_up.weight": torch.ones(32, 4),
+               f"{name}.alpha": torch.tensor(4.0)}, str(kohya))
+    for path, lora in ((flux, "flux-style"), (kohya, "sdxl-style")):
+        with pytest.raises(FarmError) as err:
+            make_renderer(_spec(tmp_path, _lora(path, 1.0, lora)))
+        assert f"model.loras[{lora}]" in str(err.value) and str(path) in str(err.value)
 
 
 # --- model.vae ----------------------------------------------------------------------------

@@ -103,10 +103,15 @@ def set_scheduler(pipe, name: str) -> None:
 def load_loras(pipe, loras) -> None:
     """`load_lora_weights` for each LoRA under its name, then `set_adapters` with the weights.
     A LoRA for the motion modules (zoom-in, pan-left, …) and one for the SD UNet load the
-    same way; diffusers routes each key to its module."""
+    same way; diffusers routes each key to its module, and reads kohya-ss files itself. A
+    motion LoRA in AnimateDiff's own layout is converted first (farm.models.lora_formats).
+    A LoRA that reaches no layer of the pipeline is refused: diffusers would only warn."""
+    from farm.models.lora_formats import touched_layers
+
     if not loras:
         return
     for lora in loras:
+        what = f"model.loras[{lora.name}]"
         source = lora.path or lora.id
         if lora.id in TINY_LORAS:
             from farm.models.tiny_lora import tiny_lora_path
@@ -115,8 +120,24 @@ def load_loras(pipe, loras) -> None:
         kwargs = {"adapter_name": lora.name}
         if lora.weight_name:
             kwargs["weight_name"] = lora.weight_name
-        _load(f"model.loras[{lora.name}]", source, lambda: pipe.load_lora_weights(source, **kwargs))
+        weights = _load(what, source, lambda: _lora_weights(source))
+        _load(what, source, lambda: pipe.load_lora_weights(weights, **kwargs))
+        if not touched_layers(pipe, lora.name):
+            raise FarmError(
+                f"{what}: {source} changed no layer of this pipeline: none of its keys names a module of the "
+                "UNet, the motion modules or the text encoder. It is probably a LoRA for another model family "
+                "(SDXL, Flux, …); give one trained for SD1.5 or AnimateDiff.")
     pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.weight for lora in loras])
+
+
+def _lora_weights(source: str):
+    """What `load_lora_weights` is given for `source`: the path or hub id itself, or, for
+    a motion LoRA file in AnimateDiff's layout, its tensors under diffusers' names."""
+    from farm.models.lora_formats import animatediff_motion_lora_to_diffusers, is_animatediff_motion_lora, read_keys
+
+    if not Path(source).is_file() or not is_animatediff_motion_lora(read_keys(source)):
+        return source
+    return animatediff_motion_lora_to_diffusers(single_file.read_checkpoint(source))
 
 
 def apply_memory(pipe, memory, device: str, denoisers: list | None = None) -> dict:
