@@ -1,8 +1,8 @@
 """Derive the CLIP tokenizer files (vocab.json, merges.txt) that SD1.5's tokenizer reads,
 from OpenAI's original BPE table, and write them into farm/data/sd15/tokenizer/.
 
-The table, `bpe_simple_vocab_16e6.txt.gz`, ships inside the PyPI wheel of open_clip_torch
-(and OpenAI's `clip` package). With no model hub, fetch it with pip:
+The table, `bpe_simple_vocab_16e6.txt.gz`, is OpenAI's (released with CLIP under the MIT
+license) and ships inside the PyPI wheel of open_clip_torch (and OpenAI's `clip` package). With no model hub, fetch it with pip:
 
     pip download open_clip_torch --no-deps -d /tmp/oc
     python scripts/derive_clip_tokenizer.py /tmp/oc/open_clip_torch-*.whl
