@@ -231,9 +231,9 @@ def relocate_inputs(spec: JobSpec, cwd: Path | None = None) -> JobSpec:
 
     model = spec.model
     update = {}
-    for field in ("base", "motion_adapter"):
+    for field in ("base", "motion_adapter", "vae", "config"):
         ref = getattr(model, field)
-        if ref.startswith("/"):
+        if ref is not None and ref.startswith("/"):
             update[field] = here(ref)
     loras = [lora.model_copy(update={"path": here(lora.path)}) if lora.path else lora for lora in model.loras]
     model = model.model_copy(update={**update, "loras": loras})

@@ -33,6 +33,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from farm.blend import SCHEMES
 from farm.errors import EncodeError, SpecError
+from farm.models.single_file import CONFIG_NEEDS, is_single_file
+from farm.models.single_file import SUFFIXES as SINGLE_FILE_SUFFIXES
 from farm.pipelines import REGISTRY, descriptor
 from farm.util import first_line
 
@@ -88,13 +90,33 @@ def check_output(v: str) -> str:
 
 
 def _model_ref(ref: str) -> str:
-    """`tiny`, a hub id, or a local folder that exists (made absolute)."""
-    if ref != "tiny" and (ref.startswith(("/", "./", "../", "~")) or _resolve(ref).is_dir()):
-        folder = _resolve(ref)
-        if not folder.is_dir():
-            raise ValueError(f"folder {_named(ref, folder)} does not exist")
-        return str(folder.resolve())
+    """`tiny`, a hub id, a local folder that exists, or a single-file checkpoint that exists
+    (`.safetensors`, `.ckpt`, `.pth`); a local one is made absolute."""
+    if ref == "tiny":
+        return ref
+    path = _resolve(ref)
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise ValueError(f"no file at {_named(ref, path)}")
+        return str(path.resolve())
+    if ref.startswith(("/", "./", "../", "~")) or path.exists():
+        if path.is_file():
+            raise ValueError(f"{_named(ref, path)} is a file but not a checkpoint: a single-file model ends in "
+                             f"{', '.join(SINGLE_FILE_SUFFIXES)}; otherwise give a folder in diffusers layout")
+        if not path.is_dir():
+            raise ValueError(f"folder {_named(ref, path)} does not exist")
+        return str(path.resolve())
     return ref
+
+
+def _config_ref(v: str | None) -> str | None:
+    """`sd15`, `tiny`, or a folder that exists (made absolute)."""
+    if v is None or v in ("sd15", "tiny"):
+        return v
+    path = _resolve(v)
+    if not path.is_dir():
+        raise ValueError(f"must be sd15, tiny or a folder of configs in diffusers layout; no folder at {_named(v, path)}")
+    return str(path.resolve())
 
 
 def _existing_path(v: str | None) -> str | None:
@@ -307,13 +329,18 @@ class ModelSpec(_Strict):
     """Which pipeline renders the windows, and from which weights.
 
     `base` and `motion_adapter` are each `tiny` (a tiny random-weight model built offline),
-    a local folder in diffusers layout, or a hub id such as `emilianJR/epiCRealism`. For
-    `svd`, `base` is the Stable Video Diffusion checkpoint and there is no motion adapter.
+    a local folder in diffusers layout, a hub id such as `emilianJR/epiCRealism`, or (for
+    the AnimateDiff pipelines) one checkpoint file in the original layout, read with the
+    configs `config` names. For `svd`, `base` is the Stable Video Diffusion checkpoint and
+    there is no motion adapter.
     """
 
     pipeline: Literal[tuple(REGISTRY)]  # farm/pipelines: one file and one registry line each
     base: ModelRef = "tiny"
     motion_adapter: ModelRef = "tiny"
+    vae: ModelRef | None = None  # AnimateDiff: a VAE instead of the base's (tiny, a folder, a hub id or a file)
+    # the configs single-file checkpoints are read with: sd15 (unset), tiny, or a folder in diffusers layout
+    config: Annotated[str | None, AfterValidator(_config_ref)] = None
     scheduler: Literal["ddim", "euler", "lcm"] | None = None  # AnimateDiff; default ddim
     loras: list[LoraSpec] = Field([], max_length=MAX_LIST)
     memory: MemorySpec = MemorySpec()
@@ -436,7 +463,7 @@ class ControlSpec(_Strict):
 
     video: Annotated[str, AfterValidator(_existing_path)]  # an mp4, or a folder of frames (sorted by name)
     scale: float = Field(0.7, ge=0, le=2)
-    model: ModelRef = "tiny"  # `tiny`, a folder, or a hub id (e.g. lllyasviel/sd-controlnet-openpose)
+    model: ModelRef = "tiny"  # `tiny`, a folder, a hub id (e.g. lllyasviel/sd-controlnet-openpose) or a file
 
 
 class _Root(_Strict):
@@ -540,6 +567,32 @@ class JobSpec(_Root):
         yield from _faults_name_real_windows(v)
         yield from _faults_fit_reconcile(v)
         yield from _segments_fit(v)
+        yield from _single_files(v)
+
+
+def _single_files(v: dict) -> Rules:
+    """A single-file checkpoint goes only where the pipeline's descriptor takes one, and
+    `model.config` (the configs such files are read with) only with one, holding the
+    config each file needs."""
+    pipeline = _get(v, "model.pipeline")
+    if pipeline is None:
+        return
+    d = descriptor(pipeline)
+    files = [f for f in CONFIG_NEEDS if is_single_file(_get(v, f))]
+    for field in files:
+        if field not in d.single_file_fields and field.removeprefix("model.") not in d.refuses:
+            able = [name for name, p in REGISTRY.items() if field in p.single_file_fields]
+            yield field, (f"{pipeline} loads it from a folder in diffusers layout or a hub id; a single-file "
+                          f"checkpoint is for {', '.join(able) or 'no pipeline'}")
+    config = _get(v, "model.config")
+    if config is not None and not files:
+        yield "model.config", ("names the configs single-file checkpoints are read with, and this job gives none "
+                               f"(model.base, model.motion_adapter, model.vae or control.model as a "
+                               f"{', '.join(SINGLE_FILE_SUFFIXES)} file); remove it")
+    if config not in (None, "sd15", "tiny"):
+        for field in files:
+            if not (Path(config) / CONFIG_NEEDS[field]).is_file():
+                yield "model.config", f"{config!r} has no {CONFIG_NEEDS[field]}, which {field} (a single file) needs"
 
 
 def _segments_fit(v: dict) -> Rules:

@@ -99,8 +99,8 @@ class InputField:
     """A spec field that may name a file or folder on this machine.
 
     `path` is dotted; `*` steps into every item of a list (e.g. `model.loras.*.path`).
-    `kind`: "path" (always a local file or folder when given) or "model" (a local folder,
-    or else a hub id / `tiny`, which stays as it is)."""
+    `kind`: "path" (always a local file or folder when given) or "model" (a local folder or
+    checkpoint file, or else a hub id / `tiny` / `sd15`, which stays as it is)."""
 
     path: str
     kind: str
@@ -111,6 +111,8 @@ class InputField:
 INPUT_FIELDS: tuple[InputField, ...] = (
     InputField("model.base", "model"),
     InputField("model.motion_adapter", "model"),
+    InputField("model.vae", "model"),
+    InputField("model.config", "model"),
     InputField("model.loras.*.path", "path"),
     *dict.fromkeys(InputField(path, kind) for d in REGISTRY.values() for path, kind in d.local_inputs),
     InputField("interpolate.weights", "path"),
@@ -143,7 +145,7 @@ def _is_local(value: Any, kind: str) -> bool:
     if not isinstance(value, str) or not value:
         return False
     if kind == "model":
-        return value != "tiny" and is_local_ref(value)
+        return value not in ("tiny", "sd15") and is_local_ref(value)
     return True
 
 

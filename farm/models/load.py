@@ -1,20 +1,26 @@
-"""Load a diffusers pipeline from a ModelSpec: `tiny`, a local folder, or a hub id.
+"""Load a diffusers pipeline from a ModelSpec: `tiny`, a local folder, a hub id, or (for
+the AnimateDiff pipelines) a single-file checkpoint.
 
 `tiny` goes through exactly the same `from_pretrained` calls as a real checkpoint; it
 only decides which folder to read. A hub id downloads through huggingface_hub as usual
-(or reads its cache); with `HF_HUB_OFFLINE=1` a missing model fails at once.
+(or reads its cache); with `HF_HUB_OFFLINE=1` a missing model fails at once. A single
+file goes through `from_single_file` with the configs `model.config` names
+(farm/models/single_file.py), offline.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from farm.errors import FarmError
 from farm.identity import TINY_LORAS
+from farm.models import single_file
 from farm.models.schedulers import SCHEDULERS
-from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, tiny_model_path
+from farm.models.single_file import is_single_file
+from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, TINY_VAE, tiny_model_path
 
 if TYPE_CHECKING:
     from farm.spec import ModelSpec
@@ -39,14 +45,43 @@ def resolve_ref(ref: str, tiny_name: str) -> str:
     return str(tiny_model_path(tiny_name)) if ref == "tiny" else ref
 
 
-def _load(what: str, ref: str, loader):
+def _load(what: str, ref: str, loader, config: str | None = None):
+    """`loader()`, with a failure to read `ref` (the value of spec field `what`) turned into
+    a FarmError that names the field and says what would load. `config`: the
+    `model.config` a single file is read with."""
+    import pickle
+
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     try:
         return loader()
-    except (OSError, ValueError) as err:
-        raise FarmError(
-            f"cannot load {what} from {ref!r}: {err}. Give a local folder in diffusers layout, "
-            "or a hub id reachable from this node (HF_HUB_OFFLINE=1 allows only cached models)."
-        ) from err
+    except (OSError, ValueError, KeyError, SingleFileComponentError, pickle.UnpicklingError) as err:
+        if _pickled_objects(err):
+            hint = ("It holds more than tensors: the farm reads .ckpt and .pth files only with "
+                    "torch.load(weights_only=True), which refuses pickled Python objects (they could run code). "
+                    "Use the .safetensors release of the model, or convert the file on a machine you trust.")
+        elif is_single_file(ref):
+            hint = (f"A single file must hold the weights in the original (LDM) layout of the model that "
+                    f"model.config describes ({config or 'sd15'}: {single_file.config_folder(config)}); "
+                    "for another architecture give model.config a folder of its configs in diffusers layout.")
+        else:
+            hint = ("Give a local folder in diffusers layout, or a hub id reachable from this node "
+                    "(HF_HUB_OFFLINE=1 allows only cached models).")
+        raise FarmError(f"cannot load {what} from {ref!r}: {str(err).strip().rstrip('.')}. {hint}") from err
+
+
+def _pickled_objects(err: BaseException | None) -> bool:
+    """Whether `err` (or an error it was raised from or while handling) is torch's refusal to
+    unpickle anything but tensors."""
+    import pickle
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, pickle.UnpicklingError):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def quiet_progress() -> None:
@@ -68,10 +103,15 @@ def set_scheduler(pipe, name: str) -> None:
 def load_loras(pipe, loras) -> None:
     """`load_lora_weights` for each LoRA under its name, then `set_adapters` with the weights.
     A LoRA for the motion modules (zoom-in, pan-left, …) and one for the SD UNet load the
-    same way; diffusers routes each key to its module."""
+    same way; diffusers routes each key to its module, and reads kohya-ss files itself. A
+    motion LoRA in AnimateDiff's own layout is converted first (farm.models.lora_formats).
+    A LoRA that reaches no layer of the pipeline is refused: diffusers would only warn."""
+    from farm.models.lora_formats import touched_layers
+
     if not loras:
         return
     for lora in loras:
+        what = f"model.loras[{lora.name}]"
         source = lora.path or lora.id
         if lora.id in TINY_LORAS:
             from farm.models.tiny_lora import tiny_lora_path
@@ -80,8 +120,24 @@ def load_loras(pipe, loras) -> None:
         kwargs = {"adapter_name": lora.name}
         if lora.weight_name:
             kwargs["weight_name"] = lora.weight_name
-        _load(f"model.loras[{lora.name}]", source, lambda: pipe.load_lora_weights(source, **kwargs))
+        weights = _load(what, source, lambda: _lora_weights(source))
+        _load(what, source, lambda: pipe.load_lora_weights(weights, **kwargs))
+        if not touched_layers(pipe, lora.name):
+            raise FarmError(
+                f"{what}: {source} changed no layer of this pipeline: none of its keys names a module of the "
+                "UNet, the motion modules or the text encoder. It is probably a LoRA for another model family "
+                "(SDXL, Flux, …); give one trained for SD1.5 or AnimateDiff.")
     pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.weight for lora in loras])
+
+
+def _lora_weights(source: str):
+    """What `load_lora_weights` is given for `source`: the path or hub id itself, or, for
+    a motion LoRA file in AnimateDiff's layout, its tensors under diffusers' names."""
+    from farm.models.lora_formats import animatediff_motion_lora_to_diffusers, is_animatediff_motion_lora, read_keys
+
+    if not Path(source).is_file() or not is_animatediff_motion_lora(read_keys(source)):
+        return source
+    return animatediff_motion_lora_to_diffusers(single_file.read_checkpoint(source))
 
 
 def apply_memory(pipe, memory, device: str, denoisers: list | None = None) -> dict:
@@ -142,7 +198,42 @@ def load_motion_adapter(model: ModelSpec, dtype):
     from diffusers import MotionAdapter
 
     ref = resolve_ref(model.motion_adapter, TINY_MOTION_ADAPTER)
+    if is_single_file(ref):
+        return _load("model.motion_adapter", ref, lambda: single_file.load_motion_adapter(ref, model.config, dtype),
+                     model.config)
     return _load("model.motion_adapter", model.motion_adapter, lambda: MotionAdapter.from_pretrained(ref, dtype=dtype))
+
+
+def load_vae(model: ModelSpec, dtype):
+    """`model.vae`, the VAE that replaces the base's: None when not given. A folder holds
+    the VAE itself (config.json at its top, as a VAE repo such as stabilityai/sd-vae-ft-mse)
+    or a whole pipeline (vae/config.json)."""
+    from diffusers import AutoencoderKL
+
+    if model.vae is None:
+        return None
+    ref = resolve_ref(model.vae, TINY_VAE)
+    if is_single_file(ref):
+        return _load("model.vae", ref, lambda: single_file.load_model(AutoencoderKL, ref, model.config, "vae", dtype),
+                     model.config)
+    pipeline_folder = Path(ref).is_dir() and not (Path(ref) / "config.json").is_file() and (Path(ref) / "vae").is_dir()
+    subfolder = {"subfolder": "vae"} if pipeline_folder else {}
+    return _load("model.vae", model.vae, lambda: AutoencoderKL.from_pretrained(ref, dtype=dtype, **subfolder))
+
+
+def load_base(pipeline_class, model: ModelSpec, dtype, **components):
+    """`model.base` as `pipeline_class`, with `components` (motion adapter, ControlNet)
+    and `model.vae` given ready-made: `from_pretrained` for `tiny`, a folder or a hub id,
+    `from_single_file` for a checkpoint file."""
+    vae = load_vae(model, dtype)
+    if vae is not None:
+        components["vae"] = vae
+    ref = resolve_ref(model.base, TINY_BASE)
+    if is_single_file(ref):
+        return _load("model.base", ref,
+                     lambda: single_file.load_pipeline(pipeline_class, ref, model.config, dtype, **components),
+                     model.config)
+    return _load("model.base", model.base, lambda: pipeline_class.from_pretrained(ref, dtype=dtype, **components))
 
 
 def load_animatediff(model: ModelSpec, device: str):
@@ -153,12 +244,7 @@ def load_animatediff(model: ModelSpec, device: str):
     quiet_progress()
     dtype = resolve_dtype(model.dtype, device)
     adapter = load_motion_adapter(model, dtype)
-    base_ref = resolve_ref(model.base, TINY_BASE)
-    pipe = _load(
-        "model.base",
-        model.base,
-        lambda: AnimateDiffPipeline.from_pretrained(base_ref, motion_adapter=adapter, dtype=dtype),
-    )
+    pipe = load_base(AnimateDiffPipeline, model, dtype, motion_adapter=adapter)
     return finish_animatediff(pipe, model, device)
 
 

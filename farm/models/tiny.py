@@ -14,6 +14,11 @@ then `os.replace`), and are laid out exactly like a hub checkout:
     <cache>/models/tiny-wan-v1/         a WanPipeline folder (Wan 2.1 layout: one transformer)
     <cache>/models/tiny-wan22-v1/       a WanPipeline folder (Wan 2.2 layout: two experts, boundary_ratio)
     <cache>/models/tiny-wan-i2v-v1/     a WanImageToVideoPipeline folder (Wan 2.1 I2V layout: CLIP image encoder)
+    <cache>/models/tiny-vae-v1/         an AutoencoderKL folder that fits tiny-sd15, with other weights (`model.vae`)
+    <cache>/models/tiny-sd15-config-v1/ the configs of tiny-sd15, its ControlNet and motion adapter, without
+                                        weights: `model.config: tiny` for single-file checkpoints
+
+farm/models/tiny_files.py writes the same weights as the single files users download.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ TINY_CONTROLNET = f"tiny-controlnet-{TINY_VERSION}"
 TINY_WAN = f"tiny-wan-{TINY_VERSION}"
 TINY_WAN22 = f"tiny-wan22-{TINY_VERSION}"
 TINY_WAN_I2V = f"tiny-wan-i2v-{TINY_VERSION}"
+TINY_VAE = f"tiny-vae-{TINY_VERSION}"
+TINY_CONFIG = f"tiny-sd15-config-{TINY_VERSION}"
 
 _CROSS_ATTENTION_DIM = 32
 _VOCAB_SIZE = 1000
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """The GPT-2/CLIP byte → printable-character table (a published fact of the BPE format)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -56,7 +63,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def write_tiny_tokenizer_files(folder: Path) -> None:
     """Write a byte-level CLIP vocab.json + merges.txt small enough for a 1000-token encoder."""
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
     for s in symbols:
         vocab.setdefault(s, len(vocab))
@@ -78,7 +85,7 @@ def write_tiny_tokenizer_files(folder: Path) -> None:
 
 def _build_base(folder: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
@@ -93,18 +100,7 @@ def _build_base(folder: Path) -> None:
         cross_attention_dim=_CROSS_ATTENTION_DIM,
         norm_num_groups=2,
     )
-    torch.manual_seed(0)
-    # Four blocks give the SD1.5 VAE's 8× downsampling, so latent shapes match real models.
-    vae = AutoencoderKL(
-        block_out_channels=[8, 8, 16, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        norm_num_groups=2,
-        layers_per_block=1,
-    )
+    vae = _tiny_vae(seed=0)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -120,6 +116,47 @@ def _build_base(folder: Path) -> None:
         )
     )
     save_sd_pipeline(folder, unet, vae, text_encoder)
+
+
+def _tiny_vae(seed: int):
+    """The tiny SD1.5 VAE. Four blocks give the SD1.5 VAE's 8× downsampling, so latent
+    shapes match real models."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=[8, 8, 16, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
+
+
+def _build_vae(folder: Path) -> None:
+    """A VAE of the tiny SD1.5's architecture with other weights (seed 1, where the base's
+    own VAE is seed 0), so that `model.vae` visibly changes the frames."""
+    _tiny_vae(seed=1).save_pretrained(folder, safe_serialization=True)
+
+
+def _build_config(folder: Path, root: Path | None) -> None:
+    """The config files of the tiny SD1.5 folder (model_index.json, every component's
+    config, the tokenizer, the scheduler), and those of the tiny ControlNet (controlnet/)
+    and motion adapter (motion_adapter/): the layout of farm/data/sd15/, and no weights,
+    so a single file that lacks a component fails instead of borrowing the tiny one's."""
+    base = tiny_model_path(TINY_BASE, root)
+    for source in sorted(base.rglob("*")):
+        if source.is_file() and source.suffix != ".safetensors" and source.name != ".complete":
+            target = folder / source.relative_to(base)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    for name, subfolder in ((TINY_CONTROLNET, "controlnet"), (TINY_MOTION_ADAPTER, "motion_adapter")):
+        (folder / subfolder).mkdir(parents=True)
+        shutil.copyfile(tiny_model_path(name, root) / "config.json", folder / subfolder / "config.json")
 
 
 def save_sd_pipeline(folder: Path, unet, vae, text_encoder, dtype=None) -> None:
@@ -363,13 +400,18 @@ _BUILDERS = {
     TINY_WAN: _build_wan,
     TINY_WAN22: _build_wan22,
     TINY_WAN_I2V: _build_wan_i2v,
+    TINY_VAE: _build_vae,
 }
+#: Builds made from other tiny models (in the same cache root).
+_DERIVED = {TINY_CONFIG: _build_config}
 
 
 def tiny_model_path(name: str, root: Path | None = None) -> Path:
     """Return the folder of tiny model `name`, building it on first use."""
+    if name in _DERIVED:
+        return build_cached(name, lambda folder: _DERIVED[name](folder, root), root)
     if name not in _BUILDERS:
-        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(_BUILDERS)}")
+        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(_BUILDERS) + sorted(_DERIVED)}")
     return build_cached(name, _BUILDERS[name], root)
 
 

@@ -81,6 +81,10 @@ class Pipeline:
     cache_refuses: ClassVar[dict[str, str]] = {}
     #: Fields under `model:` this pipeline does not take, each with the reason.
     refuses: ClassVar[dict[str, str]] = {}
+    #: Spec fields that may name a single-file checkpoint (farm.models.single_file), e.g.
+    #: "model.base": its renderer loads them with `from_single_file`. Anywhere else a file
+    #: is refused.
+    single_file_fields: ClassVar[tuple[str, ...]] = ()
     #: Its own defaults for top-level spec fields, and for the fields of `window:`.
     defaults: ClassVar[dict] = {}
     window_defaults: ClassVar[dict] = {}

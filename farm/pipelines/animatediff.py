@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from farm.identity import lora_identity, ref_identity
+from farm.identity import config_identity, lora_identity, ref_identity, spec_value
 from farm.models.schedulers import SCHEDULERS
-from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER
+from farm.models.single_file import is_single_file
+from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, TINY_VAE
 from farm.pipelines._base import LoadedRenderer, Pipeline
 from farm.tasks import Overrides, WindowTask
 
@@ -31,15 +32,24 @@ class AnimateDiff(Pipeline):
     name = "animatediff"
     renderer = "farm.pipelines.animatediff:AnimateDiffRenderer"
     tiny_base = TINY_BASE
+    single_file_fields = ("model.base", "model.motion_adapter", "model.vae")
 
     def key_fields(self, spec: "JobSpec") -> dict:
+        """The motion adapter, scheduler and LoRAs; `model.vae` when given; and the configs
+        single files are read with, when there are any (absent otherwise, so the keys of a
+        job with neither are those it always had)."""
         model = spec.model
         scheduler_class, settings = SCHEDULERS[model.scheduler_name]
-        return {
+        fields = {
             "motion_adapter": ref_identity(model.motion_adapter, TINY_MOTION_ADAPTER),
             "scheduler": {"class": scheduler_class, **settings},
             "loras": [lora_identity(lora) for lora in model.loras],
         }
+        if model.vae is not None:
+            fields["vae"] = ref_identity(model.vae, TINY_VAE)
+        if any(is_single_file(spec_value(spec, field)) for field in self.single_file_fields):
+            fields["config"] = config_identity(model.config)
+        return fields
 
 
 class AnimateDiffRenderer(LoadedRenderer):

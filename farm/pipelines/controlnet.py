@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from farm.identity import ref_identity
-from farm.models.tiny import TINY_BASE, TINY_CONTROLNET
+from farm.models.tiny import TINY_CONTROLNET
 from farm.pipelines._base import blank_frames
 from farm.pipelines.animatediff import AnimateDiff, AnimateDiffRenderer
 from farm.tasks import WindowTask
@@ -28,6 +28,7 @@ class AnimateDiffControlNet(AnimateDiff):
     renderer = "farm.pipelines.controlnet:AnimateDiffControlNetRenderer"
     spec_block, spec_block_needs = "control", "`video:`"
     local_inputs = (("control.video", "path"), ("control.model", "model"))
+    single_file_fields = (*AnimateDiff.single_file_fields, "control.model")
 
     def key_fields(self, spec: "JobSpec") -> dict:
         return super().key_fields(spec) | {
@@ -52,22 +53,20 @@ def load_animatediff_controlnet(spec: "JobSpec", device: str):
     placement). Returns (pipe, applied memory knobs)."""
     from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
 
-    from farm.models.load import _load, finish_animatediff, load_motion_adapter, quiet_progress, resolve_dtype, resolve_ref
+    from farm.models import single_file
+    from farm.models.load import _load, finish_animatediff, load_base, load_motion_adapter, quiet_progress, resolve_dtype, resolve_ref
 
     model, control = spec.model, spec.control
     quiet_progress()
     dtype = resolve_dtype(model.dtype, device)
     adapter = load_motion_adapter(model, dtype)
-    control_ref = resolve_ref(control.model, TINY_CONTROLNET)
-    controlnet = _load("control.model", control.model, lambda: ControlNetModel.from_pretrained(control_ref, dtype=dtype))
-    base_ref = resolve_ref(model.base, TINY_BASE)
-    pipe = _load(
-        "model.base",
-        model.base,
-        lambda: AnimateDiffControlNetPipeline.from_pretrained(
-            base_ref, motion_adapter=adapter, controlnet=controlnet, dtype=dtype
-        ),
-    )
+    ref = resolve_ref(control.model, TINY_CONTROLNET)
+    if single_file.is_single_file(ref):
+        controlnet = _load("control.model", ref, lambda: single_file.load_model(
+            ControlNetModel, ref, model.config, "controlnet", dtype), model.config)
+    else:
+        controlnet = _load("control.model", control.model, lambda: ControlNetModel.from_pretrained(ref, dtype=dtype))
+    pipe = load_base(AnimateDiffControlNetPipeline, model, dtype, motion_adapter=adapter, controlnet=controlnet)
     return finish_animatediff(pipe, model, device)
 
 

@@ -47,6 +47,8 @@ class Svd(Pipeline):
     local_inputs = (("svd.image", "path"),)
     no_text = "is conditioned on svd.image, not on text"
     refuses = {
+        "vae": "svd decodes with its own temporal VAE (AutoencoderKLTemporalDecoder); model.vae replaces the "
+               "AutoencoderKL of the AnimateDiff pipelines",
         "scheduler": "svd uses its own EulerDiscreteScheduler; remove model.scheduler",
         "loras": "LoRAs apply to the AnimateDiff pipelines, not to svd",
         "memory.vae_slicing": "the SVD VAE (a temporal decoder) cannot decode in slices; "

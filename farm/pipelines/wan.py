@@ -40,6 +40,8 @@ class Wan(Pipeline):
     spec_block, spec_block_needs, spec_block_required = "wan", "", False
     block_refuses = {"image": "wan is text to video; use model.pipeline: wan-i2v to start from a picture"}
     refuses = {
+        "vae": "wan decodes with its own causal video VAE (AutoencoderKLWan); model.vae replaces the "
+               "AutoencoderKL of the AnimateDiff pipelines",
         "scheduler": "wan uses the flow-matching Euler scheduler; set its shift with wan.shift",
         "loras": "LoRAs apply to the AnimateDiff pipelines, not to wan",
         "memory.forward_chunking": "forward chunking is a UNet knob; wan is a transformer",
