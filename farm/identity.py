@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from farm.models.remote import is_remote, read_manifest
 from farm.store import folder_digest
 from farm.util import sha256_file
 
@@ -22,6 +23,8 @@ def is_local_ref(ref: str) -> bool:
 def ref_identity(ref: str, tiny_name: str) -> str:
     if ref == "tiny":
         return f"tiny:{tiny_name}"
+    if is_remote(ref):  # a staged model: the identity its local copy has (farm/models/remote.py)
+        return read_manifest(ref).identity
     if is_local_ref(ref):
         return f"folder-sha256:{folder_digest(ref)}"
     return f"hub:{ref}"
@@ -31,6 +34,8 @@ def lora_identity(lora) -> dict:
     source = f"hub:{lora.id}" if lora.id else ref_identity(lora.path, "")
     if lora.id in TINY_LORAS:
         source = f"tiny:{lora.id}"
-    if lora.path and Path(lora.path).is_file():
+    if lora.path and is_remote(lora.path):
+        source = read_manifest(lora.path).identity
+    elif lora.path and Path(lora.path).is_file():
         source = f"file-sha256:{sha256_file(lora.path)}"
     return {"source": source, "weight_name": lora.weight_name, "name": lora.name, "weight": lora.weight}

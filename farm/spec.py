@@ -33,6 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from farm.blend import SCHEMES
 from farm.errors import EncodeError, SpecError
+from farm.models.remote import is_remote
 from farm.pipelines import REGISTRY, descriptor
 from farm.util import first_line
 
@@ -88,13 +89,24 @@ def check_output(v: str) -> str:
 
 
 def _model_ref(ref: str) -> str:
-    """`tiny`, a hub id, or a local folder that exists (made absolute)."""
+    """`tiny`, a hub id, a local folder that exists (made absolute), or the URI of a model
+    staged with `farm models stage` (read on the driver before any actor starts)."""
+    if is_remote(ref):
+        return _staged_uri(ref)
     if ref != "tiny" and (ref.startswith(("/", "./", "../", "~")) or _resolve(ref).is_dir()):
         folder = _resolve(ref)
         if not folder.is_dir():
             raise ValueError(f"folder {_named(ref, folder)} does not exist")
         return str(folder.resolve())
     return ref
+
+
+def _staged_uri(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key.strip("/"):
+        raise ValueError(f"{uri!r}: name the staged model's prefix, e.g. {scheme}://bucket/models/name")
+    return uri.rstrip("/")
 
 
 def _existing_path(v: str | None) -> str | None:
@@ -104,6 +116,10 @@ def _existing_path(v: str | None) -> str | None:
     if not path.exists():
         raise ValueError(f"nothing at {_named(v, path)}")
     return str(path.resolve())
+
+
+def _existing_or_staged(v: str | None) -> str | None:
+    return _staged_uri(v) if v is not None and is_remote(v) else _existing_path(v)
 
 
 def _existing_file(v: str | None) -> str | None:
@@ -272,7 +288,7 @@ def cache_refusal(pipeline: str, kind: str) -> str | None:
 class LoraSpec(_Strict):
     """A LoRA loaded with `load_lora_weights`, then weighted with `set_adapters`."""
 
-    path: Annotated[str | None, AfterValidator(_existing_path)] = None  # a .safetensors file or a folder
+    path: Annotated[str | None, AfterValidator(_existing_or_staged)] = None  # a .safetensors file, a folder, or a staged URI
     id: str | None = None  # or a hub id (or tiny-motion-lora / tiny-sd-lora)
     weight_name: str | None = None  # the file inside a folder or hub repo, when there are several
     weight: float = Field(1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)
