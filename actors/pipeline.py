@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from farm.models.sources import localize, using_env
 from farm.tasks import FaultContext, WindowResult, WindowTask
 from farm.util import first_line
 from farm.spec import JobSpec
@@ -33,7 +34,8 @@ from farm.spec import JobSpec
 class PipelineActor:
     """Wrapped with `ray.remote` by `pipeline_actor_class()`; plain here so it stays readable."""
 
-    def __init__(self, spec: JobSpec | None = None, threads: int | None = None, max_models: int = 1):
+    def __init__(self, spec: JobSpec | None = None, threads: int | None = None, max_models: int = 1,
+                 env: dict[str, str] | None = None):
         import torch
 
         if threads:
@@ -50,22 +52,28 @@ class PipelineActor:
         self.renderer = None
         self.shard = None
         self.faults_armed = True
+        self.credentials: list[str] = []
         if spec is not None:  # a job's private actor: its one pipeline, loaded now
-            self._load(spec)
+            self._load(spec, env)
 
-    def _load(self, spec: JobSpec) -> None:
+    def _load(self, spec: JobSpec, env: dict[str, str] | None = None) -> None:
+        """Load the job's pipeline; `env` holds the driver's credential variables (hub
+        token, object storage keys), set only while its models are fetched and loaded."""
         from farm.renderers import make_renderer  # torch and diffusers load here, on the actor
 
-        spec = relocate_inputs(spec)
+        self.credentials = sorted(env or {})  # their names, for the report; never the values
         context = FaultContext(restarted=self.restarted,
                                node_resources=_node_resources(self.node) if spec.model.faults else {})
-        self.renderer = make_renderer(spec, context=context)
+        with using_env(env):
+            spec, fetched = localize(relocate_inputs(spec), node_cache)  # staged models: this node's copy
+            self.renderer = make_renderer(spec, context=context)
+        self.renderer.fetched = fetched  # kept with the renderer: a farm actor holds several
         self._set_faults(spec)
         self.warmup_seconds, self.warmup_skipped = None, None
         if spec.model.warmup:
             self._warm_up(spec)
 
-    def use(self, spec: JobSpec, key: str) -> dict:
+    def use(self, spec: JobSpec, key: str, env: dict[str, str] | None = None) -> dict:
         """A farm actor (scheduler/manager.py) switches to the pipeline `key` renders with:
         warm if it holds it, else loaded now, first evicting the least recently used one
         when it already holds `max_models`. Says what it cost."""
@@ -80,16 +88,17 @@ class PipelineActor:
             return self._used(True, 0.0, [])
         evicted = []
         while len(self.pipelines) >= self.max_models:
-            gone, _ = self.pipelines.popitem(last=False)
+            gone, (renderer, _) = self.pipelines.popitem(last=False)
+            renderer.fetched.release()  # its node-cache copies may be evicted now
             evicted.append(gone)
         self.renderer, self.key = None, None
         if evicted:
             _free_memory()
         t0 = time.perf_counter()
-        self._load(spec)
+        self._load(spec, env)
         self.pipelines[key] = (self.renderer, spec)
         self.key = key
-        return self._used(False, time.perf_counter() - t0, evicted)
+        return self._used(False, time.perf_counter() - t0 - self.renderer.fetched.seconds, evicted)
 
     def _set_faults(self, spec: JobSpec) -> None:
         faults = spec.model.faults
@@ -125,6 +134,8 @@ class PipelineActor:
             "device": self.renderer.device,
             "threads": self.threads,
             "load_seconds": round(getattr(self.renderer, "load_seconds", 0.0), 3),
+            **self.renderer.fetched.report(),  # fetch_seconds, fetch_bytes, from: apart from the load
+            "credentials": self.credentials,
             "warmup_seconds": self.warmup_seconds,  # None: off, or skipped (below)
             "warmup_skipped": self.warmup_skipped,
             "memory": self.renderer.memory,
@@ -215,6 +226,18 @@ class PipelineActor:
 
     def latent_stats(self) -> dict:
         return self.shard.stats.to_dict() | {"actor": self.actor, "node": self.node}
+
+
+def node_cache():
+    """This node's model cache (farm/models/nodecache.py): FARM_NODE_CACHE, else next to
+    Ray's temp dir, which is on the node's local disk."""
+    from farm.models.nodecache import NodeCache, default_limit, default_root
+
+    try:
+        temp_dir = ray._private.worker.global_worker.node.get_temp_dir_path()
+    except AttributeError:  # not in a Ray worker
+        temp_dir = None
+    return NodeCache(default_root(temp_dir), default_limit())
 
 
 def relocate_inputs(spec: JobSpec, cwd: Path | None = None) -> JobSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from farm.filehash import file_sha256
+from farm.models.remote import is_remote, read_manifest
 from farm.models.single_file import SD15_CONFIG, is_single_file
 from farm.models.tiny import TINY_CONFIG
 from farm.store import folder_digest
@@ -26,6 +27,8 @@ def is_local_ref(ref: str) -> bool:
 def ref_identity(ref: str, tiny_name: str) -> str:
     if ref == "tiny":
         return f"tiny:{tiny_name}"
+    if is_remote(ref):  # a staged model: the identity its local copy has (farm/models/remote.py)
+        return read_manifest(ref).identity
     if is_single_file(ref):
         return f"file-sha256:{file_sha256(ref)}"
     if is_local_ref(ref):
@@ -52,6 +55,8 @@ def lora_identity(lora) -> dict:
     source = f"hub:{lora.id}" if lora.id else ref_identity(lora.path, "")
     if lora.id in TINY_LORAS:
         source = f"tiny:{lora.id}"
-    if lora.path and Path(lora.path).is_file():
+    if lora.path and is_remote(lora.path):
+        source = read_manifest(lora.path).identity
+    elif lora.path and Path(lora.path).is_file():
         source = f"file-sha256:{file_sha256(lora.path)}"
     return {"source": source, "weight_name": lora.weight_name, "name": lora.name, "weight": lora.weight}

@@ -33,6 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from farm.blend import SCHEMES
 from farm.errors import EncodeError, SpecError
+from farm.models.remote import is_remote
 from farm.models.single_file import CONFIG_NEEDS, is_single_file
 from farm.models.single_file import SUFFIXES as SINGLE_FILE_SUFFIXES
 from farm.pipelines import REGISTRY, descriptor
@@ -90,10 +91,13 @@ def check_output(v: str) -> str:
 
 
 def _model_ref(ref: str) -> str:
-    """`tiny`, a hub id, a local folder that exists, or a single-file checkpoint that exists
-    (`.safetensors`, `.ckpt`, `.pth`); a local one is made absolute."""
+    """`tiny`, a hub id, a local folder that exists, a single-file checkpoint that exists
+    (`.safetensors`, `.ckpt`, `.pth`), or the URI of a model staged with `farm models stage`
+    (read on the driver before any actor starts); a local one is made absolute."""
     if ref == "tiny":
         return ref
+    if is_remote(ref):
+        return _staged_uri(ref)
     path = _resolve(ref)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
@@ -119,6 +123,14 @@ def _config_ref(v: str | None) -> str | None:
     return str(path.resolve())
 
 
+def _staged_uri(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key.strip("/"):
+        raise ValueError(f"{uri!r}: name the staged model's prefix, e.g. {scheme}://bucket/models/name")
+    return uri.rstrip("/")
+
+
 def _existing_path(v: str | None) -> str | None:
     if v is None:
         return None
@@ -126,6 +138,10 @@ def _existing_path(v: str | None) -> str | None:
     if not path.exists():
         raise ValueError(f"nothing at {_named(v, path)}")
     return str(path.resolve())
+
+
+def _existing_or_staged(v: str | None) -> str | None:
+    return _staged_uri(v) if v is not None and is_remote(v) else _existing_path(v)
 
 
 def _existing_file(v: str | None) -> str | None:
@@ -294,7 +310,7 @@ def cache_refusal(pipeline: str, kind: str) -> str | None:
 class LoraSpec(_Strict):
     """A LoRA loaded with `load_lora_weights`, then weighted with `set_adapters`."""
 
-    path: Annotated[str | None, AfterValidator(_existing_path)] = None  # a .safetensors file or a folder
+    path: Annotated[str | None, AfterValidator(_existing_or_staged)] = None  # a .safetensors file, a folder, or a staged URI
     id: str | None = None  # or a hub id (or tiny-motion-lora / tiny-sd-lora)
     weight_name: str | None = None  # the file inside a folder or hub repo, when there are several
     weight: float = Field(1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)
@@ -585,7 +601,8 @@ def _single_files(v: dict) -> Rules:
             yield field, (f"{pipeline} loads it from a folder in diffusers layout or a hub id; a single-file "
                           f"checkpoint is for {', '.join(able) or 'no pipeline'}")
     config = _get(v, "model.config")
-    if config is not None and not files:
+    staged = any(is_remote(_get(v, f) or "") for f in CONFIG_NEEDS)  # may be a file: its manifest says
+    if config is not None and not files and not staged:
         yield "model.config", ("names the configs single-file checkpoints are read with, and this job gives none "
                                f"(model.base, model.motion_adapter, model.vae or control.model as a "
                                f"{', '.join(SINGLE_FILE_SUFFIXES)} file); remove it")

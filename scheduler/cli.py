@@ -389,7 +389,8 @@ def _hint_on_cuts(ip: dict, knob: str, threshold: float) -> list[str]:
 
 @main.group()
 def models() -> None:
-    """Fetch and inspect model weights the farm keeps in its cache (FARM_CACHE)."""
+    """Fetch, stage and list model weights: the farm's cache (FARM_CACHE), staged models,
+    and what each node holds (FARM_NODE_CACHE)."""
 
 
 @models.command("pull")
@@ -408,6 +409,71 @@ def models_pull(name, force):
     except FarmError as err:
         _fail(err)
     click.echo(f"{name}: {path} (sha256 {weights.SHA256[:12]}…, verified)")
+
+
+@models.command("stage")
+@click.argument("ref")
+@click.option("--to", "to", required=True, metavar="URI",
+              help="Where to put it: s3://bucket/prefix, gs://bucket/prefix, or a folder on a shared disk.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def models_stage(ref, to, as_json):
+    """Copy the model REF (a folder, one checkpoint file, or a hub id downloaded here) to
+    URI with a manifest of every file's size and sha256. A job then names it by URI in
+    any model field (model.base, model.motion_adapter, model.vae, control.model, a LoRA's
+    path), and each node fetches it once into its cache (FARM_NODE_CACHE)."""
+    from farm.models.remote import stage
+
+    def said(rel, size):
+        if not as_json:
+            click.echo(f"  {rel}  {size / 1e6:.1f} MB", err=True)
+
+    try:
+        manifest = stage(ref, to, progress=said)
+    except FarmError as err:
+        _fail(err)
+    if as_json:
+        click.echo(manifest.to_json())
+    else:
+        click.echo(f"staged {ref} → {manifest.uri}: {len(manifest.files)} files, "
+                   f"{manifest.total_bytes / 1e6:.1f} MB ({manifest.identity[:24]}…)")
+
+
+@models.command("ls")
+@click.option("--address", envvar="FARM_ADDRESS", cls=EnvOption,
+              help="Ray cluster to ask (e.g. auto). Default: this machine's cache only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: one entry per node.")
+def models_ls(address, as_json):
+    """List the staged models each node holds in its cache, their size and last use."""
+    import json
+    import time
+
+    if address:
+        from scheduler.cluster import connect
+        from scheduler.node_models import list_node_caches
+
+        session = connect(address)
+        try:
+            nodes = list_node_caches()
+        finally:
+            session.close()
+    else:
+        from actors.pipeline import node_cache
+
+        cache = node_cache()
+        nodes = [{"node": "this machine", "root": str(cache.root), "limit_bytes": cache.limit_bytes,
+                  "models": cache.entries()}]
+    if as_json:
+        click.echo(json.dumps(nodes, indent=1))
+        return
+    for n in nodes:
+        limit = f", bound {n['limit_bytes'] / 1e9:.1f} GB" if n["limit_bytes"] else ""
+        click.echo(f"{n.get('address') or n['node']}  {n['root']}{limit}")
+        if not n["models"]:
+            click.echo("  (empty)")
+        for m in n["models"]:
+            age = time.time() - m["last_used"]
+            click.echo(f"  {m['uri']}  {m['bytes'] / 1e6:.1f} MB  used {age:.0f}s ago"
+                       f"{'  in use' if m['in_use'] else ''}")
 
 
 from scheduler.cli_farm import register as _register_farm  # noqa: E402

@@ -126,6 +126,8 @@ def manager() -> None:
               help="Reclaim the actors of a job whose driver is silent this long.")
 @click.option("--start-timeout", type=click.FloatRange(min=1), default=600, show_default=True, metavar="SECONDS",
               help="Give up on a new actor the cluster has not placed and started within this long.")
+@click.option("--prefetch", is_flag=True,
+              help="Fetch the queued jobs' staged models onto each new node as its first actor starts.")
 @click.option("--ui", is_flag=True, help="Serve the farm's web UI from the manager (see `farm ui`).")
 @click.option("--ui-host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="With --ui: the address it binds on the head; beyond loopback it asks for the Ray auth token.")
@@ -133,7 +135,7 @@ def manager() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @click.option("--address", metavar="URL", help=_FARM_ADDRESS_HELP)
 def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, idle_timeout, lease_timeout,
-                  start_timeout, ui, ui_host, ui_port, as_json, address):
+                  start_timeout, prefetch, ui, ui_host, ui_port, as_json, address):
     """Start the farm manager (nothing happens if one runs; with --ui, its web UI starts)."""
     parsed = parse_resources(None, None, resources)
     try:
@@ -142,6 +144,8 @@ def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, id
                     "--lease-timeout", f"{lease_timeout:g}", "--start-timeout", f"{start_timeout:g}"]
             if ui:
                 argv += ["--ui", "--ui-host", ui_host, "--ui-port", str(ui_port)]
+            if prefetch:
+                argv.append("--prefetch")
             for flag, value in (("--max-actors", max_actors), ("--threads", threads),
                                 ("--gpus-per-actor", gpus_per_actor)):
                 if value is not None:
@@ -155,7 +159,7 @@ def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, id
             _join(address)
             config = default_config(max_actors, threads, gpus_per_actor, resources=parsed, max_models=max_models,
                                     idle_timeout_s=idle_timeout, lease_timeout_s=lease_timeout,
-                                    start_timeout_s=start_timeout)
+                                    start_timeout_s=start_timeout, prefetch=prefetch)
             handle, started = start_manager(config)
             data = {"started": started, "config": _ask(handle.pool_config.remote())}  # the one in force
             data["ui"] = _ask(handle.start_ui.remote(ui_host, ui_port)) if ui else _ask(handle.ui_url.remote())
@@ -168,7 +172,8 @@ def manager_start(max_actors, threads, gpus_per_actor, resources, max_models, id
         what = "started" if d["started"] else "already running"
         click.echo(f"farm manager {what}: up to {c['max_actors']} actors of {shape}"
                    + (f" and {c['resources']}" if c["resources"] else "")
-                   + f", {c['max_models']} pipeline(s) each; idle actors stop after {c['idle_timeout_s']:g}s")
+                   + f", {c['max_models']} pipeline(s) each; idle actors stop after {c['idle_timeout_s']:g}s"
+                   + ("; staged models prefetched onto new nodes" if c.get("prefetch") else ""))
         if d.get("ui"):
             click.echo(_ui_note(d["ui"]))
     _answer(data, as_json, human)

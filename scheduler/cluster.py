@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from ray.exceptions import GetTimeoutError
 from actors.pipeline import pipeline_actor_class
 from actors.rife import rife_actor_class
 from farm.errors import ClusterError
+from farm.models.sources import credentials_env
 from farm.spec import JobSpec
 
 #: Longest the driver waits for every actor to load its pipeline.
@@ -113,7 +115,8 @@ def start_pipeline_actors(spec: JobSpec, session: Session, workers: int, threads
         opts["resources"] = dict(resources)
     # Ray restarts a lost actor; the dispatcher, not Ray, resubmits its windows.
     opts.update(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0)
-    actors = [pipeline_actor_class().options(**opts).remote(spec, threads) for _ in range(workers)]
+    env = credentials_env()  # with the call, never in a runtime_env (farm/models/sources.py)
+    actors = [pipeline_actor_class().options(**opts).remote(spec, threads, env=env) for _ in range(workers)]
     return _wait_ready(actors, opts, "pipeline", on_wait, partial_after)
 
 
@@ -168,6 +171,9 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None,
         ) from err
     except ray.exceptions.RayActorError as err:
         stop_actors(actors)
+        said = _farm_cause(err)  # a model that cannot be fetched or loaded says why, in one line
+        if said is not None:
+            raise ClusterError(f"a {what} actor could not load its model: {said}") from err
         raise ClusterError(f"a {what} actor died while loading its model: {err}") from err
     except ray.exceptions.RayTaskError as err:
         stop_actors(actors)
@@ -177,6 +183,13 @@ def _wait_ready(actors: list, opts: dict, what: str, on_wait=None,
         stop_actors(actors)
         raise
     return actors, infos
+
+
+def _farm_cause(err: BaseException) -> str | None:
+    """What a FarmError raised in an actor's constructor said (e.g. a model that arrived
+    corrupt), from the traceback Ray's error carries as text; None when it was not one."""
+    said = re.findall(r"^farm\.[\w.]+Error: (.+)$", str(err), flags=re.MULTILINE)
+    return said[-1] if said else None
 
 
 def stop_actors(actors: list) -> None:

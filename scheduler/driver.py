@@ -48,6 +48,7 @@ from farm.interpolate import retiming
 from farm.farmqueue import DEFAULT_PRIORITY
 from farm.keys import latent_job_key, model_identity, pipeline_key, task_key, why_rendered_again
 from farm.metrics import FlickerMeter, flicker_report
+from farm.models.sources import check_sources
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
 from farm.plan import plan_windows
@@ -134,7 +135,7 @@ class RenderJob:
         self.store_writes: list = []  # the segment path's store writes, running on this node
 
     def run(self) -> Report:
-        # 1. Validate what lives outside the spec (RIFE weights, ncnn, the bucket).
+        # 1. Validate what lives outside the spec (RIFE weights, ncnn, the bucket, staged models).
         self.validate()
         # 2. Plan the windows (pure).
         self.plan_windows()
@@ -167,6 +168,7 @@ class RenderJob:
         self.rife_bytes = _interpolation_inputs(self.spec.interpolate, self.rife_weights)
         if is_uri(self.spec.output):
             check_destination(self.spec.output)  # the bucket exists and is ours, before any GPU time
+        check_sources(self.spec)  # staged models: credentials and a manifest, before any actor starts
 
     # 2. ------------------------------------------------------------------------------------
     def plan_windows(self) -> None:

@@ -39,6 +39,7 @@ import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
 from farm.errors import ClusterError
+from farm.models.sources import credentials_env, staged_models
 from scheduler.manager import HEARTBEAT_S
 from scheduler.progress import NullProgress
 
@@ -70,11 +71,13 @@ class Lease:
         self.priorities = [{"priority": priority, "at": 0.0}]  # its priority over time (`farm priority`)
         self._register = dict(priority=priority, model=key, wants=wants, latent=latent, label=label,
                               model_name=model_name, windows_total=windows_total, submitter=submitter,
-                              prompt=prompt, output=output)
+                              prompt=prompt, output=output, staged=staged_models(spec),
+                              env=credentials_env() if staged_models(spec) else {})
         reply = _get(manager.register.remote(job_id, **self._register), "register the job")
         self.config = reply["config"]
         self.wants = min(wants, self.config["max_actors"])
         self.spec_ref = ray.put(spec)  # every window names the job's pipeline: shipped once
+        self.env = credentials_env()  # for the actors' model fetches, with each `use` call
         self._lock = threading.Lock()
         self._desired: dict[str, dict] = {}  # the manager's last word: name → {handle, node, moving}
         self._held: set[str] = set()  # what the next heartbeat says the job holds
@@ -284,7 +287,7 @@ class Lease:
     def _lend(self, name: str, actor: dict) -> dict:
         now = time.time()
         lend = {"actor": name, "node": actor["node"], "lent_at": now, "handle": actor["handle"],
-                "grant": actor.get("grant"), "use": actor["handle"].use.remote(self.spec_ref, self.key)}
+                "grant": actor.get("grant"), "use": actor["handle"].use.remote(self.spec_ref, self.key, self.env)}
         self.lends.append(lend)
         return lend
 

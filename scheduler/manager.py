@@ -56,6 +56,7 @@ _KV_KEY = b"farm-manager-state"
 HEARTBEAT_S = float(os.environ.get("FARM_HEARTBEAT_S", "0.25"))
 #: How often the manager looks at starting actors, silent drivers and idle actors.
 TICK_S = 0.25
+PREFETCH_CHECK_S = 2.0  # how often `--prefetch` looks for new nodes and finished fetches
 #: Preview thumbnails kept per running job (the oldest go first).
 PREVIEW_BYTES = int(os.environ.get("FARM_PREVIEW_BYTES", str(256 * 1024)))
 
@@ -76,6 +77,9 @@ class ManagerConfig:
     start_timeout_s: float = 600.0  # an actor not placed and up by then is given up
     ui_host: str | None = None  # the web UI's address (None: no UI); 127.0.0.1 unless asked
     ui_port: int = 8266
+    # Fetch the staged models of the queued jobs onto each new node as soon as its first
+    # actor is up, before any job's pipeline loads there (`farm manager start --prefetch`).
+    prefetch: bool = False
 
 
     def actor_options(self) -> dict:
@@ -102,6 +106,11 @@ class FarmManager:
         self.preview_peak: dict[str, int] = {}  # job → the most thumbnail bytes held at once
         self._first_progress: dict[str, tuple[float, int]] = {}  # job → (when, done) of its first progress
         self.ui = None
+        self.staged: dict[str, list[str]] = {}  # job → the URIs of its staged models
+        self.staged_env: dict[str, dict] = {}  # job → its driver's credential variables
+        self.prefetching: dict[str, tuple] = {}  # node → (its prefetch task, the URIs) (--prefetch)
+        self.prefetched: dict[str, set[str]] = {}  # node → the URIs fetched there
+        self._prefetch_checked = 0.0
         saved = _kv_get()
         if saved is not None:
             self._recover(saved)
@@ -125,7 +134,8 @@ class FarmManager:
     # -- what drivers call -----------------------------------------------------------------
     def register(self, job_id: str, priority: int, model: str, wants: int, *, latent: bool = False,
                  label: str = "", model_name: str = "", windows_total: int = 0, submitter: str = "",
-                 prompt: str = "", output: str = "") -> dict:
+                 prompt: str = "", output: str = "", staged: list[str] | tuple = (),
+                 env: dict[str, str] | None = None) -> dict:
         """Queue a job; returns the pool's shape. A job registering again (its driver lost
         the manager for a while) keeps its place."""
         with self._lock:
@@ -133,6 +143,9 @@ class FarmManager:
                                     latent=latent, label=label, model_name=model_name,
                                     windows_total=windows_total, submitter=submitter, prompt=prompt, output=output)
             self._event("queued", job=job_id, priority=job.priority, model=model)
+            if staged:  # for --prefetch, with the credentials to fetch them (kept in memory only)
+                self.staged[job_id] = list(staged)
+                self.staged_env[job_id] = dict(env or {})
             self._plan(True)  # a queued job is saved too: a restarted manager keeps its place
             return {"config": asdict(self.config), "seq": job.seq}
 
@@ -180,6 +193,8 @@ class FarmManager:
             freed = self.queue.end(job_id, QueueState(state), time.time())
             self.previews.pop(job_id, None)
             self._first_progress.pop(job_id, None)
+            self.staged.pop(job_id, None)
+            self.staged_env.pop(job_id, None)
             self._event("ended", job=job_id, state=state, actors=freed)
             self._plan(True)
             return freed
@@ -363,8 +378,11 @@ class FarmManager:
                         self._event("actor gave up", actor=name,
                                     why=f"not up after {self.config.start_timeout_s:g}s (no room on the cluster?)")
                         changed = True
+            self._prefetch(now)
             for job_id in self.queue.expired(now, self.config.lease_timeout_s):
                 freed = self.queue.end(job_id, QueueState.LOST, now)
+                self.staged.pop(job_id, None)
+                self.staged_env.pop(job_id, None)
                 self._event("lost", job=job_id, actors=freed,
                             why=f"no heartbeat for {self.config.lease_timeout_s:g}s")
                 changed = True
@@ -417,6 +435,46 @@ class FarmManager:
             return
         self.pending[handle.info.remote()] = (name, handle, time.time())
         self._event("actor starting", actor=name)
+
+    def _prefetch(self, now: float) -> None:
+        """With `prefetch` on: every node that can hold a pool actor gets the staged models
+        of the queued and running jobs into its cache (farm/models/nodecache.py), one Ray
+        task per node, while the jobs wait or before their pipelines load there (a node
+        the autoscaler adds is fetched onto as soon as it joins). An actor that loads a
+        model meanwhile waits on the node's lock and reads the same copy."""
+        if not self.config.prefetch or now - self._prefetch_checked < PREFETCH_CHECK_S:
+            return
+        self._prefetch_checked = now
+        for node, ref in list(self.prefetching.items()):
+            if not ray.wait([ref[0]], timeout=0)[0]:
+                continue
+            del self.prefetching[node]
+            try:
+                done = ray.get(ref[0])["models"]
+                self.prefetched.setdefault(node, set()).update(done)
+                self._event("prefetched", node=node[:12], models={u: r["from"] for u, r in done.items()})
+            except ray.exceptions.RayError as err:
+                self.prefetched.setdefault(node, set()).update(ref[1])  # not again: the loads will say why
+                self._event("prefetch failed", node=node[:12], error=str(err).splitlines()[-1][:300])
+        wanted = {u for uris in self.staged.values() for u in uris}
+        if not wanted:
+            return
+        from scheduler.node_models import prefetch
+
+        env = {k: v for job in self.staged_env.values() for k, v in job.items()}
+        for node in self._pool_nodes():
+            missing = sorted(wanted - self.prefetched.get(node, set()))
+            if missing and node not in self.prefetching:
+                self.prefetching[node] = (prefetch(node, missing, env), missing)
+                self._event("prefetching", node=node[:12], models=missing)
+
+    def _pool_nodes(self) -> list[str]:
+        """The alive nodes with the resources a pool actor asks for."""
+        needs = {k: v for k, v in self.config.actor_options().get("resources", {}).items()}
+        if self.config.gpus_per_actor:
+            needs["GPU"] = self.config.gpus_per_actor
+        return [n["NodeID"] for n in ray.nodes()
+                if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in needs.items())]
 
     def _request_gpus(self) -> None:
         """Ask the autoscaler for a GPU bundle per pool actor (started or starting)."""

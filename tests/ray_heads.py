@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -370,6 +371,15 @@ class S3Server:
     proc: subprocess.Popen
     endpoint: str
     bucket: str
+    log_path: Path | None = None  # the server's access log: one line per request
+
+    def requests(self, method: str, path: str) -> int:
+        """How many `method` requests for exactly `path` (/bucket/key) the server answered."""
+        if self.log_path is None or not self.log_path.exists():
+            return 0
+        needle = f"{method} {path} HTTP/"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text(errors="replace"))  # werkzeug's colours
+        return sum(needle in line for line in text.splitlines())
 
     @property
     def env(self) -> dict:
@@ -385,6 +395,8 @@ class S3Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+        if self.log_path is not None:
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
 def start_s3_server(bucket: str = "farm-test", timeout: float = 30) -> S3Server:
@@ -393,9 +405,11 @@ def start_s3_server(bucket: str = "farm-test", timeout: float = 30) -> S3Server:
     if not exe.exists():
         pytest.skip("moto_server is not installed (pip install -e '.[test]')")
     port = free_ports(1)[0]
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = S3Server(proc, f"http://127.0.0.1:{port}", bucket)
+    log_path = Path(tempfile.mkdtemp(prefix="farm-s3-")) / "access.log"
+    with open(log_path, "wb") as log:  # werkzeug logs every request to stderr
+        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = S3Server(proc, f"http://127.0.0.1:{port}", bucket, log_path)
     try:
         def answers():
             try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from farm.identity import config_identity, lora_identity, ref_identity, spec_value
 from farm.models.schedulers import SCHEDULERS
+from farm.models.remote import is_staged_file
 from farm.models.single_file import is_single_file
 from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, TINY_VAE
 from farm.pipelines._base import LoadedRenderer, Pipeline
@@ -47,7 +48,8 @@ class AnimateDiff(Pipeline):
         }
         if model.vae is not None:
             fields["vae"] = ref_identity(model.vae, TINY_VAE)
-        if any(is_single_file(spec_value(spec, field)) for field in self.single_file_fields):
+        if any(is_single_file(spec_value(spec, field)) or is_staged_file(spec_value(spec, field))
+               for field in self.single_file_fields):
             fields["config"] = config_identity(model.config)
         return fields
 
