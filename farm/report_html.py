@@ -76,6 +76,7 @@ def render_html(report: dict, filmstrips: list[dict] | None = None) -> str:
         _blocklist(report.get("blocklist") or []),
         _key_values("Interpolation", report.get("interpolate")),
         _encoding(report.get("encode")),
+        _models(report.get("actors") or []),
         _farm(report.get("farm"), report.get("actors") or []),
         "<h2>Spec</h2>",
         _spec(report.get("spec")),
@@ -381,6 +382,22 @@ def _encoding(enc) -> str:
         f"<td class=n>{s['attempts']}</td><td>{_e('; '.join(s['failures']))}</td></tr>" for s in segments)
     return (head + "<table><tr><th>segment</th><th>frames</th><th>encoded</th><th>node</th><th>seconds</th>"
             f"<th>attempts</th><th>failed attempts</th></tr>{rows}</table>")
+
+
+def _models(actors: list[dict]) -> str:
+    """Where each actor's models came from (staged ones: object storage or the node's
+    cache; hub ids) and what fetching took, apart from loading. Nothing when every model
+    was local."""
+    fetched = [a for a in actors if a.get("from") not in (None, "local")]
+    if not fetched:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(str(a.get('node'))[:12])}</td><td>{_e(str(a.get('actor'))[:12])}</td>"
+        f"<td>{_e(a.get('from'))}</td><td class=n>{_fmt(a.get('fetch_seconds'))}</td>"
+        f"<td class=n>{_fmt((a.get('fetch_bytes') or 0) / 1e6)}</td><td class=n>{_fmt(a.get('load_seconds'))}</td></tr>"
+        for a in fetched)
+    return ("<h2>Models</h2><table><tr><th>node</th><th>actor</th><th>from</th><th>fetch s</th><th>fetched MB</th>"
+            f"<th>load s</th></tr>{rows}</table>")
 
 
 def _farm(farm, actors: list[dict]) -> str:

@@ -152,3 +152,34 @@ def test_a_prefix_without_a_manifest_says_how_to_stage_it(s3_server):
         read_manifest(f"s3://{s3_server.bucket}/models/never", "model.vae")
     assert str(err.value).startswith("model.vae: ") and MANIFEST in str(err.value)
     assert "farm models stage" in str(err.value)
+
+
+def test_a_staged_single_file_keys_and_renders_as_the_local_file(s3_server, tmp_path, request):
+    """A checkpoint file staged to S3: the same window key as the file on disk (its
+    sha256, and model.config since it is a single file), and the actor's copy, fetched
+    into the node cache, renders the same frames."""
+    import torch
+
+    from farm.models.sources import check_sources, localize
+    from farm.models.tiny_files import tiny_file_path
+    from tests.test_model_files import _key, _render, _spec
+
+    checkpoint = tiny_file_path("sd15")
+    uri = f"s3://{s3_server.bucket}/{request.node.name}/sd15"
+    stage(str(checkpoint), uri)
+    local = _spec(tmp_path, {"base": str(checkpoint), "config": "tiny"})
+    staged = _spec(tmp_path, {"base": uri, "config": "tiny"})
+    assert _key(staged) == _key(local)
+    assert _key(staged) != _key(_spec(tmp_path, {"base": uri, "config": "sd15"}))  # the config counts
+    assert check_sources(staged) == {"model.base": uri}
+
+    here, fetched = localize(staged, lambda: NodeCache(tmp_path / "node"))
+    assert fetched.sources == {"model.base": "object storage", "model.motion_adapter": "local"}
+    assert here.model.base.endswith(checkpoint.name) and fetched.bytes == checkpoint.stat().st_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _render(here).tobytes() == _render(local).tobytes()
+    finally:
+        torch.set_num_threads(threads)
+    fetched.release()
