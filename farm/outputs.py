@@ -88,6 +88,10 @@ def check_output_uri(uri: str) -> str:
     return uri
 
 
+#: seconds an S3-compatible server (AWS_ENDPOINT_URL_S3) may take to answer one request
+S3_REQUEST_TIMEOUT_S = 120.0
+
+
 def filesystem(uri: str):
     """(pyarrow FileSystem, path inside it) for a supported URI; see the module docstring
     for the environment variables that choose the endpoint and credentials."""
@@ -101,7 +105,10 @@ def filesystem(uri: str):
             if endpoint:
                 parsed = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
                 region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-                fs = pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme, region=region)
+                # an S3-compatible server can take longer than pyarrow's default request
+                # timeout (a few seconds) to complete the multipart upload of a 2 GB file
+                fs = pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme, region=region,
+                                       request_timeout=S3_REQUEST_TIMEOUT_S)
                 return fs, rest
         if scheme == "gcs":
             uri = "gs://" + rest

@@ -425,14 +425,19 @@ def start_s3_server(bucket: str = "farm-test", timeout: float = 30) -> S3Server:
     return server
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A local S3 server with one bucket; AWS_* variables in this process point at it."""
-    server = start_s3_server()
+def point_aws_at(server: S3Server, monkeypatch) -> None:
+    """Set this process's AWS_* variables to `server` (and unset any that would win over them)."""
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3 server with one bucket; AWS_* variables in this process point at it."""
+    server = start_s3_server()
+    point_aws_at(server, monkeypatch)
     try:
         yield server
     finally:

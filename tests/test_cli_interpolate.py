@@ -12,6 +12,7 @@ import ray
 from click.testing import CliRunner
 
 from farm.encode import VideoWriter
+from farm.rife import weights
 from scheduler.cli import interpolation_summary, main
 
 pytestmark = pytest.mark.quick  # no Ray, no render: in scripts/test.sh --quick
@@ -85,6 +86,7 @@ def test_a_few_cuts_get_no_hint(cuts):
 
 @pytest.mark.slow
 def test_interpolating_noise_prints_the_hint_and_the_report_path(noise_mp4, tmp_path):
+    weights.pull()  # a fresh checkout's --quick run has not fetched them yet (idempotent)
     out = tmp_path / "i.mp4"
     result = interpolate(noise_mp4, "-o", out, "--factor", "2", "--workers", "1")
     assert result.exit_code == 0, result.output

@@ -32,7 +32,7 @@ from farm.errors import FarmError
 MANIFEST = "farm-manifest.json"
 FORMAT = "farm-model/1"
 SCHEMES = ("s3://", "gs://", "gcs://")
-ATTEMPTS = 3  # a file that arrives corrupt or short is fetched again, twice at most
+ATTEMPTS = 2  # a file that arrives corrupt or short is fetched once more, then named
 _CHUNK = 8 << 20
 #: Set when the node's own identity gives access (an instance role, workload identity) or
 #: the bucket is public: then no key in the environment is needed.
@@ -187,7 +187,7 @@ def is_staged_file(ref) -> bool:
 def fetch(manifest: Manifest, folder: Path, progress: Callable[[int], None] | None = None) -> int:
     """Copy every file of `manifest` into `folder` (a fresh, private folder), each checked
     against its size and sha256; one that arrives wrong is fetched again, `ATTEMPTS` times
-    in all, then a ModelSourceError names it. Returns the bytes read."""
+    in all (twice), then a ModelSourceError names it. Returns the bytes read."""
     fs, prefix = _filesystem(manifest.uri)
     read = 0
     for entry in manifest.files:
