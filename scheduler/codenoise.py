@@ -16,7 +16,8 @@ Faults: a lost actor fails its calls and, through their missing predictions, eve
 after them. The driver then restarts every actor of the job (`ray.kill` with restart: each
 reloads its pipeline, and no call of the failed attempt stays queued anywhere) and asks
 each for its info; those that answer within ACTOR_RETURN_WAIT_S carry on (an actor whose
-node is gone waits for resources and does not), the windows are spread over them anew,
+node is gone waits for resources and does not: once only such actors are left to answer,
+they get LOST_NODE_GRACE_S more), the windows are spread over them anew,
 and every shard starts again from the last whole checkpoint. The frames do not depend on
 how the windows are spread, so the video is the same bits as an undisturbed run.
 
@@ -52,6 +53,10 @@ from scheduler.progress import NullProgress
 #: How long the driver waits, after a failure, for each actor to answer (a restarted actor
 #: reloads its pipeline first); those that do not are left out of the rest of the job.
 ACTOR_RETURN_WAIT_S = float(os.environ.get("FARM_ACTOR_RETURN_WAIT_S", "300"))
+#: An actor whose node Ray has declared dead can only come back on another node with room
+#: for it: once every other actor has answered, it gets this much longer, not the whole
+#: ACTOR_RETURN_WAIT_S (a lost node would otherwise hold the job up for minutes).
+LOST_NODE_GRACE_S = float(os.environ.get("FARM_LOST_NODE_GRACE_S", "10"))
 #: How the predictions travel between shards: `refs` (actor to actor: the object refs go
 #: straight into the peer's next call) or `driver` (the driver fetches every step's
 #: predictions and passes the values on). `driver` exists to measure the two side by side
@@ -292,6 +297,7 @@ class CoDenoiser:
         for ref in self.inflight:  # calls of the failed attempt not started yet: drop them
             ray.cancel(ref)
         self.inflight = []
+        started = time.monotonic()
         for actor in self.actors:  # and every actor starts afresh: nothing of the failed attempt runs on
             ray.kill(actor, no_restart=False)
         alive, infos = [], []
@@ -304,7 +310,8 @@ class CoDenoiser:
         if not alive:
             raise LatentError(f"co-denoising lost every actor; last error: {first_line(err)}") from err
         recovery = {"error": first_line(err), "actors_left": len(alive),
-                    "from_step": self.checkpoints.latest(self.frames_total), "frames_done": next_frame}
+                    "from_step": self.checkpoints.latest(self.frames_total), "frames_done": next_frame,
+                    "seconds": round(time.monotonic() - started, 1)}
         self.recoveries.append(recovery)
         self.progress.notice(f"co-denoising lost an actor ({recovery['error']}); going on from step "
                              f"{recovery['from_step']} on {len(alive)} actors")
@@ -352,13 +359,17 @@ def _answers(actors: list, wait_s: float, told_to_restart: list[dict] | None = N
     the others' time); None for those dead or silent after `wait_s`. `told_to_restart`:
     each actor's info from before `ray.kill(..., no_restart=False)`, which returns before
     the process is gone; an answer from that same process (node and pid) is not taken,
-    the actor is asked again."""
+    the actor is asked again. When only actors whose node is dead are left to answer, they
+    have LOST_NODE_GRACE_S more."""
     deadline = time.monotonic() + wait_s
     old = [(i.get("node"), i.get("pid")) for i in told_to_restart] if told_to_restart else None
     infos: list[dict | None] = [None] * len(actors)
     pending = {actor.info.remote(): i for i, actor in enumerate(actors)}
+    graced = False
     while pending and time.monotonic() < deadline:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.1, deadline - time.monotonic()))
+        if old and not graced and {old[i][0] for i in pending.values()} <= _dead_nodes():
+            deadline, graced = min(deadline, time.monotonic() + LOST_NODE_GRACE_S), True
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
         for ref in ready:
             i = pending.pop(ref)
             try:
@@ -373,6 +384,11 @@ def _answers(actors: list, wait_s: float, told_to_restart: list[dict] | None = N
                 time.sleep(0.2)
                 pending[actors[i].info.remote()] = i
     return infos
+
+
+def _dead_nodes() -> set[str]:
+    """The ids of the nodes Ray has declared dead."""
+    return {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
 
 
 def _chunks(start: int, end: int) -> list[tuple[int, int]]:
