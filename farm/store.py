@@ -366,9 +366,17 @@ class LatentCheckpoints:
         return np.concatenate(pieces, axis=2)
 
     def keep_only(self, step: int) -> None:
-        """Drop every checkpoint but the one after `step` steps."""
+        """Drop every checkpoint but the one after `step` steps: what an attempt starts
+        from (later ones are parts a failed attempt left; 0 drops all)."""
         for other in self.steps():
             if other != step:
+                self.drop(other)
+
+    def drop_before(self, step: int) -> None:
+        """Drop the checkpoints before `step` steps, once that one is whole. Later ones
+        stay: shards that run ahead of the others have already written parts of them."""
+        for other in self.steps():
+            if other < step:
                 self.drop(other)
 
 

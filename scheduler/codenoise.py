@@ -105,6 +105,7 @@ class CoDenoiser:
         while True:
             try:
                 start = self.checkpoints.latest(self.frames_total)
+                self.checkpoints.keep_only(start)  # parts past it are a failed attempt's: written again
                 if self.resumed_from_step is None:
                     self.resumed_from_step = start
                 self.shards = partition(self.job.windows, len(self.actors))
@@ -225,7 +226,7 @@ class CoDenoiser:
         self.progress.stage(f"denoising: step {k}/{self.job.steps}")
         if k not in self.job.checkpoints:
             return False
-        self.checkpoints.keep_only(k)
+        self.checkpoints.drop_before(k)  # not later ones: shards ahead have written parts of them
         return asking and self.resizer is not None and k < self.job.steps and self.resizer.wants_reshape()
 
     def _decode(self, skip: int) -> Iterator[np.ndarray]:

@@ -81,6 +81,24 @@ def test_a_checkpoint_is_whole_only_when_its_parts_cover_every_frame_whatever_cu
     assert ckpt.steps() == [2]
 
 
+def test_a_whole_checkpoint_drops_the_older_ones_and_keeps_the_parts_of_shards_ahead(tmp_path):
+    """A shard may finish step k + 1 before a distant one finishes step k (it waits only for
+    its peers' calls): when step k becomes whole, its part of k + 1 must stay, or k + 1
+    never becomes whole on disk and, once k is dropped in turn, a lost actor sends the job
+    back to the noise (seen: `from_step` 0 after a node was lost at step 1)."""
+    ckpt = LatentCheckpoints(tmp_path, "job")
+    latents = np.arange(2 * 4 * 30, dtype=np.float32).reshape(1, 2, 30, 2, 2)
+    ckpt.put(1, 0, 12, latents[:, :, 0:12])
+    ckpt.put(2, 0, 12, latents[:, :, 0:12])  # the first shard is a step ahead
+    ckpt.put(1, 12, 30, latents[:, :, 12:30])  # step 1 is whole
+    ckpt.drop_before(1)
+    ckpt.put(2, 12, 30, latents[:, :, 12:30])  # step 2 is whole
+    assert ckpt.latest(30) == 2
+    ckpt.drop_before(2)
+    assert ckpt.steps() == [2] and ckpt.latest(30) == 2
+    np.testing.assert_array_equal(ckpt.load(2, 0, 30), latents)
+
+
 # -- specs ---------------------------------------------------------------------------------
 def test_latent_is_the_default_where_a_pipeline_can_fuse_and_svd_says_why_it_cannot(tmp_path):
     data = base_spec(tmp_path)

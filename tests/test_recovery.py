@@ -248,11 +248,8 @@ def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_f
         cluster.farm_workers = cluster.farm_workers[1:] + [cluster.add_node(num_cpus=1, resources=PIPE)]
     latent = report["latent"]
     assert len(latent["recoveries"]) == 1 and latent["recoveries"][0]["actors_left"] == 3
-    recovered_after_the_kill = [killed for killed, text in killer.notices if "lost an actor" in text] == [True]
-    # a loss after the step-1 checkpoint goes on from it; on 2 busy cores an actor has once been
-    # lost before (CI; its notice says which), and then the job starts again from the noise
-    assert latent["recoveries"][0]["from_step"] >= (1 if recovered_after_the_kill else 0), (
-        latent["recoveries"], killer.notices)
+    # the loss comes after the step-1 checkpoint is whole: the job goes on from it (or a later one)
+    assert latent["recoveries"][0]["from_step"] >= 1, (latent["recoveries"], killer.notices)
     # the lost node's actor is given up LOST_NODE_GRACE_S after the survivors answered, not after the whole wait
     assert latent["recoveries"][0]["seconds"] < 90.0, latent["recoveries"]
     assert latent["actors"] == 3 and latent["actors_asked"] == 4
