@@ -232,3 +232,17 @@ def test_a_co_denoised_job_shows_its_seams_fused_and_its_shards(report):
     report["latent"] |= {"from_store": True}  # the same job again
     assert "final latents were read from the window store: nothing was denoised; decoded on 1 actor" in (
         re.sub(r"<[^>]+>", " ", render_html(report)).replace("&#x27;", "'"))
+
+
+def test_the_models_table_says_where_each_actor_s_models_came_from_and_is_absent_when_all_were_local(report):
+    assert "<h2>Models</h2>" not in render_html(report)  # local models: nothing fetched, no table
+    fetched = {ACT_1: {"from": "object storage", "fetch_seconds": 41.3, "fetch_bytes": 2_132_000_000,
+                       "load_seconds": 12.5},
+               ACT_2: {"from": "node cache", "fetch_seconds": 0.0, "fetch_bytes": 0, "load_seconds": 11.7}}
+    staged = report | {"actors": [a | fetched.get(a["actor"], {"from": "local"}) for a in report["actors"]]}
+    html = render_html(staged)
+    table = html[html.index("<h2>Models</h2>"):]
+    table = table[: table.index("</table>")]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+    assert rows == [[NODE_A[:12], ACT_1[:12], "object storage", "41.3", "2132", "12.5"],
+                    [NODE_A[:12], ACT_2[:12], "node cache", "0", "0", "11.7"]], rows  # not the local actor
