@@ -366,10 +366,9 @@ def _answers(actors: list, wait_s: float, told_to_restart: list[dict] | None = N
     old = [(i.get("node"), i.get("pid")) for i in told_to_restart] if told_to_restart else None
     infos: list[dict | None] = [None] * len(actors)
     pending = {actor.info.remote(): i for i, actor in enumerate(actors)}
-    graced = False
     while pending and time.monotonic() < deadline:
-        if old and not graced and {old[i][0] for i in pending.values()} <= _dead_nodes():
-            deadline, graced = min(deadline, time.monotonic() + LOST_NODE_GRACE_S), True
+        if old and {old[i][0] for i in pending.values()} <= _dead_nodes():  # the first time counts: min
+            deadline = min(deadline, time.monotonic() + LOST_NODE_GRACE_S)
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
         for ref in ready:
             i = pending.pop(ref)
