@@ -201,8 +201,14 @@ def test_the_page_shows_the_queue_a_growing_preview_and_steers_priority_and_stop
 
         # raising the low job's priority in the page moves it first in `farm queue --json`
         click_in_row(browser, "low", "set-priority", "90")
-        queue = json.loads(CliRunner().invoke(farm_cli, ["queue", "--json"]).output)
-        assert [j["id"] for j in queue["jobs"] if j["state"] in ("QUEUED", "RUNNING")][0] == "low"
+
+        def low_first() -> dict | None:
+            queue = json.loads(CliRunner().invoke(farm_cli, ["queue", "--json"]).output)
+            order = [j["id"] for j in queue["jobs"] if j["state"] in ("QUEUED", "RUNNING")]
+            return queue if order[:1] == ["low"] else None
+
+        # the page's request is still on its way when the prompt closes: wait for it to land
+        queue = wait_until(low_first, timeout=20, what="`farm queue` to show low first")
         assert job_of(queue, "low")["priority"] == 90
         wait_until(lambda: page_rows(browser)[:1] == ["low"], what="the page to show low first")
 
