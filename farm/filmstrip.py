@@ -127,3 +127,19 @@ def ranked(windows: Sequence[Window], parts: dict[int, dict], disagreement: dict
                                 dict(part["blended"]), dict(part["own"])))
     kept = heapq.nlargest(keep, strips, key=lambda s: (s.disagreement, -s.window))
     return sorted(kept, key=lambda s: s.window)
+
+
+class Storyboard:
+    """One thumbnail per shot of a film (its middle frame), for the HTML report."""
+
+    def __init__(self, frames: dict[int, int], size: int = THUMB):
+        self.wanted, self.size = frames, size  # {output frame: shot}
+        self.thumbs: dict[int, tuple[int, np.ndarray]] = {}
+
+    def frame(self, index: int, frame: np.ndarray) -> None:
+        if index in self.wanted:
+            self.thumbs[self.wanted[index]] = (index, thumbnail(frame, self.size))
+
+    def to_html_data(self) -> list[dict]:
+        return [{"shot": shot, "frame": index, "image": jpeg_data_uri(image)}
+                for shot, (index, image) in sorted(self.thumbs.items())]

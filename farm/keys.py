@@ -84,31 +84,43 @@ def stored_windows(spec: JobSpec, plan, store) -> dict:
     """What the window store `store` holds of a planned job (`farm.plan.Plan`), by key
     alone (no frame is read), for `farm plan`: {"windows": {index: the device class it is
     stored under}}, and for a co-denoised job "latent_step" (the last whole checkpoint's
-    step; 0: none), "latent_device" and "rendered_again" (`why_rendered_again`). The device
-    class (cpu, cuda) is part of every key, and a plan does not know where its job will
-    run: both are looked up. A chained pipeline's later windows depend on the frames before
-    them: only its first is looked up."""
+    step; 0: none), "latent_device" and "rendered_again" (`why_rendered_again`); a film of
+    shots gives those per run under "runs" (each run is stored on its own), and the least
+    step of them. The device class (cpu, cuda) is part of every key, and a plan does not
+    know where its job will run: both are looked up. A chained pipeline's later windows
+    depend on the frames before them: only the first of each run is looked up."""
+    from farm.shots import compile_film, run_label
     from farm.tasks import WindowTask
 
-    pipeline = descriptor(spec.model.pipeline)
-    windows = plan.windows[:1] if pipeline.chained else plan.windows
-    tasks = [pipeline.window_inputs(spec, WindowTask.from_spec(spec, w), None) for w in windows]
+    pipeline, film = descriptor(spec.model.pipeline), compile_film(spec)
     kinds = ("cpu", "cuda")
-    keys = {kind: [task_key(model_identity(spec, kind), t) for t in tasks] for kind in kinds}
     if spec.window.reconcile == "latent":
-        latent_frames = plan.latent_windows[-1].end
-        steps = {kind: store.checkpoints(latent_job_key(keys[kind], spec.window.blend)).latest(latent_frames)
-                 for kind in kinds}
-        kind = max(kinds, key=steps.get)
-        last = None if steps[kind] else store.last_latent_job(spec.output)
-        near = max(kinds, key=lambda k: sum(a == b for a, b in zip(last["window_keys"], keys[k]))) if last else kind
-        again = why_rendered_again(last, keys[near], spec.window.blend, plan.windows)
-        return {"windows": {}, "latent_step": steps[kind], "latent_device": kind if steps[kind] else None,
-                "rendered_again": again}
+        runs = []
+        for run in film.runs:
+            tasks = [pipeline.window_inputs(run.spec, WindowTask.from_spec(run.spec, w), None)
+                     for w in run.plan.windows]
+            keys = {kind: [task_key(model_identity(spec, kind), t) for t in tasks] for kind in kinds}
+            latent_frames = run.plan.latent_windows[-1].end
+            steps = {kind: store.checkpoints(latent_job_key(keys[kind], spec.window.blend)).latest(latent_frames)
+                     for kind in kinds}
+            kind = max(kinds, key=steps.get)
+            last = None if steps[kind] else store.last_latent_job(run_label(spec.output, run))
+            near = max(kinds, key=lambda k: sum(a == b for a, b in zip(last["window_keys"], keys[k]))) if last else kind
+            again = why_rendered_again(last, keys[near], spec.window.blend, run.plan.windows)
+            runs.append({"shots": list(run.shots), "latent_step": steps[kind],
+                         "latent_device": kind if steps[kind] else None, "rendered_again": again})
+        if not film.has_shots:
+            return {"windows": {}} | runs[0]
+        return {"windows": {}, "latent_step": min(r["latent_step"] for r in runs),
+                "latent_device": next((r["latent_device"] for r in runs if r["latent_device"]), None),
+                "rendered_again": None, "runs": runs}
+    indices = [i for i in range(len(film.windows)) if not pipeline.chained or film.local(i).start == 0]
+    tasks = [pipeline.window_inputs(film.spec_of(i), film.task(i), None) for i in indices]
     found: dict[int, str] = {}
     for kind in kinds:
-        for task, key in zip(tasks, keys[kind]):
-            if task.window.index not in found and store.has(key):
+        model_id = model_identity(spec, kind)
+        for task in tasks:
+            if task.window.index not in found and store.has(task_key(model_id, task)):
                 found[task.window.index] = kind
     return {"windows": found}
 

@@ -149,17 +149,37 @@ def seam_summary(seams: list[dict]) -> dict:
     }
 
 
-def flicker_report(curve, windows, disagreement: dict[int, float] | None = None, fused: bool = False) -> dict:
+def flicker_report(curve, windows, disagreement: dict[int, float] | None = None, fused: bool = False,
+                   runs: list[tuple[int, list]] | None = None, cuts: tuple[int, ...] = ()) -> dict:
     """The report's flicker fields: `flicker {score, curve}`, `seams` and their summary.
     `disagreement` (seam k → mean absolute difference, in levels, of windows k and k+1 over
     the frames they share, before blending) is added to each seam it names. In a
     co-denoised job (`fused`) the windows never had frames of their own to disagree on:
-    each seam says `fused: true` instead."""
-    seams = seam_ratios(curve, windows)
+    each seam says `fused: true` instead.
+
+    A film of shots (farm/shots.py) gives `runs` instead of `windows`: (first frame, its
+    windows in its own frames) for each run, whose seams are measured inside it; and its
+    `cuts` (the first frame of each shot after a cut): a cut is no seam, its pair is left
+    out of the flicker score (the curve keeps it), and `flicker.cuts` lists them."""
+    if runs is None:
+        seams = seam_ratios(curve, windows)
+    else:
+        seams = [_shifted(seam, start) for start, ws in runs
+                 for seam in seam_ratios(curve[start:start + ws[-1].end - 1], ws)]
     for seam in seams:
         if fused:
             seam["fused"] = True
         elif disagreement and seam["window"] in disagreement:
             seam["disagreement"] = round(disagreement[seam["window"]], 4)
-    flicker = {"score": flicker_score(curve), "curve": [round(float(c), 4) for c in curve]}
+    at_cut = set(cuts)
+    inside = [c for i, c in enumerate(curve) if i + 1 not in at_cut]
+    flicker = {"score": flicker_score(inside), "curve": [round(float(c), 4) for c in curve]}
+    if runs is not None:
+        flicker["cuts"] = list(cuts)
     return {"flicker": flicker, "seams": seams} | seam_summary(seams)
+
+
+def _shifted(seam: dict, by: int) -> dict:
+    """A seam measured inside a run, numbered as in the video."""
+    return seam | {"frame": seam["frame"] + by, "at": seam["at"] + by,
+                   "handover": [f + by for f in seam["handover"]]}

@@ -81,12 +81,16 @@ def split(frames: int, length: int, overlap: int) -> tuple[Window, ...]:
 
 
 def plan_windows(spec: "JobSpec") -> Plan:
-    """Compile a job spec into its windows. With a video VAE (`t` frames per latent frame)
-    and `window.reconcile: latent`, the windows are cut from the video's latent frames
+    """Compile a job spec into its windows: one continuous video (a job, or one run of
+    a film's fused shots; farm.shots.compile_film plans a film run by run). With a video
+    VAE (`t` frames per latent frame) and `window.reconcile: latent`, the windows are cut
+    from the video's latent frames
     (`(frames - 1) / t + 1` of them; a window of `length` frames holds `(length - 1) / t + 1`
     and shares `overlap / t` with its neighbour), and each window's frames are those its
     latent frames decode to: latent frame 0 is frame 0 alone, latent frame j is frames
     t·j − t + 1 … t·j."""
+    if spec.shots:
+        raise ValueError("a film of shots is planned run by run: farm.shots.compile_film(spec).plan")
     t, w = spec.temporal_compression, spec.window
     if t == 1 or w.reconcile != "latent":
         return Plan(spec.frames, split(spec.frames, w.length, w.overlap), spec.steps)

@@ -25,7 +25,7 @@ from farm.fallbacks import LadderRenderer
 from farm.faults import FaultyRenderer, SimulatedRenderer
 from farm.models.load import default_device
 from farm.pipelines import descriptor
-from farm.plan import plan_windows
+from farm.shots import compile_film
 from farm.spec import JobSpec
 from farm.tasks import FaultContext, WindowTask
 
@@ -54,9 +54,9 @@ def warmup_task(spec: JobSpec) -> WindowTask:
     """The throwaway window an actor renders while it starts (`model.warmup`): the shape of
     the job's first window, so shape-specific first-call costs (loading and selecting kernels,
     allocator growth) are paid there, but one denoising step, and the pipeline's stand-in
-    inputs (a mid-grey SVD picture, blank control frames)."""
-    window = plan_windows(spec).windows[0]
-    task = replace(WindowTask.from_spec(spec, window), steps=1)
+    inputs (a mid-grey SVD picture, blank control frames). A film's first window is its
+    first run's."""
+    task = replace(compile_film(spec).task(0), steps=1)
     return descriptor(spec.model.pipeline).warmup_inputs(spec, task)
 
 

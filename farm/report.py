@@ -52,7 +52,7 @@ def versions() -> dict:
 
 #: Fields left out of the JSON while they are None (a job that did not fail has no `failed`).
 _OPTIONAL = ("failed", "error", "flicker", "seams", "color_drift_max", "interpolate", "seam_check", "latent", "farm",
-             "cache")
+             "cache", "shots")
 #: Measured with the flicker: present (null for a single window) whenever `flicker` is.
 _WITH_FLICKER = ("seam_ratio_max", "seam_ratio_median")
 
@@ -103,6 +103,8 @@ class Report(Mapping):
     # step caching (model.cache): its kind and settings, and the share of the transformer
     # blocks' work skipped or reused over the windows (crossfade) or shards (latent) rendered
     cache: dict | None = None
+    # a film of shots (farm/shots.py): one row per shot (farm.shots.shot_table)
+    shots: list[dict] | None = None
 
     def to_dict(self) -> dict:
         out = {}
@@ -113,11 +115,13 @@ class Report(Mapping):
             out[f.name] = value
         return out
 
-    def write(self, local_output: str | Path, filmstrips: list[dict] | None = None) -> None:
-        """The html page (with the seams' `filmstrips`, farm.filmstrip, which the JSON does
-        not carry), then the JSON (last: a JSON report means the rest is in place)."""
+    def write(self, local_output: str | Path, filmstrips: list[dict] | None = None,
+              storyboard: list[dict] | None = None) -> None:
+        """The html page (with the seams' `filmstrips` and a film's `storyboard`,
+        farm.filmstrip, which the JSON does not carry), then the JSON (last: a JSON report
+        means the rest is in place)."""
         data = self.to_dict()
-        write_html_report(data, html_report_path(local_output), filmstrips)
+        write_html_report(data, html_report_path(local_output), filmstrips, storyboard)
         write_json_atomic(report_path(local_output), data)
 
     # read-only mapping view of the JSON

@@ -36,6 +36,7 @@ svg text{font-family:system-ui,sans-serif;font-size:11px;fill:#1d2330}
 .video{display:block;max-width:100%;width:360px;margin:6px 0;background:#000}
 .strip{margin:10px 0 16px}.strip table td,.strip table th{border:0;padding:1px 2px;font-size:11px;color:#5b6475}
 .strip img{display:block;width:72px;height:auto;image-rendering:pixelated}h3{font-size:14px;margin:18px 0 4px}
+.storyboard{display:flex;flex-wrap:wrap;gap:6px;margin:6px 0}.shot{margin:0;text-align:center}.shot img{display:block;height:64px;image-rendering:pixelated;border:1px solid #dde1e8}.shot figcaption{font-size:12px;color:#5b6475}
 """
 
 COLOURS = {"ok": "#4c78a8", "retried": "#f58518", "failed": "#d93b3b", "cached": "#8a8f99"}
@@ -46,14 +47,16 @@ def html_report_path(output: str | Path) -> Path:
     return Path(str(output) + ".report.html")
 
 
-def write_html_report(report: dict, path: str | Path | None = None, filmstrips: list[dict] | None = None) -> Path:
+def write_html_report(report: dict, path: str | Path | None = None, filmstrips: list[dict] | None = None,
+                      storyboard: list[dict] | None = None) -> Path:
     """Write the page for `report` to `path` (default: next to the video), atomically.
-    `filmstrips`: the seams up close (farm.filmstrip, `SeamStrip.to_html_data()`)."""
+    `filmstrips`: the seams up close (farm.filmstrip, `SeamStrip.to_html_data()`);
+    `storyboard`: a film's shots, one thumbnail each (`Storyboard.to_html_data()`)."""
     path = Path(path) if path is not None else html_report_path(report["output"])
-    return write_text_atomic(path, render_html(report, filmstrips))
+    return write_text_atomic(path, render_html(report, filmstrips, storyboard))
 
 
-def render_html(report: dict, filmstrips: list[dict] | None = None) -> str:
+def render_html(report: dict, filmstrips: list[dict] | None = None, storyboard: list[dict] | None = None) -> str:
     """The whole page as a string."""
     title = f"raygen-farm report: {report.get('output', '?')}"
     parts = [
@@ -63,6 +66,7 @@ def render_html(report: dict, filmstrips: list[dict] | None = None) -> str:
         f"<h1>{_e(title)}</h1>",
         _banner(report),
         _summary(report),
+        _shots(report.get("shots"), storyboard or []),
         "<h2>Windows per actor</h2>",
         gantt_svg(report),
         _failures(report.get("windows") or []),
@@ -207,6 +211,10 @@ def flicker_svg(report: dict) -> str:
         lo, hi = (s.get("handover") or [s["frame"], s["frame"]])[:2]
         out.append(f'<rect class="handover" x="{x(lo):.1f}" y="{top}" width="{max(x(hi) - x(lo), 1):.1f}" '
                    f'height="{bottom - top}" fill="#fbe9d0" opacity="0.6"/>')
+    cuts = flicker.get("cuts") or []
+    for c in cuts:  # a film's cuts: a new shot, not a seam
+        out.append(f'<line class="cut" data-frame="{_e(c)}" x1="{x(c):.1f}" x2="{x(c):.1f}" y1="{top}" '
+                   f'y2="{bottom}" stroke="#444" stroke-width="2"><title>cut at frame {_e(c)}</title></line>')
     points = " ".join(f"{x(i + 1):.1f},{y(v):.1f}" for i, v in enumerate(curve))
     out.append(f'<polyline class="curve" fill="none" stroke="{COLOURS["ok"]}" stroke-width="1.5" points="{points}"/>')
     labelled: list[float] = []
@@ -231,6 +239,8 @@ def flicker_svg(report: dict) -> str:
     marks = ("Ticks on the axis: the first frame of each window after the first; dashed: the seams "
              "labelled" if dense else "Dashed lines: the first frame of each window after the first; "
              "shaded: the frames its blend hands over")
+    if cuts:
+        marks += "; solid dark lines: cuts between shots (no seam; left out of the score)"
     note = (f'<p class="note">Mean absolute change from the previous frame, 0–255 (VBench temporal '
             f"flickering; score {_e(_fmt(score, 4))}). {marks}; ×: the seam's jump ratio "
             "(largest change in the handover ÷ median change inside the windows; 1 is invisible).</p>")
@@ -322,6 +332,41 @@ def _strip_row(label: str, frames, images: dict) -> str:
         cells.append(f'<td><img src="{_e(uri)}" alt="frame {f}" title="{_e(label)}, frame {f}"></td>' if uri
                      else "<td></td>")
     return f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>"
+
+
+def _shots(shots: list[dict] | None, storyboard: list[dict]) -> str:
+    """A film's storyboard (one thumbnail per shot, its middle frame) and shot table."""
+    if not shots:
+        return ""
+    thumbs = {s["shot"]: s for s in storyboard}
+    cells = "".join(
+        f'<figure class="shot"><img src="{thumbs[s["index"]]["image"]}" alt="shot {_e(s["index"])}" '
+        f'title="{_e(s["prompt"])}"><figcaption>{_e(s["index"])}{_e(_join_mark(s))}</figcaption></figure>'
+        for s in shots if s["index"] in thumbs)
+    head = ("<tr><th class=n>shot</th><th class=n>frames</th><th>prompt</th><th>then</th><th class=n>run</th>"
+            "<th>windows</th><th>rendered</th><th class=n>seconds</th></tr>")
+    rows = "".join(
+        f"<tr><td class=n>{_e(s['index'])}</td><td class=n>{_e(s['frames'][0])}–{_e(s['frames'][1] - 1)}</td>"
+        f"<td>{_e(s['prompt'])}</td><td>{_e(_then(s))}</td>"
+        f"<td class=n>{_e(s['run'])}</td><td>{_e(_index_span(s['windows']))}</td><td>{_e(s['state'])}</td>"
+        f"<td class=n>{_e(_fmt(s['seconds']))}</td></tr>" for s in shots)
+    return (f'<h2>Shots</h2><div class="storyboard">{cells}</div>'
+            f"<table class=shots>{head}{rows}</table>"
+            '<p class="note">Shots joined by fuse are one run, denoised as one video; cut and dissolve start a new '
+            "run. A run's windows are stored under keys of its own frames, so an edit renders only its runs "
+            "again.</p>")
+
+
+def _then(shot: dict) -> str:
+    return f"dissolve {shot['dissolve']}" if shot["dissolve"] else shot["then"]
+
+
+def _join_mark(shot: dict) -> str:
+    return {"cut": " |", "fuse": " ~", "dissolve": " ⁄"}.get(shot["then"], "")
+
+
+def _index_span(indices: list[int]) -> str:
+    return "" if not indices else str(indices[0]) if len(indices) == 1 else f"{indices[0]}–{indices[-1]}"
 
 
 def _seam_table(seams: list[dict]) -> str:

@@ -61,7 +61,8 @@ def choose_path(spec, windows: int) -> str:
         return spec.encode.path
     faults = spec.model.faults
     if (segments_refused(descriptor(spec.model.pipeline), spec.window.reconcile) or spec.encode.parallel > 1
-            or (faults and faults.fail_chunks)):  # the RIFE actors' faults are the driver path's
+            or (faults and faults.fail_chunks)  # the RIFE actors' faults are the driver path's
+            or spec.shots):  # a film's runs are spliced in the driver
         return "driver"
     return "segments" if windows >= SEGMENTS_FROM_WINDOWS else "driver"
 

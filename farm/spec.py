@@ -479,7 +479,66 @@ class ControlSpec(_Strict):
 
     video: Annotated[str, AfterValidator(_existing_path)]  # an mp4, or a folder of frames (sorted by name)
     scale: float = Field(0.7, ge=0, le=2)
+    start: Frame = 0  # the video's frame that the job's first frame reads (a shot's: shots[].control_start)
     model: ModelRef = "tiny"  # `tiny`, a folder, a hub id (e.g. lllyasviel/sd-controlnet-openpose) or a file
+
+
+#: How a shot joins the next (`then:`).
+JOINS = ("cut", "fuse", "dissolve")
+
+
+def _join(v: Any) -> Any:
+    """`cut`, `fuse`, or `{dissolve: N}` (N frames crossfaded)."""
+    if v in ("cut", "fuse"):
+        return v
+    if isinstance(v, dict) and list(v) == ["dissolve"]:
+        n = v["dissolve"]
+        if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_WINDOW:
+            return {"dissolve": n}
+        raise ValueError(f"dissolve takes the frames to crossfade, 1..{MAX_WINDOW}; got {n!r}")
+    raise ValueError(f"must be one of cut, fuse or {{dissolve: N}} (N frames crossfaded); got {v!r}")
+
+
+class ShotSpec(_Strict):
+    """One shot of a film (`shots:`): its length, its text, and how it joins the next.
+    Unset `negative_prompt`, `seed` and `guidance` take the job's; `image` (the pipelines
+    that start from a picture) takes the pipeline block's."""
+
+    frames: int | None = Field(None, gt=0, le=MAX_FRAMES)
+    seconds: float | None = Field(None, gt=0, le=MAX_SECONDS * 10)  # at the job's fps
+    prompt: str | None = Field(None, min_length=1)
+    prompts: dict[int, str] | None = None  # a schedule {frame of the shot: text}
+    negative_prompt: str | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
+    image: Annotated[str, AfterValidator(_image_opens)] | None = None  # the shot starts from this picture
+    control_start: Frame | None = None  # animatediff-controlnet: the control video's frame this shot starts at
+    then: Annotated[Any, AfterValidator(_join)] = "cut"
+
+    @property
+    def join(self) -> str:
+        return self.then if isinstance(self.then, str) else "dissolve"
+
+    @property
+    def dissolve(self) -> int:
+        return self.then["dissolve"] if isinstance(self.then, dict) else 0
+
+    @property
+    def schedule(self) -> dict[int, str]:
+        return dict(self.prompts) if self.prompts is not None else {0: self.prompt or ""}
+
+    @property
+    def first_prompt(self) -> str:
+        return self.schedule[min(self.schedule)] if self.schedule else ""
+
+    @classmethod
+    def _rules(cls, v: dict) -> Rules:
+        if "frames" in v and "seconds" in v and (v["frames"] is None) == (v["seconds"] is None):
+            yield "", "give exactly one of `frames` or `seconds` (at the job's fps)"
+        if v.get("prompt") is not None and v.get("prompts") is not None:
+            yield "prompt", "give one of `prompt` (one text) or `prompts` (a {frame: text} schedule), not both"
+        if v.get("prompts") is not None:
+            yield from _schedule_fits(v["prompts"], v.get("frames"))
 
 
 class _Root(_Strict):
@@ -503,6 +562,11 @@ class _Root(_Strict):
         problems = _rule_problems(cls, job.model_dump())
         if problems:
             raise SpecError(problems)
+        return cls._finish(job)
+
+    @classmethod
+    def _finish(cls, job):
+        """Fields derived from others, once every rule holds."""
         return job
 
 
@@ -514,7 +578,9 @@ class JobSpec(_Root):
     prompts: dict[int, str] | None = None  # a schedule {first frame: text}; instead of `prompt`
     prompt_transition: int = Field(8, ge=1, le=MAX_FRAMES)  # frames over which a scheduled change blends in
     negative_prompt: str = ""
-    frames: int = Field(gt=0, le=MAX_FRAMES)
+    frames: int | None = Field(None, gt=0, le=MAX_FRAMES)  # required, unless the shots give it
+    # a film of shots (farm/shots.py), instead of `frames` and `prompt`/`prompts`
+    shots: list[ShotSpec] = Field([], max_length=MAX_LIST)
     fps: float = Field(8, gt=0, le=240)
     width: Pixels = 512
     height: Pixels = 512
@@ -534,6 +600,24 @@ class JobSpec(_Root):
     def wan_settings(self) -> WanSpec:
         return self.wan or WanSpec()
 
+    def shot_frames(self, index: int) -> int:
+        """Frames of shot `index`: its `frames`, or its `seconds` at the job's fps."""
+        shot = self.shots[index]
+        return shot.frames if shot.frames is not None else _seconds_to_frames(shot.seconds, self.fps)
+
+    @property
+    def shot_image_block(self) -> str | None:
+        """The pipeline block whose `image` a shot's `image` replaces (None: no picture)."""
+        return descriptor(self.model.pipeline).shot_image
+
+    @classmethod
+    def _finish(cls, job: "JobSpec") -> "JobSpec":
+        """A film's length: its shots' frames, less the frames its dissolves lay over each other."""
+        if not job.shots:
+            return job
+        frames = sum(job.shot_frames(i) for i in range(len(job.shots)))
+        return job.model_copy(update={"frames": frames - sum(shot.dissolve for shot in job.shots[:-1])})
+
     @property
     def temporal_compression(self) -> int:
         """Frames per latent frame of the pipeline's VAE along time (farm.plan)."""
@@ -541,7 +625,12 @@ class JobSpec(_Root):
 
     @property
     def schedule(self) -> dict[int, str]:
-        """The prompts as a schedule; a single `prompt` is {0: prompt}; svd has none ({0: ""})."""
+        """The prompts as a schedule; a single `prompt` is {0: prompt}; svd has none ({0: ""});
+        a film's is each shot's first prompt at the shot's first frame (for labels)."""
+        if self.shots:
+            from farm.shots import compile_film
+
+            return {shot.start: shot.prompt for shot in compile_film(self).shots}
         if self.prompts is not None:
             return dict(self.prompts)
         return {0: self.prompt or ""}
@@ -576,6 +665,7 @@ class JobSpec(_Root):
 
     @classmethod
     def _rules(cls, v: dict) -> Rules:
+        yield from _shots_fit(v)
         yield from _window_fits(v)
         yield from _interpolation_fits(v)
         yield from _pipeline_inputs(v)
@@ -584,6 +674,121 @@ class JobSpec(_Root):
         yield from _faults_fit_reconcile(v)
         yield from _segments_fit(v)
         yield from _single_files(v)
+
+
+def _seconds_to_frames(seconds: float, fps: float) -> int:
+    return max(1, round(seconds * fps))
+
+
+def _shots_fit(v: dict) -> Rules:
+    """A job gives `frames` and `prompt`/`prompts`, or `shots`; each shot fits its
+    pipeline and its neighbours (farm/shots.py): fused shots are one run (one seed, one
+    guidance, one negative prompt, and no new picture), a dissolve is shorter than both
+    shots, and every run is long enough for the pipeline."""
+    shots = v.get("shots")
+    if not shots:
+        if "frames" in v and v["frames"] is None and "shots" in v:
+            yield "frames", "field required (or give `shots:`, a film of shots)"
+        return
+    if v.get("frames") is not None:
+        yield "frames", "a film's length is its shots' (each shot's frames or seconds); remove frames"
+    for field in ("prompt", "prompts"):
+        if v.get(field) is not None:
+            yield field, "each shot has its own prompt or prompts; remove the top-level one"
+    if _get(v, "encode.path") == "segments":
+        yield "encode.path", ("segments is not for a film of shots: its runs are joined (cut, dissolve) in the "
+                              "driver; use driver (or auto)")
+    pipeline = _get(v, "model.pipeline")
+    d = descriptor(pipeline) if pipeline in REGISTRY else None
+    fps = v.get("fps") or 8
+    lengths = [None if not isinstance(s, dict) else s.get("frames") if s.get("frames") is not None
+               else _seconds_to_frames(s["seconds"], fps) if s.get("seconds") is not None else None for s in shots]
+    last = len(shots) - 1
+    for i, shot in enumerate(shots):
+        if not isinstance(shot, dict):
+            continue
+        if d is not None:
+            yield from _shot_inputs(i, shot, pipeline, d)
+        then, n = shot.get("then"), lengths[i]
+        if i == last and then not in (None, "cut"):
+            yield f"shots.{i}.then", "the last shot joins no shot after it; remove `then` (or use cut)"
+        if isinstance(then, dict) and i < last:
+            k = then["dissolve"]
+            before = shots[i - 1].get("then") if i and isinstance(shots[i - 1], dict) else None
+            taken = k + (before["dissolve"] if isinstance(before, dict) else 0)
+            after = lengths[i + 1]
+            if n is not None and taken >= n:
+                into = f" less the {taken - k} dissolved into it" if taken > k else ""
+                yield f"shots.{i}.then", f"dissolve {k} must be shorter than shot {i} ({n} frames{into})"
+            if after is not None and k >= after:
+                yield f"shots.{i}.then", f"dissolve {k} must be shorter than shot {i + 1} ({after} frames)"
+        if then == "fuse" and i < last and isinstance(shots[i + 1], dict):
+            yield from _fused(i, shot, shots[i + 1], v, d)
+    if d is not None:
+        yield from _runs_long_enough(shots, lengths, pipeline, d)
+    video = _get(v, "control.video")
+    if d is not None and d.spec_block == "control" and video is not None and None not in lengths:
+        for first, start, frames in _control_reads(shots, lengths, _get(v, "control.start") or 0):
+            yield from _control_frames(video, start + frames, f"shot {first}'s run reads up to frame")
+
+
+def _control_reads(shots: list, lengths: list[int], base: int) -> Iterator[tuple[int, int, int]]:
+    """(first shot, first control frame, frames) of each run of shots."""
+    out, first = 0, 0
+    for i, shot in enumerate(shots):
+        then = shot.get("then") if isinstance(shot, dict) else None
+        if then == "fuse" and i + 1 < len(shots):
+            continue
+        head = shots[first] if isinstance(shots[first], dict) else {}
+        start = head.get("control_start")
+        frames = sum(lengths[first:i + 1])
+        yield first, base + out if start is None else start, frames
+        out += frames - (then["dissolve"] if isinstance(then, dict) else 0)
+        first = i + 1
+
+
+def _shot_inputs(i: int, shot: dict, pipeline: str, d) -> Rules:
+    if d.no_text:
+        if shot.get("prompt") is not None or shot.get("prompts") is not None:
+            yield f"shots.{i}.prompt", f"{pipeline} {d.no_text}; remove prompt/prompts"
+    elif shot.get("prompt") is None and shot.get("prompts") is None and "prompt" in shot and "prompts" in shot:
+        yield f"shots.{i}", "give `prompt` (one text) or `prompts` (a {frame: text} schedule)"
+    if shot.get("image") is not None and d.shot_image is None:
+        yield f"shots.{i}.image", f"{pipeline} starts from no picture; a shot's image is for the pipelines that do"
+    if shot.get("control_start") is not None and d.spec_block != "control":
+        yield f"shots.{i}.control_start", f"is for the pipelines with a control video; {pipeline} has none"
+
+
+def _fused(i: int, shot: dict, nxt: dict, v: dict, d) -> Rules:
+    """Shots i and i + 1 are fused: denoised as one run."""
+    if nxt.get("control_start") is not None:
+        yield f"shots.{i + 1}.control_start", (f"shot {i} is fused to this one (then: fuse): the run reads the "
+                                               "control video on from its first shot's control_start")
+    if nxt.get("image") is not None:
+        yield f"shots.{i + 1}.image", (f"shot {i} is fused to this one (then: fuse), so this shot continues its "
+                                       "video and cannot start from a new picture (fusing would drop it); join "
+                                       "them with cut or dissolve")
+    for name in ("seed", "guidance", "negative_prompt"):
+        a, b = shot.get(name), nxt.get(name)
+        a, b = (v.get(name) if a is None else a), (v.get(name) if b is None else b)
+        if a != b:
+            yield f"shots.{i + 1}.{name}", (f"shots joined by fuse are denoised as one run and share {name} "
+                                            f"(shot {i}: {a!r}, shot {i + 1}: {b!r}); give the same, or join "
+                                            "them with cut or dissolve")
+
+
+def _runs_long_enough(shots: list, lengths: list, pipeline: str, d) -> Rules:
+    run: list[int] = []
+    for i, shot in enumerate(shots):
+        run.append(i)
+        if isinstance(shot, dict) and shot.get("then") == "fuse" and i + 1 < len(shots):
+            continue
+        frames = [lengths[j] for j in run]
+        if None not in frames and sum(frames) < d.min_frames:
+            which = f"shot {run[0]}" if len(run) == 1 else f"shots {run[0]}–{run[-1]} (fused)"
+            yield f"shots.{run[0]}", (f"{which}: {sum(frames)} frames; {pipeline} renders at least {d.min_frames} "
+                                      "frames in a run; lengthen it or fuse it to a neighbour")
+        run = []
 
 
 def _single_files(v: dict) -> Rules:
@@ -638,6 +843,8 @@ def segments_refused(d, reconcile: str | None) -> str | None:
 
 
 def _window_fits(v: dict) -> Rules:
+    if v.get("shots"):
+        return  # a run shorter than a window is one shorter window (farm/shots.py)
     frames, length = v.get("frames"), _get(v, "window.length")
     if frames is not None and length is not None and length > frames:
         yield "window.length", (f"must be <= frames ({frames}); got {length}. "
@@ -648,7 +855,7 @@ def _interpolation_fits(v: dict) -> Rules:
     fps, target, cuts = v.get("fps"), _get(v, "interpolate.fps"), _get(v, "interpolate.cuts")
     if fps is not None and target is not None and target <= fps:
         yield "interpolate.fps", f"must be > fps ({fps:g}); got {target:g}"
-    frames = v.get("frames")
+    frames = v.get("frames") if not v.get("shots") else None
     bad = [f for f in cuts or [] if frames is not None and not 0 < f < frames]
     if bad:
         yield "interpolate.cuts", f"must be frames in 1..{frames - 1}; got {bad}"
@@ -689,7 +896,7 @@ def _pipeline_inputs(v: dict) -> Rules:
                                  f"one before); got {overlap}")
     video, frames = _get(v, "control.video"), v.get("frames")
     if d.spec_block == "control" and video is not None and frames is not None:
-        yield from _control_frames(video, frames)
+        yield from _control_frames(video, (_get(v, "control.start") or 0) + frames)
     if d.temporal_compression > 1:
         yield from _latent_frames_fit(v, pipeline, d.temporal_compression)
 
@@ -717,7 +924,7 @@ _BLOCK_OWNERS = {block: " or ".join(name for name, d in REGISTRY.items() if d.sp
                  for block in {d.spec_block for d in REGISTRY.values() if d.spec_block}}
 
 
-def _control_frames(video: str, frames: int) -> Rules:
+def _control_frames(video: str, frames: int, what: str = "the job renders") -> Rules:
     from farm.control import count_control_frames  # reads the folder or probes the video
 
     try:
@@ -726,11 +933,13 @@ def _control_frames(video: str, frames: int) -> Rules:
         yield "control.video", str(err)
         return
     if have < frames:
-        yield "control.video", (f"has {have} frames but the job renders {frames}; "
+        yield "control.video", (f"has {have} frames but {what} {frames}; "
                                 "give at least one control frame per output frame")
 
 
 def _prompt_source(v: dict) -> Rules:
+    if v.get("shots"):
+        return  # each shot's (_shots_fit)
     pipeline, prompt, prompts = _get(v, "model.pipeline"), v.get("prompt"), v.get("prompts")
     if pipeline is not None and descriptor(pipeline).no_text:
         if prompt is not None or prompts is not None:
@@ -756,6 +965,8 @@ def _schedule_fits(prompts: dict[int, str], frames: int | None) -> Rules:
 def _faults_name_real_windows(v: dict) -> Rules:
     indices = _get(v, "model.faults.fail_windows")
     frames, length, overlap = v.get("frames"), _get(v, "window.length"), _get(v, "window.overlap")
+    if v.get("shots"):
+        return  # a film's windows are its runs' (farm plan lists them)
     if not indices or None in (frames, length, overlap) or not 0 <= overlap < length <= frames:
         return
     n = window_count(frames, length, overlap)

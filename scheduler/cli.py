@@ -190,6 +190,8 @@ def _windows_summary(report) -> list[str]:
     co-denoised job on how many actors, resumed, recovered, moved; or why it rendered all."""
     tail = f"→ {report.output_frames} frames at {report.output_fps:g} fps in {report.stages['total']:.1f}s"
     lat = report.latent
+    if report.shots:
+        return [_shots_summary(report.shots, lat) + f" {tail}"]
     if lat is None:
         return [f"rendered {report.windows_rendered} windows, reused {report.windows_cached} from the store {tail}"]
     if lat.get("from_store"):
@@ -202,6 +204,19 @@ def _windows_summary(report) -> list[str]:
     moved = f" (the farm moved actors: {moved})" if moved else ""
     return [f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
             f"{asked}{resumed}{lost}{moved} {tail}"] + ([lat["rendered_again"]] if lat.get("rendered_again") else [])
+
+
+def _shots_summary(shots: list[dict], latent: dict | None) -> str:
+    """A film: its shots rendered and read from the store; a co-denoised one's runs."""
+    fresh = [s["index"] for s in shots if s["state"] != "from the store"]
+    runs = f" in {_count(len(latent['runs']), 'co-denoised run')}" if latent and latent.get("runs") else ""
+    if not fresh:
+        what = "all from the store" + (" (their final latents, decoded)" if latent else "")
+    elif len(fresh) == len(shots):
+        what = "all rendered"
+    else:
+        what = f"rendered shot{'s' * (len(fresh) > 1)} {', '.join(map(str, fresh))}; the rest from the store"
+    return f"{_count(len(shots), 'shot')}{runs}: {what}"
 
 
 def _store_option(f):
@@ -218,27 +233,30 @@ def _store_option(f):
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(job, output, store, as_json):
     """Show JOB's windows (each one's prompts, and whether the window store holds it
-    already) and the denoising work, without starting Ray."""
+    already) and the denoising work, without starting Ray. A film: its shots first, each
+    with its run and windows."""
     from farm.keys import stored_windows
     from farm.pipelines import descriptor
-    from farm.plan import plan_windows
     from farm.prompts import window_prompts
+    from farm.shots import compile_film
     from farm.spec import load_spec
     from farm.store import WindowStore
-    from farm.tasks import WindowTask
 
     try:
         spec = load_spec(job, output=output)
     except SpecError as err:
         _fail(err)
-    p = plan_windows(spec)
-    prompts = [window_prompts(WindowTask.from_spec(spec, w).conditioning, w.start) for w in p.windows]
+    film = compile_film(spec)
+    p = film.plan
+    shown = film.out_windows  # numbered as in the video (a film's runs spliced)
+    prompts = [window_prompts(film.task(w.index).conditioning, w.start) for w in shown]
     ws = WindowStore(store)
     stored = stored_windows(spec, p, ws)
     latent = spec.window.reconcile == "latent"
     if as_json:
-        d = p.to_dict()
-        for w, runs in zip(d["windows"], prompts):
+        d = p.to_dict() | {"frames": spec.frames}
+        for w, out, runs in zip(d["windows"], shown, prompts):
+            w |= {"start": out.start, "end": out.end, "length": out.length}
             w["prompts"] = runs
             if not latent:
                 w["stored"] = stored["windows"].get(w["index"])  # the device class it is stored for, or null
@@ -246,28 +264,32 @@ def plan(job, output, store, as_json):
                                                {"windows_stored": len(stored["windows"])})}
         cache = spec.model.cache
         d["cache"] = None if cache is None else {"kind": cache.kind, "settings": cache.settings()}
+        if film.has_shots:
+            d["shots"] = _plan_shots(film)
         click.echo(json.dumps(d, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if film.has_shots:
+        console.print(_shots_table(film, Path(job).name))
     table = Table(title=f"{Path(job).name}: {len(p.windows)} windows, blend {spec.window.blend}, reconcile {spec.window.reconcile}")
     # a co-denoised job is stored whole: the line under the table says what the store holds
     for col in ("window", "frames", "overlap", "prompts") + (() if latent else ("store",)):
         table.add_column(col, justify="left" if col in ("prompts", "store") else "right",
                          no_wrap=col not in ("prompts", "store"))
     chained = descriptor(spec.model.pipeline).chained
-    for w, runs in zip(p.windows, prompts):
+    for w, runs in zip(shown, prompts):
         where = stored["windows"].get(w.index)
         held = (f"stored ({where})" if where else
-                "after window " + str(w.index - 1) if chained and w.index else "to render")
+                "after window " + str(w.index - 1) if chained and film.local(w.index).start else "to render")
         table.add_row(str(w.index), f"{w.start}–{w.end - 1} ({w.length})", f"{w.overlap_prev}/{w.overlap_next}",
                       _prompt_runs(runs), *(() if latent else (held,)))
-    console = Console()
     console.print(table)
     d = p.to_dict()
     console.print(
-        f"output frames: {p.frames}   rendered frames: {d['rendered_frames']} "
+        f"output frames: {spec.frames}   rendered frames: {d['rendered_frames']} "
         f"(+{d['overlap_frames']} in overlaps)   steps: {p.steps}   "
         f"denoising work: {d['denoise_frame_steps']} frame-steps"
     )
@@ -275,6 +297,34 @@ def plan(job, output, store, as_json):
     if spec.model.cache is not None:
         console.print(_cache_plan(spec.model.cache))
     console.print(_encode_plan(spec, p))
+
+
+def _plan_shots(film) -> list[dict]:
+    """Each shot of a film: its output frames, join, run and the windows of its run."""
+    return [{"index": s.index, "frames": [s.start, s.end], "length": s.end - s.start, "then": s.then,
+             "dissolve": s.dissolve, "run": s.run, "prompt": s.prompt,
+             "windows": list(film.runs[s.run].windows),
+             "rendered_frames": film.runs[s.run].rendered} for s in film.shots]
+
+
+def _shots_table(film, name: str):
+    from rich.table import Table
+
+    runs = len(film.runs)
+    table = Table(title=f"{name}: {_count(len(film.shots), 'shot')} in {_count(runs, 'run')} (shots joined by fuse "
+                        "are one run; each run is stored on its own)")
+    for col in ("shot", "frames", "then", "run", "windows", "prompt"):
+        table.add_column(col, justify="left" if col in ("then", "prompt") else "right", no_wrap=col != "prompt")
+    for s in film.shots:
+        run = film.runs[s.run]
+        trimmed = run.rendered - run.frames
+        then = f"dissolve {s.dissolve}" if s.dissolve else s.then
+        windows = run.windows
+        table.add_row(str(s.index), f"{s.start}–{s.end - 1} ({s.end - s.start})", then, str(s.run),
+                      f"{windows.start}–{windows.stop - 1}" if len(windows) > 1 else str(windows.start),
+                      s.prompt + (f"\n(renders {run.rendered} frames, keeps {run.frames})" if trimmed and
+                                  s.index == run.shots[-1] else ""))
+    return table
 
 
 def _cache_plan(cache) -> str:
@@ -293,6 +343,13 @@ def _prompt_runs(runs: list[dict]) -> str:
 
 def _store_plan(spec, p, stored: dict, chained: bool) -> str:
     """What the window store saves this job: windows, or a co-denoised job's checkpoint."""
+    if spec.window.reconcile == "latent" and "runs" in stored:
+        done = sum(r["latent_step"] == spec.steps for r in stored["runs"])
+        changed = [r for r in stored["runs"] if r["rendered_again"]]
+        line = (f"store: {done} of {_count(len(stored['runs']), 'run')} stored whole (only decoded), "
+                f"{len(stored['runs']) - done} to denoise")
+        return line + "".join(f"\n  shots {r['shots'][0]}–{r['shots'][-1]}: {r['rendered_again'].split('; ')[1]}"
+                              for r in changed)
     if spec.window.reconcile == "latent":
         step = stored["latent_step"]
         if step == spec.steps:

@@ -1,6 +1,7 @@
 """The farm driver: one job, top to bottom, in the order the data flows.
 
-    spec ─► plan ─► actors ─► dispatch ─► reconcile overlaps ─► interpolate ─► encode ─► report
+    spec ─► plan ─► actors ─► dispatch ─► reconcile overlaps ─► splice shots ─► interpolate
+        ─► encode ─► report
 
 `RenderJob.run` is the whole flow on one screen; each numbered step is one method, and the
 job's state lives on the object. Rendering, blending, interpolation and encoding overlap:
@@ -12,6 +13,12 @@ Steps 4-5 come in two kinds (`window.reconcile`): `crossfade` renders each windo
 own and blends the decoded overlaps; `latent` denoises all windows together on the actors
 (scheduler/codenoise.py), fusing the overlaps at every step, and the actors decode the
 frames, final and in order.
+
+A film of shots (`shots:`, farm/shots.py) is planned as runs of fused shots, each a job of
+its own in its own frames: in crossfade mode all runs' windows are dispatched together;
+in latent mode the runs are co-denoised one after another on the same actors, each under
+its own key. Between reconciling and interpolating, the runs are spliced into the video:
+cuts, dissolves, and the frames a video VAE rendered past a shot's end dropped.
 
 Steps 5-7 run in one of two places (`encode.path`): here, in the driver (`_InDriver`), or
 on the cluster, where segment tasks reconcile, meter, interpolate and encode consecutive
@@ -33,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -43,7 +51,7 @@ from farm.codenoise import LatentJob, checkpoint_steps, fuse_weights
 from farm.color import DriftMeter
 from farm.encode import SegmentFiles, VideoWriter, open_writer
 from farm.errors import ClusterError, FarmError, SeamCheckFailed, WindowFatal
-from farm.filmstrip import Filmstrips
+from farm.filmstrip import Filmstrips, Storyboard
 from farm.interpolate import retiming
 from farm.farmqueue import DEFAULT_PRIORITY
 from farm.keys import latent_job_key, model_identity, pipeline_key, task_key, why_rendered_again
@@ -51,10 +59,10 @@ from farm.metrics import FlickerMeter, flicker_report
 from farm.models.sources import check_sources
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
-from farm.plan import plan_windows
 from farm.prompts import window_prompts
 from farm.report import Report, cache_summary, report_path, versions
 from farm.segments import Encoding, Interpolation, choose_path, plan_latent_segments, plan_segments
+from farm.shots import compile_film, merge_latent_reports, run_label, shot_span, shot_table
 from farm.rife import backends, weights
 from farm.spec import InterpolateJob, JobSpec
 from farm.states import JobState, Ledger, WindowState
@@ -128,7 +136,8 @@ class RenderJob:
         self.lease: Lease | None = None
         self.private_why: str | None = None  # a farm job that had to start its own actors
         self.interrupted = False
-        self.session = self.pool = self.stream = self.codenoiser = self.interp = None
+        self.session = self.pool = self.stream = self.interp = None
+        self.latent_runs: list[dict] = []  # per run of shots: its CoDenoiser, key, from_store, why rendered again
         self.actors, self.actor_infos, self.rife_actors, self.rife_infos = [], [], [], []
         self.t_render: float | None = None
         self.frames_out = 0
@@ -173,10 +182,11 @@ class RenderJob:
     # 2. ------------------------------------------------------------------------------------
     def plan_windows(self) -> None:
         with self.clock.lap("plan"):
-            self.plan = plan_windows(self.spec)
-            self.tasks = [WindowTask.from_spec(self.spec, w) for w in self.plan.windows]
+            self.film = compile_film(self.spec)  # one run, unless the job is a film of shots
+            self.plan = self.film.plan
+            self.tasks = self.film.tasks()
         self.ledger = Ledger([w.index for w in self.plan.windows], retries=self.spec.retries)
-        self.inputs = _WindowInputs(self.spec)
+        self.inputs = _WindowInputs(self.film)
         self.path = choose_path(self.spec, len(self.plan.windows))  # `auto` may still become `driver` (step 3)
         self.segmented = self.path == "segments"
         ip = self.spec.interpolate
@@ -217,7 +227,7 @@ class RenderJob:
             faults = spec.model.faults
             self.rife_infos, self.interp = _start_interpolation(
                 ip, self.rife_bytes, self.session, self.retime, self.rife_actors, spec.retries,
-                fail_chunks=tuple(faults.fail_chunks) if faults else ())
+                fail_chunks=tuple(faults.fail_chunks) if faults else (), cuts=self.film.cuts)
         self.clock.stop("startup")
         self.ledger.job(JobState.RUNNING)
 
@@ -317,7 +327,7 @@ class RenderJob:
         if not self.segmented:
             writer = open_writer(self.local_out, spec.width, spec.height, spec.output_fps, spec.encode.crf,
                                  spec.encode.preset, spec.encode.parallel, spec.encode.segment_frames)
-            return _InDriver(self.plan.windows, spec.window.blend, self.interp, writer, self.clock, self.progress,
+            return _InDriver(self.film, spec.window.blend, self.interp, writer, self.clock, self.progress,
                              previews)
         encoding = Encoding(spec.width, spec.height, spec.output_fps, spec.encode.crf, spec.encode.preset)
         interpolation = Interpolation(self.retime, ip.chunk, ip.scene_threshold, tuple(ip.cuts)) if ip else None
@@ -347,6 +357,7 @@ class RenderJob:
         while tasks:
             for result in dispatcher.run(tasks, limit=self._needed_from, cached=self._from_store,
                                          prepare=self.inputs.prepare, chained=self.pipeline.chained):
+                result = self.film.placed(result)  # numbered as in the video
                 self._keep(result)
                 if not self.ledger.failed:  # once a window has failed, nothing more is encoded
                     self.stream.window(result)
@@ -356,51 +367,69 @@ class RenderJob:
                 self.ledger.lost(index)
             tasks = [self.tasks[index] for index in lost]
 
-    # 4-5 (latent): all windows denoised together on the actors, the frames decoded there.
+    # 4-5 (latent): each run's windows denoised together on the actors, the frames decoded there.
     def co_denoise(self) -> None:
-        spec = self.spec
-        windows = self.plan.latent_windows  # in latent frames: the same as the windows but for a video VAE
+        actors = (self.actors, self.actor_infos)
+        for run in self.film.runs:  # a film's runs one after another; any other job is one run
+            actors = self.co_denoise_run(run, actors)
+
+    def co_denoise_run(self, run, actors: tuple[list, list[dict]]) -> tuple[list, list[dict]]:
+        """One run's windows (in the run's own frames) on `actors`; returns the actors that
+        are left (a recovery may leave some out)."""
+        spec = run.spec
+        windows = run.plan.latent_windows  # in latent frames: the same as the windows but for a video VAE
         job = LatentJob(windows, fuse_weights(windows, spec.window.blend), spec.steps, spec.seed, spec.height,
                         spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every),
                         causal_decode=self.pipeline.causal_decode)
+        tasks = [WindowTask.from_spec(spec, w) for w in run.plan.windows]
         prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
-        window_keys = [self.keys.get(prepare(t)) for t in self.tasks]
-        self.latent_key = latent_job_key(window_keys, spec.window.blend)
-        checkpoints = self.store.checkpoints(self.latent_key)
-        self._look_up_latent(checkpoints.latest(windows[-1].end), window_keys)
-        self.codenoiser = CoDenoiser(
-            self.actors, self.actor_infos, job, self.tasks, prepare, checkpoints,
-            spec.retries, progress=self.progress, resizer=self.lease,
+        window_keys = [self.keys.get(prepare(t)) for t in tasks]
+        key = latent_job_key(window_keys, spec.window.blend)
+        checkpoints = self.store.checkpoints(key)
+        stored, again = self._look_up_latent(run, checkpoints.latest(windows[-1].end), key, window_keys)
+        if len(self.film.runs) > 1:
+            self.progress.notice(f"run {run.index + 1}/{len(self.film.runs)} (shots {shot_span(run.shots)}): "
+                                 + ("decoding its stored latents" if stored else f"{len(tasks)} windows"))
+        t0 = self.clock.elapsed()
+        codenoiser = CoDenoiser(
+            *actors, job, tasks, prepare, checkpoints, self.spec.retries, progress=self.progress, resizer=self.lease,
             pipeline=(self.lease.spec_ref, self.lease.key) if self.lease is not None else ())
-        for index in range(len(self.tasks)):
-            if self.latent_stored:
+        self.latent_runs.append({"run": run, "codenoiser": codenoiser, "key": key, "from_store": stored,
+                                 "rendered_again": again})
+        for index in run.windows:
+            if stored:
                 self.ledger.cached(index)
             else:
                 self.ledger.start(index)
         if self.segmented:  # the decoded chunks stay in the object store
-            for source, ref in self.codenoiser.chunk_refs():
+            for source, ref in codenoiser.chunk_refs():
                 self.stream.chunk(source, ref)
         else:
-            for frame in self.codenoiser.frames():
+            for frame in codenoiser.frames():
                 self.stream.frame(frame)
-        for index in range(len(self.tasks)):
-            if not self.latent_stored:
+        self.latent_runs[-1]["seconds"] = round(self.clock.elapsed() - t0, 4)
+        for task in tasks:
+            index = run.first_window + task.window.index
+            if not stored:
                 self.ledger.done(index)
-            task = self.tasks[index]
-            self.records[index] = (_latent_record(task, self.codenoiser, self.latent_key, self.latent_stored)
-                                   | self.pipeline.describe_inputs(spec, task))
+            record = _latent_record(task, codenoiser, key, stored, run.shift)
+            self.records[index] = record | self.pipeline.describe_inputs(spec, task) | {"index": index}
+        return codenoiser.actors, codenoiser.infos
 
-    def _look_up_latent(self, saved: int, window_keys: list[str]) -> None:
-        """What the store holds of this co-denoised job (its last whole checkpoint is after
-        `saved` steps): all of it (the same job again: only decoding is left), or nothing,
-        when an edit since the last render of this output is why (said, and reported)."""
-        spec = self.spec
-        self.latent_stored = saved == spec.steps
-        self.latent_rerender = None if saved else why_rendered_again(
-            self.store.last_latent_job(spec.output), window_keys, spec.window.blend, self.plan.windows)
-        if self.latent_rerender:
-            self.progress.notice(self.latent_rerender)
-        self.store.remember_latent_job(spec.output, self.latent_key, window_keys, spec.window.blend)
+    def _look_up_latent(self, run, saved: int, key: str, window_keys: list[str]) -> tuple[bool, str | None]:
+        """What the store holds of a co-denoised run (its last whole checkpoint is after
+        `saved` steps): all of it (the same run again: only decoding is left), or nothing,
+        when an edit since the last render of this output is why (said, and reported).
+        Returns (all of it?, why it renders again)."""
+        spec = run.spec
+        label = run_label(self.spec.output, run)
+        stored = saved == spec.steps
+        again = None if saved else why_rendered_again(
+            self.store.last_latent_job(label), window_keys, spec.window.blend, run.plan.windows)
+        if again:
+            self.progress.notice(again if not run.shots else f"shots {shot_span(run.shots)}: {again}")
+        self.store.remember_latent_job(label, key, window_keys, spec.window.blend)
+        return stored, again
 
     def _needed_from(self) -> int:
         return self.stream.first_needed_window() if not self.ledger.failed else len(self.tasks)
@@ -472,26 +501,34 @@ class RenderJob:
     # 8. ------------------------------------------------------------------------------------
     def write_report(self) -> Report:
         stream = self.stream
-        metrics = flicker_report(stream.curve, self.plan.windows, stream.disagreement(), fused=self.latent)
+        film = self.film
+        metrics = flicker_report(stream.curve, film.out_windows, stream.disagreement(), fused=self.latent,
+                                 runs=film.seam_runs(), cuts=film.cuts)
         drift = stream.drift()
         for index, value in drift.items():
             self.records[index]["color_drift"] = value
         metrics["color_drift_max"] = max(drift.values(), default=None)
         if self.spec.interpolate:
             metrics["interpolate"] = self._interpolation()
-        if self.codenoiser is not None:
-            metrics["latent"] = self.codenoiser.report() | self._latent_fields() | {
+        if self.latent_runs:
+            metrics["latent"] = self._latent_report() | {
                 "actors_asked": self.workers_asked, "actors_placed": len(self.actor_infos)}
+        if self.film.has_shots:
+            metrics["shots"] = shot_table(self.film, self.records, self.latent_runs)
         if self.check_seams is not None:
             worst = max(metrics["seams"], key=lambda seam: seam["jump_ratio"], default=None)
             metrics["seam_check"] = {"limit": self.check_seams, "worst": worst,
                                      "passed": worst is None or worst["jump_ratio"] <= self.check_seams}
-        return self._report(filmstrips=[s.to_html_data() for s in stream.strips(self.plan.windows)], **metrics)
+        return self._report(filmstrips=[s.to_html_data() for s in stream.strips(self.plan.windows)],
+                            storyboard=stream.storyboard_data() if film.has_shots else None, **metrics)
 
-    def _latent_fields(self) -> dict:
-        """The co-denoised job's key; whether its final latents came from the store
-        (`from_store`: only decoded); why it rendered every window again, if an edit did."""
-        return {"key": self.latent_key, "from_store": self.latent_stored, "rendered_again": self.latent_rerender}
+    def _latent_report(self) -> dict:
+        """The co-denoising: the CoDenoiser's report, the job's key, whether its final
+        latents came from the store (`from_store`: only decoded), why it rendered every
+        window again if an edit did; for a film, each run's and their sum."""
+        return merge_latent_reports(self.film, [
+            {k: v for k, v in r.items() if k != "codenoiser"} | {"report": r["codenoiser"].report()}
+            for r in self.latent_runs])
 
     def _interpolation(self) -> dict:
         if self.segmented:
@@ -511,8 +548,8 @@ class RenderJob:
         if self.ledger.state is not JobState.FAILED:
             self.ledger.job(JobState.FAILED)
         fields = {"error": None if isinstance(err, WindowFatal) else str(err)}  # a window's error is in `failed`
-        if self.codenoiser is not None:
-            fields["latent"] = self.codenoiser.report() | self._latent_fields()
+        if self.latent_runs:
+            fields["latent"] = self._latent_report()
         if self.segmented and self.spec.interpolate and isinstance(self.stream, SegmentStage):
             fields["interpolate"] = self.stream.interpolation(self.retime, self.spec.interpolate.backend)
         elif isinstance(self.interp, InterpolationStage):
@@ -522,7 +559,8 @@ class RenderJob:
         except Exception as report_err:  # noqa: BLE001
             logging.getLogger(__name__).warning("could not write the failure report: %s", report_err)
 
-    def _report(self, filmstrips: list[dict] | None = None, **fields) -> Report:
+    def _report(self, filmstrips: list[dict] | None = None, storyboard: list[dict] | None = None,
+                **fields) -> Report:
         ledger, clock = self.ledger, self.clock
         self.stages.update({name: clock.totals[name] for name in ("plan", "startup", "blend", "encode", "store")},
                            total=clock.elapsed())
@@ -550,7 +588,7 @@ class RenderJob:
             {"private": self.private_why} if self.private_why else None,
             reconcile=spec.window.reconcile, encode=self._encode_report(),
             workers=self.workers, threads_per_actor=self.threads, spec=spec.report_dump(), **fields)
-        report.write(self.local_out, filmstrips)
+        report.write(self.local_out, filmstrips, storyboard)
         return report
 
     def _encode_report(self) -> dict:
@@ -566,7 +604,7 @@ class RenderJob:
         """True if every window is in the store and passes its check (read one at a time).
         Windows with inputs (control frames, a chained frame) are prepared to find their keys;
         a scratch `_WindowInputs` keeps this from touching the job's own."""
-        scratch = _WindowInputs(self.spec)
+        scratch = _WindowInputs(self.film)
         for task in self.tasks:
             task = scratch.prepare(task)
             frames = self.store.get(self.keys.get(task))
@@ -640,25 +678,31 @@ def _interpolation_inputs(ip, rife_weights: str | None) -> bytes | None:
 
 
 def _start_interpolation(ip, rife_bytes: bytes | None, session, retime, started: list, retries: int = 3,
-                         fail_chunks: tuple[int, ...] = ()) -> tuple[list[dict], InterpolationStage]:
+                         fail_chunks: tuple[int, ...] = (),
+                         cuts: tuple[int, ...] = ()) -> tuple[list[dict], InterpolationStage]:
     """Start the RIFE actors (added to `started`, which the caller stops) and the stage
-    that feeds them the frames `retime` describes."""
+    that feeds them the frames `retime` describes; the pairs at `interpolate.cuts` and at
+    a film's `cuts` are never interpolated."""
     actors, infos = start_rife_actors(ip, rife_bytes, session, fail_chunks)
     started.extend(actors)
     pool = rife_pool(actors, infos, retime, ip.chunk, retries, per_actor=PER_ACTOR_IN_FLIGHT)
-    return infos, InterpolationStage(pool, retime, ip.chunk, ip.scene_threshold, ip.cuts, backend=ip.backend)
+    declared = tuple(sorted({*ip.cuts, *cuts}))
+    return infos, InterpolationStage(pool, retime, ip.chunk, ip.scene_threshold, declared, backend=ip.backend)
 
 
 class _InDriver:
-    """Steps 5-7 in the driver: windows blended here as they arrive (any order), finished
-    frames through the RIFE actors' stage (`interp`) and into `writer`, in order. The
-    segment path's `SegmentStage` (scheduler/segments.py) has the same interface."""
+    """Steps 5-7 in the driver: windows blended here as they arrive (any order), a film's
+    runs spliced (farm.shots.Splice), finished frames through the RIFE actors' stage
+    (`interp`) and into `writer`, in order. The segment path's `SegmentStage`
+    (scheduler/segments.py) has the same interface."""
 
-    def __init__(self, windows, blend: str, interp, writer, clock: Stopwatch, progress: NullProgress,
+    def __init__(self, film, blend: str, interp, writer, clock: Stopwatch, progress: NullProgress,
                  previews=None):
-        self.reconciler = Reconciler(windows, blend)
+        self.reconciler = Reconciler(film.windows, blend)  # in render frames: every run's, end to end
+        self.splice = film.splice()
         self.meter = FlickerMeter()  # measured on the blended frames, where the seams are
-        self.filmstrips = Filmstrips(windows)  # the seams up close, for the HTML report
+        self.filmstrips = Filmstrips(film.out_windows)  # the seams up close, for the HTML report
+        self.storyboard = Storyboard(film.storyboard_frames())  # a film: one thumbnail per shot
         self.drift_meter = DriftMeter()  # colour drift of each window from the first frame
         self.interp, self.writer, self.clock, self.progress = interp, writer, clock, progress
         self.previews = previews  # scheduler.lease.Previews: thumbnails for the farm's web UI
@@ -688,16 +732,19 @@ class _InDriver:
         self.filmstrips.window(result.index, result.frames, result.start)
         self.drift_meter.add(result.index, result.frames)
         for frame in self.clock.timed_iter("blend", self.reconciler.ready()):
-            self._pass_on(frame, self.reconciler.seam_disagreement)
+            for out in self.splice.push(frame):
+                self._pass_on(out, self.reconciler.seam_disagreement)
         self._encode(self.interp.ready())
 
     def frame(self, frame) -> None:
         """A final frame (co-denoised), in order."""
-        self._pass_on(frame, lambda seam: None)
+        for out in self.splice.push(frame):
+            self._pass_on(out, lambda seam: None)
         self._encode(self.interp.ready())
 
     def _pass_on(self, frame, disagreement) -> None:
         self.filmstrips.frame(self.frames_blended, frame, disagreement)
+        self.storyboard.frame(self.frames_blended, frame)
         if self.previews is not None:
             self.previews.offer(self.frames_blended, frame)
         self.frames_blended += 1
@@ -723,6 +770,9 @@ class _InDriver:
 
     def strips(self, windows):
         return self.filmstrips.strips()
+
+    def storyboard_data(self) -> list[dict]:
+        return self.storyboard.to_html_data()
 
     def drift(self) -> dict[int, float]:
         return self.drift_meter.per_window()
@@ -764,12 +814,12 @@ def _shipped_inputs(spec: JobSpec) -> list[str]:
 
 class _WindowInputs:
     """Each window's own inputs, added by its pipeline's descriptor just before it is looked
-    up or sent (control frames; a chained pipeline's frame from the window before). Holds
-    only what is in flight."""
+    up or sent (control frames; a chained pipeline's frame from the window before), from
+    its run's spec (`film`, farm.shots). Holds only what is in flight."""
 
-    def __init__(self, spec: JobSpec):
-        self.spec = spec
-        self.pipeline = descriptor(spec.model.pipeline)
+    def __init__(self, film):
+        self.film = film
+        self.pipeline = descriptor(film.spec.model.pipeline)
         self._tasks: dict[int, WindowTask] = {}
         self._last_frames: dict = {}
 
@@ -778,7 +828,7 @@ class _WindowInputs:
         index = task.window.index
         if index not in self._tasks:
             before = self._last_frames.pop(index - 1) if self.pipeline.chained and index else None
-            self._tasks[index] = self.pipeline.window_inputs(self.spec, task, before)
+            self._tasks[index] = self.pipeline.window_inputs(self.film.spec_of(index), task, before)
         return self._tasks[index]
 
     def prepared(self, index: int) -> WindowTask:
@@ -790,7 +840,7 @@ class _WindowInputs:
 
     def describe(self, index: int) -> dict:
         """What the report says about a window's inputs; the window's task is then dropped."""
-        return self.pipeline.describe_inputs(self.spec, self._tasks.pop(index))
+        return self.pipeline.describe_inputs(self.film.spec_of(index), self._tasks.pop(index))
 
 
 class _Keys:
@@ -861,7 +911,7 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
         "state": status.state.value,
         "cached": cached,
         "key": key,
-        "prompts": window_prompts(task.conditioning, task.window.start),
+        "prompts": window_prompts(task.conditioning, result.start),  # numbered as in the video
         "attempts": status.attempts,
         "failures": [f.to_dict() | {k: _rel(getattr(f, k), epoch0) for k in ("started_at", "finished_at")}
                      for f in status.failures],
@@ -876,11 +926,12 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
     }
 
 
-def _latent_record(task: WindowTask, codenoiser: CoDenoiser, key: str, stored: bool) -> dict:
+def _latent_record(task: WindowTask, codenoiser: CoDenoiser, key: str, stored: bool, shift: int = 0) -> dict:
     """A co-denoised window's record: its shard's actor, and the job's key (windows are
-    stored as one job); `stored`: the job's final latents came from the store."""
-    window = task.window
-    shard = next(s for s in codenoiser.shards if window.index in s.windows)
+    stored as one job); `stored`: the job's final latents came from the store; its frames
+    `shift`ed into the video's numbering (a film's run)."""
+    window = replace(task.window, start=task.window.start + shift, end=task.window.end + shift)
+    shard = next(s for s in codenoiser.shards if task.window.index in s.windows)
     info = codenoiser.infos[shard.index]
     return {"index": window.index, "start": window.start, "end": window.end,
             "state": (WindowState.CACHED if stored else WindowState.DONE).value, "cached": stored, "key": key,

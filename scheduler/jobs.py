@@ -114,6 +114,7 @@ INPUT_FIELDS: tuple[InputField, ...] = (
     InputField("model.vae", "model"),
     InputField("model.config", "model"),
     InputField("model.loras.*.path", "path"),
+    InputField("shots.*.image", "path"),
     *dict.fromkeys(InputField(path, kind) for d in REGISTRY.values() for path, kind in d.local_inputs),
     InputField("interpolate.weights", "path"),
     InputField("interpolate.model_dir", "path"),

@@ -19,7 +19,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # one Ray for the module, and a farm manager whose warm actor renders every twin in turn
 pytestmark = pytest.mark.usefixtures("warm_farm")
 
-RECIPES = ["svd_product", "lcm_watch", "pose_dance", "scheduled_30s", "wan_t2v_long", "wan_i2v_product"]
+RECIPES = ["svd_product", "lcm_watch", "pose_dance", "scheduled_30s", "wan_t2v_long", "wan_i2v_product", "film_sd15",
+           "film_wan_i2v"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -108,3 +109,27 @@ def test_the_wan_image_to_video_twin_starts_from_its_picture(twins):
     report = _render("wan_i2v_product", twins)
     assert probe(twins / "tiny" / "wan_i2v_product.mp4").frames == 41
     assert [w["conditioned_on"]["first_frame"] for w in report["windows"]] == [True, False, False]
+
+
+def test_the_film_twin_renders_its_twelve_shots_with_a_storyboard_and_its_cuts(twins):
+    report = _render("film_sd15", twins)
+    assert probe(twins / "tiny" / "film_sd15.mp4").frames == 180  # 12 × 16 frames − 4 dissolves of 3
+    shots = report["shots"]
+    assert len(shots) == 12 and [s["then"] for s in shots].count("fuse") == 2
+    assert len(report["latent"]["runs"]) == 10  # two pairs of shots are fused
+    assert report["flicker"]["cuts"] == [s["frames"][1] for s in shots if s["then"] == "cut"][:-1]
+    html = (twins / "tiny" / "film_sd15.mp4.report.html").read_text()
+    assert html.count('<figure class="shot">') == 12 and html.count('class="cut"') == 5
+
+
+def test_the_wan_film_twin_starts_each_shot_from_its_own_picture(twins):
+    report = _render("film_wan_i2v", twins)
+    tiny = twins / "tiny"
+    assert probe(tiny / "film_wan_i2v.mp4").frames == 21 + 10 + 25 + 13 - 4
+    pictures = {w["index"]: (w["conditioned_on"]["image"], w["conditioned_on"]["first_frame"])
+                for w in report["windows"]}
+    assert pictures == {0: (str(tiny / "product.png"), True), 1: (str(tiny / "product.png"), False),
+                        2: (str(tiny / "coffee.png"), True), 3: (str(tiny / "portrait.png"), True),
+                        4: (str(tiny / "portrait.png"), False), 5: (str(tiny / "product.png"), True)}
+    # shot 1 (10 frames) rendered the 13 frames its VAE needs and kept 10
+    assert report["shots"][1]["frames"] == [17, 27]

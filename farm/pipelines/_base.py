@@ -85,6 +85,11 @@ class Pipeline:
     #: "model.base": its renderer loads them with `from_single_file`. Anywhere else a file
     #: is refused.
     single_file_fields: ClassVar[tuple[str, ...]] = ()
+    #: Shots (farm/shots.py): the pipeline block whose `image` a shot may replace (the
+    #: shot starts from that picture; None: the pipeline starts from none), and the fewest
+    #: frames a run of shots may have.
+    shot_image: ClassVar[str | None] = None
+    min_frames: ClassVar[int] = 2
     #: Its own defaults for top-level spec fields, and for the fields of `window:`.
     defaults: ClassVar[dict] = {}
     window_defaults: ClassVar[dict] = {}

@@ -41,7 +41,8 @@ class AnimateDiffControlNet(AnimateDiff):
         from farm.control import read_control_frames
 
         w = task.window
-        return replace(task, control=read_control_frames(spec.control.video, w.start, w.end, spec.width, spec.height))
+        return replace(task, control=read_control_frames(spec.control.video, spec.control.start + w.start,
+                                                               spec.control.start + w.end, spec.width, spec.height))
 
     def warmup_inputs(self, spec: "JobSpec", task: WindowTask) -> WindowTask:
         return replace(task, control=blank_frames(task))

@@ -41,6 +41,7 @@ class Svd(Pipeline):
     renderer = "farm.pipelines.svd:SvdRenderer"
     tiny_base = TINY_SVD
     chained = True
+    shot_image = "svd"  # a shot may start its chain from its own picture
     no_latent = ("SVD windows are chained (each starts from the decoded last frame of the one before), "
                  "so no two windows are denoised at the same time")
     spec_block, spec_block_needs = "svd", "at least `image:`"
@@ -64,10 +65,10 @@ class Svd(Pipeline):
         }
 
     def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
-        return replace(task, image=_read_image(spec.svd.image) if task.window.index == 0 else before)
+        return replace(task, image=_read_image(spec.svd.image) if task.window.start == 0 else before)
 
     def describe_inputs(self, spec: "JobSpec", task: WindowTask) -> dict:
-        if task.window.index == 0:
+        if task.window.start == 0:  # a chain's first window (the job's, or a shot's)
             return {"conditioned_on": {"image": spec.svd.image}}
         # chained windows share one frame: the last of the window before is this one's first
         return {"conditioned_on": {"window": task.window.index - 1, "frame": task.window.start}}

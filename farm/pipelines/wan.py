@@ -37,6 +37,7 @@ class Wan(Pipeline):
     tiny_base = TINY_WAN
     temporal_compression = 4
     causal_decode = True
+    min_frames = 5  # a run of shots: two latent frames
     spec_block, spec_block_needs, spec_block_required = "wan", "", False
     block_refuses = {"image": "wan is text to video; use model.pipeline: wan-i2v to start from a picture"}
     refuses = {

@@ -38,6 +38,7 @@ class WanI2V(Wan):
     block_requires = ("image",)
     block_refuses = {}
     local_inputs = (("wan.image", "path"),)
+    shot_image = "wan"  # each shot may start from its own picture, its anchor
 
     def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
         """Every window reads the picture (keyed by its content)."""
