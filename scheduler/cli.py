@@ -254,19 +254,7 @@ def plan(job, output, store, as_json):
     stored = stored_windows(spec, p, ws)
     latent = spec.window.reconcile == "latent"
     if as_json:
-        d = p.to_dict() | {"frames": spec.frames}
-        for w, out, runs in zip(d["windows"], shown, prompts):
-            w |= {"start": out.start, "end": out.end, "length": out.length}
-            w["prompts"] = runs
-            if not latent:
-                w["stored"] = stored["windows"].get(w["index"])  # the device class it is stored for, or null
-        d["store"] = {"path": str(ws.root), **({k: v for k, v in stored.items() if k != "windows"} if latent else
-                                               {"windows_stored": len(stored["windows"])})}
-        cache = spec.model.cache
-        d["cache"] = None if cache is None else {"kind": cache.kind, "settings": cache.settings()}
-        if film.has_shots:
-            d["shots"] = _plan_shots(film)
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(_plan_json(spec, film, shown, prompts, stored, ws.root), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -297,6 +285,25 @@ def plan(job, output, store, as_json):
     if spec.model.cache is not None:
         console.print(_cache_plan(spec.model.cache))
     console.print(_encode_plan(spec, p))
+
+
+def _plan_json(spec, film, shown, prompts: list, stored: dict, store_root) -> dict:
+    """`farm plan --json`: the plan, each window (in the video's frames) with its prompts
+    and where the store holds it, the store, the step cache and a film's shots."""
+    latent = spec.window.reconcile == "latent"
+    d = film.plan.to_dict() | {"frames": spec.frames}
+    for w, out, runs in zip(d["windows"], shown, prompts):
+        w |= {"start": out.start, "end": out.end, "length": out.length}
+        w["prompts"] = runs
+        if not latent:
+            w["stored"] = stored["windows"].get(w["index"])  # the device class it is stored for, or null
+    d["store"] = {"path": str(store_root), **({k: v for k, v in stored.items() if k != "windows"} if latent else
+                                              {"windows_stored": len(stored["windows"])})}
+    cache = spec.model.cache
+    d["cache"] = None if cache is None else {"kind": cache.kind, "settings": cache.settings()}
+    if film.has_shots:
+        d["shots"] = _plan_shots(film)
+    return d
 
 
 def _plan_shots(film) -> list[dict]:
