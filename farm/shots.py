@@ -52,7 +52,6 @@ class Shot:
     run: int
     start: int  # first output frame (its dissolve-in frames included)
     end: int  # one past its last output frame
-    frames: int  # as the spec gives it (frames, or seconds at the job's fps)
     prompt: str
     then: str  # cut, fuse or dissolve
     dissolve: int  # frames crossfaded with the next shot (then: dissolve)
@@ -68,7 +67,7 @@ class Run:
     plan: Plan  # local windows
     frames: int  # frames it puts in the video (before dissolves overlap them)
     render_start: int
-    out_start: int
+    out_start: int  # output frame = local frame + out_start
     first_window: int  # global index of its first window
     dissolve_in: int  # frames crossfaded with the run before
     dissolve_out: int  # … and with the run after
@@ -82,10 +81,11 @@ class Run:
         """Global indices of its windows."""
         return range(self.first_window, self.first_window + len(self.plan.windows))
 
-    @property
-    def shift(self) -> int:
-        """Output frame = local frame + shift."""
-        return self.out_start
+    def kept(self, w: Window, start: int = 0) -> Window:
+        """Local window `w` numbered across the film, from frame `start`, cut at the frames
+        the run keeps."""
+        return Window(self.first_window + w.index, start + w.start, start + min(w.end, self.frames),
+                      w.overlap_prev, w.overlap_next if w.end < self.frames else 0)
 
 
 class Film:
@@ -116,9 +116,7 @@ class Film:
     @cached_property
     def out_windows(self) -> tuple[Window, ...]:
         """Every run's windows in output frames, cut at the frames the run keeps."""
-        return tuple(Window(r.first_window + w.index, r.shift + w.start, r.shift + min(w.end, r.frames),
-                            w.overlap_prev, w.overlap_next if w.end < r.frames else 0)
-                     for r in self.runs for w in r.plan.windows if w.start < r.frames)
+        return tuple(r.kept(w, r.out_start) for r in self.runs for w in r.plan.windows)
 
     @property
     def plan(self) -> Plan:
@@ -150,7 +148,7 @@ class Film:
         """A window's result with its frames numbered as in the output."""
         run = self.run_of(result.index)
         w = self.local(result.index)
-        return replace(result, start=run.shift + w.start, end=run.shift + w.end)
+        return replace(result, start=run.out_start + w.start, end=run.out_start + w.end)
 
     def spec_of(self, index: int) -> "JobSpec":
         return self.run_of(index).spec
@@ -174,15 +172,13 @@ class Film:
         keeps. None for a job without shots (its windows are the video's)."""
         if not self.has_shots:
             return None
-        return [(r.out_start, [Window(r.first_window + w.index, w.start, min(w.end, r.frames), w.overlap_prev,
-                                      w.overlap_next if w.end < r.frames else 0) for w in r.plan.windows])
-                for r in self.runs]
+        return [(r.out_start, [r.kept(w) for w in r.plan.windows]) for r in self.runs]
 
 
 def compile_film(spec: "JobSpec") -> Film:
     """The runs of a job: its shots grouped by `fuse`, each run a job of its own."""
     if not spec.shots:
-        plan = _plan(spec)
+        plan = plan_windows(spec)
         run = Run(0, (), spec, plan, spec.frames, 0, 0, 0, 0, 0)
         return Film(spec, (run,), ())
     groups: list[list[int]] = [[]]
@@ -197,12 +193,12 @@ def compile_film(spec: "JobSpec") -> Film:
         frames = sum(lengths)
         dissolve_out = spec.shots[members[-1]].dissolve if members[-1] + 1 < len(spec.shots) else 0
         run_spec = run_job(spec, members, frames, out)
-        plan = _plan(run_spec)
+        plan = plan_windows(run_spec)
         runs.append(Run(g, tuple(members), run_spec, plan, frames, render, out, window, dissolve_in, dissolve_out))
         at = out
         for i, n in zip(members, lengths):
             shot = spec.shots[i]
-            shots.append(Shot(i, g, at, at + n, n, shot.first_prompt, shot.join, shot.dissolve))
+            shots.append(Shot(i, g, at, at + n, shot.first_prompt, shot.join, shot.dissolve))
             at += n
         render += run_spec.frames
         out += frames - dissolve_out
@@ -215,8 +211,8 @@ def run_job(spec: "JobSpec", members: list[int], frames: int, out_start: int) ->
     """The job that renders shots `members` (fused) as one run, numbered from its own
     first frame: their prompts as one schedule, the first shot's seed, guidance,
     negative prompt and picture, its part of the control video (from the first shot's
-    `control_start`, else the film's own frames), and a window no longer than the run (a video VAE's
-    4k + 1 frames: the shortest that covers it; the extra frames are dropped)."""
+    `control_start`, else the film's own frames), and a window no longer than the run
+    (a video VAE's 4k + 1 frames: the shortest that covers it; the extra are dropped)."""
     first = spec.shots[members[0]]
     schedule, at = {}, 0
     for i in members:
@@ -240,10 +236,6 @@ def run_job(spec: "JobSpec", members: list[int], frames: int, out_start: int) ->
         block = spec.shot_image_block
         update[block] = getattr(spec, block).model_copy(update={"image": first.image})
     return spec.model_copy(update=update)
-
-
-def _plan(spec: "JobSpec") -> Plan:
-    return plan_windows(spec)
 
 
 class Splice:
@@ -285,7 +277,7 @@ def shot_table(film: Film, records: dict[int, dict], latent_runs: list[dict]) ->
     for shot in film.shots:
         run = film.runs[shot.run]
         windows = [run.first_window + w.index for w in run.plan.windows
-                   if run.shift + w.start < shot.end and shot.start < run.shift + min(w.end, run.frames)]
+                   if run.out_start + w.start < shot.end and shot.start < run.out_start + min(w.end, run.frames)]
         done = [records[i] for i in windows if i in records]
         cached = sum(bool(r.get("cached")) for r in done)
         state = ("not rendered" if len(done) < len(windows) else "from the store" if cached == len(windows)
@@ -312,7 +304,7 @@ def merge_latent_reports(film: Film, runs: list[dict]) -> dict:
         run, rep = r["run"], r["report"]
         for shard in rep["shards"]:
             shards.append(shard | {"run": run.index, "windows": [run.first_window + w for w in shard["windows"]],
-                                   "frames": [run.shift + f for f in shard["frames"]]})
+                                   "frames": [run.out_start + f for f in shard["frames"]]})
         stats += rep["shard_stats"]
         recoveries += [x | {"run": run.index} for x in rep["recoveries"]]
         reshapes += [x | {"run": run.index} for x in rep["reshapes"]]

@@ -483,10 +483,6 @@ class ControlSpec(_Strict):
     model: ModelRef = "tiny"  # `tiny`, a folder, a hub id (e.g. lllyasviel/sd-controlnet-openpose) or a file
 
 
-#: How a shot joins the next (`then:`).
-JOINS = ("cut", "fuse", "dissolve")
-
-
 def _join(v: Any) -> Any:
     """`cut`, `fuse`, or `{dissolve: N}` (N frames crossfaded)."""
     if v in ("cut", "fuse"):

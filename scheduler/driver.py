@@ -412,7 +412,7 @@ class RenderJob:
             index = run.first_window + task.window.index
             if not stored:
                 self.ledger.done(index)
-            record = _latent_record(task, codenoiser, key, stored, run.shift)
+            record = _latent_record(task, codenoiser, key, stored, run.out_start)
             self.records[index] = record | self.pipeline.describe_inputs(spec, task) | {"index": index}
         return codenoiser.actors, codenoiser.infos
 
