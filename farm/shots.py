@@ -181,11 +181,7 @@ def compile_film(spec: "JobSpec") -> Film:
         plan = plan_windows(spec)
         run = Run(0, (), spec, plan, spec.frames, 0, 0, 0, 0, 0)
         return Film(spec, (run,), ())
-    groups: list[list[int]] = [[]]
-    for i, shot in enumerate(spec.shots):
-        groups[-1].append(i)
-        if shot.join != "fuse" and i + 1 < len(spec.shots):
-            groups.append([])
+    groups = run_groups([shot.then for shot in spec.shots])
     runs, shots = [], []
     render = out = window = dissolve_in = 0
     for g, members in enumerate(groups):
@@ -205,6 +201,17 @@ def compile_film(spec: "JobSpec") -> Film:
         window += len(plan.windows)
         dissolve_in = dissolve_out
     return Film(spec, tuple(runs), tuple(shots))
+
+
+def run_groups(joins: list) -> list[list[int]]:
+    """Shot indices grouped into runs (farm/shots.py): a shot whose `then` is `fuse` runs
+    on into the next; `joins` holds each shot's `then` (None where it failed its rules)."""
+    groups: list[list[int]] = [[]]
+    for i, then in enumerate(joins):
+        groups[-1].append(i)
+        if then != "fuse" and i + 1 < len(joins):
+            groups.append([])
+    return groups
 
 
 def run_job(spec: "JobSpec", members: list[int], frames: int, out_start: int) -> "JobSpec":

@@ -37,6 +37,7 @@ from farm.models.remote import is_remote
 from farm.models.single_file import CONFIG_NEEDS, is_single_file
 from farm.models.single_file import SUFFIXES as SINGLE_FILE_SUFFIXES
 from farm.pipelines import REGISTRY, descriptor
+from farm.shots import compile_film, run_groups
 from farm.util import first_line
 
 # Upper bounds: far above any real job, far below what a typo asks for.
@@ -624,8 +625,6 @@ class JobSpec(_Root):
         """The prompts as a schedule; a single `prompt` is {0: prompt}; svd has none ({0: ""});
         a film's is each shot's first prompt at the shot's first frame (for labels)."""
         if self.shots:
-            from farm.shots import compile_film
-
             return {shot.start: shot.prompt for shot in compile_film(self).shots}
         if self.prompts is not None:
             return dict(self.prompts)
@@ -730,17 +729,17 @@ def _shots_fit(v: dict) -> Rules:
 
 def _control_reads(shots: list, lengths: list[int], base: int) -> Iterator[tuple[int, int, int]]:
     """(first shot, first control frame, frames) of each run of shots."""
-    out, first = 0, 0
-    for i, shot in enumerate(shots):
-        then = shot.get("then") if isinstance(shot, dict) else None
-        if then == "fuse" and i + 1 < len(shots):
-            continue
-        head = shots[first] if isinstance(shots[first], dict) else {}
-        start = head.get("control_start")
-        frames = sum(lengths[first:i + 1])
-        yield first, base + out if start is None else start, frames
+    out = 0
+    for run in run_groups([_then(s) for s in shots]):
+        head = shots[run[0]] if isinstance(shots[run[0]], dict) else {}
+        start, then = head.get("control_start"), _then(shots[run[-1]])
+        frames = sum(lengths[i] for i in run)
+        yield run[0], base + out if start is None else start, frames
         out += frames - (then["dissolve"] if isinstance(then, dict) else 0)
-        first = i + 1
+
+
+def _then(shot) -> Any:
+    return shot.get("then") if isinstance(shot, dict) else None
 
 
 def _shot_inputs(i: int, shot: dict, pipeline: str, d) -> Rules:
@@ -774,17 +773,12 @@ def _fused(i: int, shot: dict, nxt: dict, v: dict, d) -> Rules:
 
 
 def _runs_long_enough(shots: list, lengths: list, pipeline: str, d) -> Rules:
-    run: list[int] = []
-    for i, shot in enumerate(shots):
-        run.append(i)
-        if isinstance(shot, dict) and shot.get("then") == "fuse" and i + 1 < len(shots):
-            continue
+    for run in run_groups([_then(s) for s in shots]):
         frames = [lengths[j] for j in run]
         if None not in frames and sum(frames) < d.min_frames:
             which = f"shot {run[0]}" if len(run) == 1 else f"shots {run[0]}–{run[-1]} (fused)"
             yield f"shots.{run[0]}", (f"{which}: {sum(frames)} frames; {pipeline} renders at least {d.min_frames} "
                                       "frames in a run; lengthen it or fuse it to a neighbour")
-        run = []
 
 
 def _single_files(v: dict) -> Rules:
