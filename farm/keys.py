@@ -8,7 +8,8 @@
     window     its frame range, the prompt(s) of each of its frames (farm.prompts), the
                negative prompt, seed, size, steps, guidance, and its inputs by content:
                the SVD conditioning frame (the spec's image, or the last frame of the
-               window before) and the window's control frames
+               window before), the window's control frames, and its identity anchor
+               (the reference picture and its scale; absent when there is none)
 
 Not in the key: the blend, encoding and interpolation (they act after the store), the
 fault-injection settings (they never change a successful window's frames), and library
@@ -45,6 +46,8 @@ def task_key(model_id: dict, task) -> str:
     w = task.window
     inputs = {name: frames_digest(getattr(task, name)) for name in ("image", "control")
               if getattr(task, name) is not None}
+    if task.reference is not None:
+        inputs["reference"] = {"image": frames_digest(task.reference), "scale": task.reference_scale}
     return window_key({
         "inputs": inputs,
         "model": model_id,
@@ -65,9 +68,10 @@ def latent_job_key(window_keys: list[str], scheme: str) -> str:
     return window_key({"reconcile": "latent", "blend": scheme, "windows": list(window_keys)})
 
 
-#: Blocks of a spec that act on the frames after the pipeline (or on the job): not part of
-#: what a loaded pipeline holds. Every other block (the model, a pipeline's own) is.
-_JOB_BLOCKS = ("window", "encode", "interpolate")
+#: Blocks of a spec that act on the frames after the pipeline, or on the job, or are read
+#: per window (the identity anchor): not part of what a loaded pipeline holds. Every other
+#: block (the model, a pipeline's own) is.
+_JOB_BLOCKS = ("window", "encode", "interpolate", "reference")
 
 
 def pipeline_key(spec: JobSpec, device_kind: str) -> str:

@@ -343,18 +343,25 @@ def _shots(shots: list[dict] | None, storyboard: list[dict]) -> str:
         f'<figure class="shot"><img src="{thumbs[s["index"]]["image"]}" alt="shot {_e(s["index"])}" '
         f'title="{_e(s["prompt"])}"><figcaption>{_e(s["index"])}{_e(_join_mark(s))}</figcaption></figure>'
         for s in shots if s["index"] in thumbs)
-    head = ("<tr><th class=n>shot</th><th class=n>frames</th><th>prompt</th><th>then</th><th class=n>run</th>"
-            "<th>windows</th><th>rendered</th><th class=n>seconds</th></tr>")
+    anchored = any(s.get("anchor") for s in shots)
+    head = ("<tr><th class=n>shot</th><th class=n>frames</th><th>prompt</th>" + ("<th>anchor</th>" if anchored else "")
+            + "<th>then</th><th class=n>run</th><th>windows</th><th>rendered</th><th class=n>seconds</th></tr>")
     rows = "".join(
         f"<tr><td class=n>{_e(s['index'])}</td><td class=n>{_e(s['frames'][0])}–{_e(s['frames'][1] - 1)}</td>"
-        f"<td>{_e(s['prompt'])}</td><td>{_e(_then(s))}</td>"
+        f"<td>{_e(s['prompt'])}</td>" + (f"<td>{_e(_anchor(s))}</td>" if anchored else "") + f"<td>{_e(_then(s))}</td>"
         f"<td class=n>{_e(s['run'])}</td><td>{_e(_index_span(s['windows']))}</td><td>{_e(s['state'])}</td>"
         f"<td class=n>{_e(_fmt(s['seconds']))}</td></tr>" for s in shots)
     return (f'<h2>Shots</h2><div class="storyboard">{cells}</div>'
             f"<table class=shots>{head}{rows}</table>"
             '<p class="note">Shots joined by fuse are one run, denoised as one video; cut and dissolve start a new '
             "run. A run's windows are stored under keys of its own frames, so an edit renders only its runs "
-            "again.</p>")
+            "again." + (" The anchor is the picture the IP-Adapter holds the shot to, and its scale." if anchored else "")
+            + "</p>")
+
+
+def _anchor(shot: dict) -> str:
+    anchor = shot.get("anchor")
+    return "" if not anchor else f"{Path(anchor['image']).name} × {anchor['scale']:g}"
 
 
 def _then(shot: dict) -> str:

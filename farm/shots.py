@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,6 +56,12 @@ class Shot:
     prompt: str
     then: str  # cut, fuse or dissolve
     dissolve: int  # frames crossfaded with the next shot (then: dissolve)
+    anchor: dict | None = None  # its identity anchor, {"image", "scale"} (None: none, or scale 0)
+
+    @property
+    def anchor_label(self) -> str:
+        """`portrait.png × 0.8`, or "" without an anchor."""
+        return "" if self.anchor is None else f"{Path(self.anchor['image']).name} × {self.anchor['scale']:g}"
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,9 @@ def compile_film(spec: "JobSpec") -> Film:
         at = out
         for i, n in zip(members, lengths):
             shot = spec.shots[i]
-            shots.append(Shot(i, g, at, at + n, shot.first_prompt, shot.join, shot.dissolve))
+            ref = spec.shot_reference(i)
+            anchor = {"image": ref.image, "scale": ref.scale} if ref is not None and ref.scale else None
+            shots.append(Shot(i, g, at, at + n, shot.first_prompt, shot.join, shot.dissolve, anchor))
             at += n
         render += run_spec.frames
         out += frames - dissolve_out
@@ -217,7 +226,7 @@ def run_groups(joins: list) -> list[list[int]]:
 def run_job(spec: "JobSpec", members: list[int], frames: int, out_start: int) -> "JobSpec":
     """The job that renders shots `members` (fused) as one run, numbered from its own
     first frame: their prompts as one schedule, the first shot's seed, guidance,
-    negative prompt and picture, its part of the control video (from the first shot's
+    negative prompt, picture and identity anchor, its part of the control video (from the first shot's
     `control_start`, else the film's own frames), and a window no longer than the run
     (a video VAE's 4k + 1 frames: the shortest that covers it; the extra are dropped)."""
     first = spec.shots[members[0]]
@@ -236,6 +245,8 @@ def run_job(spec: "JobSpec", members: list[int], frames: int, out_start: int) ->
               "seed": first.seed if first.seed is not None else spec.seed,
               "guidance": first.guidance if first.guidance is not None else spec.guidance,
               "negative_prompt": first.negative_prompt if first.negative_prompt is not None else spec.negative_prompt}
+    if spec.reference is not None or first.reference is not None:
+        update["reference"] = spec.shot_reference(members[0])
     if spec.control is not None:
         start = first.control_start if first.control_start is not None else spec.control.start + out_start
         update["control"] = spec.control.model_copy(update={"start": start})
@@ -276,7 +287,7 @@ class Splice:
 
 
 def shot_table(film: Film, records: dict[int, dict], latent_runs: list[dict]) -> list[dict]:
-    """The report's `shots`: each shot's output frames, prompt, join, run, the windows that
+    """The report's `shots`: each shot's output frames, prompt, identity anchor, join, run, the windows that
     render it, whether they were rendered or read from the store, and their seconds (the
     windows' render time; a co-denoised run's wall time, shared by its shots)."""
     run_seconds = {r["run"].index: r.get("seconds") for r in latent_runs}
@@ -292,7 +303,7 @@ def shot_table(film: Film, records: dict[int, dict], latent_runs: list[dict]) ->
         seconds = run_seconds.get(run.index) if latent_runs else round(
             sum(r.get("seconds") or 0.0 for r in done if not r.get("cached")), 4)
         rows.append({"index": shot.index, "frames": [shot.start, shot.end], "length": shot.end - shot.start,
-                     "prompt": shot.prompt, "then": shot.then, "dissolve": shot.dissolve, "run": run.index,
+                     "prompt": shot.prompt, "anchor": shot.anchor, "then": shot.then, "dissolve": shot.dissolve, "run": run.index,
                      "windows": windows, "state": state, "seconds": seconds})
     return rows
 

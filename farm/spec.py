@@ -36,6 +36,7 @@ from farm.errors import EncodeError, SpecError
 from farm.models.remote import is_remote
 from farm.models.single_file import CONFIG_NEEDS, is_single_file
 from farm.models.single_file import SUFFIXES as SINGLE_FILE_SUFFIXES
+from farm.models.tiny import IP_ADAPTER_WEIGHTS
 from farm.pipelines import REGISTRY, descriptor
 from farm.shots import compile_film, run_groups
 from farm.util import first_line
@@ -47,6 +48,7 @@ MAX_SIZE = 8192               # pixels a side
 MAX_STEPS = 1000              # denoising steps
 MAX_GUIDANCE = 100.0
 MAX_LORA_WEIGHT = 10.0
+MAX_REFERENCE_SCALE = 5.0
 MAX_RIFE_WORKERS = 256
 MAX_CHUNK = 256               # frame pairs per RIFE chunk
 MAX_CALLS = 1_000_000         # render calls an actor makes (fault injection)
@@ -152,6 +154,15 @@ def _existing_file(v: str | None) -> str | None:
     if not path.is_file():
         raise ValueError(f"no file at {_named(v, path)}")
     return str(path.resolve())
+
+
+def _weights_file(v: str) -> str:
+    """The name of a weights file inside a model's folder: .safetensors, or .bin (read
+    with torch.load(weights_only=True))."""
+    if "/" in v or "\\" in v or not v.endswith((".safetensors", ".bin")):
+        raise ValueError(f"must name a .safetensors (or .bin) file in the adapter's models/ folder, e.g. "
+                         f"{IP_ADAPTER_WEIGHTS}; got {v!r}")
+    return v
 
 
 def _multiple_of_8(v: int) -> int:
@@ -366,6 +377,10 @@ class ModelSpec(_Strict):
     # first-call costs (loading and selecting kernels, allocator growth) are paid there.
     warmup: bool = True
     cache: CacheSpec | None = None  # step caching, for the pipelines whose denoiser has diffusers' cache hooks
+    # AnimateDiff: the IP-Adapter that reads `reference:` (tiny, a folder or a hub id in
+    # h94/IP-Adapter's layout: <ip_adapter>/models/<ip_adapter_weights> and models/image_encoder/)
+    ip_adapter: ModelRef | None = None
+    ip_adapter_weights: Annotated[str, Field(min_length=1), AfterValidator(_weights_file)] = IP_ADAPTER_WEIGHTS
     faults: FaultSpec | None = None
 
     @property
@@ -391,6 +406,10 @@ class ModelSpec(_Strict):
             why = cache_refusal(v["pipeline"], cache["kind"])
             if why:
                 yield "cache", why
+        if v.get("pipeline") in REGISTRY and v.get("ip_adapter") is not None:
+            why = descriptor(v["pipeline"]).no_reference
+            if why:
+                yield "ip_adapter", f"{v['pipeline']} {why}"
         names = [lora.get("name") for lora in v.get("loras") or [] if lora and lora.get("name")]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -496,6 +515,22 @@ def _join(v: Any) -> Any:
     raise ValueError(f"must be one of cut, fuse or {{dissolve: N}} (N frames crossfaded); got {v!r}")
 
 
+class ReferenceSpec(_Strict):
+    """An identity anchor (AnimateDiff, with `model.ip_adapter`): a picture of the subject
+    the IP-Adapter keeps every frame close to, by `scale` (0: no anchor)."""
+
+    image: Annotated[str, AfterValidator(_image_opens)]
+    scale: float = Field(1.0, ge=0, le=MAX_REFERENCE_SCALE)
+
+
+class ShotReference(_Strict):
+    """A shot's `reference:`: what it changes of the job's (its own picture, its own
+    scale; `scale: 0` turns the anchor off for the shot)."""
+
+    image: Annotated[str, AfterValidator(_image_opens)] | None = None
+    scale: float | None = Field(None, ge=0, le=MAX_REFERENCE_SCALE)
+
+
 class ShotSpec(_Strict):
     """One shot of a film (`shots:`): its length, its text, and how it joins the next.
     Unset `negative_prompt`, `seed` and `guidance` take the job's; `image` (the pipelines
@@ -510,6 +545,7 @@ class ShotSpec(_Strict):
     guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
     image: Annotated[str, AfterValidator(_image_opens)] | None = None  # the shot starts from this picture
     control_start: Frame | None = None  # animatediff-controlnet: the control video's frame this shot starts at
+    reference: ShotReference | None = None  # its own identity anchor (image, scale) instead of the job's
     then: Annotated[Any, AfterValidator(_join)] = "cut"
 
     @property
@@ -590,12 +626,21 @@ class JobSpec(_Root):
     svd: SvdSpec | None = None  # model.pipeline: svd
     control: ControlSpec | None = None  # model.pipeline: animatediff-controlnet
     wan: WanSpec | None = None  # model.pipeline: wan (optional)
+    reference: ReferenceSpec | None = None  # AnimateDiff with model.ip_adapter: an identity anchor
     retries: int = Field(3, ge=0, le=100)
     output: Annotated[str, Field(min_length=1), AfterValidator(check_output)]
 
     @property
     def wan_settings(self) -> WanSpec:
         return self.wan or WanSpec()
+
+    def shot_reference(self, index: int) -> ReferenceSpec | None:
+        """Shot `index`'s identity anchor: its own `reference` over the job's (None: none)."""
+        own = self.shots[index].reference
+        if own is None or (own.image is None and self.reference is None):
+            return self.reference
+        job = self.reference.model_dump() if self.reference is not None else {}
+        return ReferenceSpec(**(job | own.model_dump(exclude_none=True)))
 
     def shot_frames(self, index: int) -> int:
         """Frames of shot `index`: its `frames`, or its `seconds` at the job's fps."""
@@ -665,6 +710,7 @@ class JobSpec(_Root):
         yield from _interpolation_fits(v)
         yield from _pipeline_inputs(v)
         yield from _prompt_source(v)
+        yield from _references(v)
         yield from _faults_name_real_windows(v)
         yield from _faults_fit_reconcile(v)
         yield from _segments_fit(v)
@@ -925,6 +971,53 @@ def _control_frames(video: str, frames: int, what: str = "the job renders") -> R
     if have < frames:
         yield "control.video", (f"has {have} frames but {what} {frames}; "
                                 "give at least one control frame per output frame")
+
+
+def _references(v: dict) -> Rules:
+    """An identity anchor (`reference:`, the job's or a shot's) needs a pipeline with an
+    IP-Adapter and `model.ip_adapter`; a shot that only changes the scale needs the job's
+    picture; shots joined by fuse share one anchor (one run, one image embedding)."""
+    pipeline = _get(v, "model.pipeline")
+    shots = [s if isinstance(s, dict) else {} for s in v.get("shots") or []]
+    given = [("reference", v.get("reference"))] + [(f"shots.{i}.reference", s.get("reference"))
+                                                   for i, s in enumerate(shots)]
+    given = [(field, ref) for field, ref in given if ref is not None]
+    if not given or pipeline not in REGISTRY:
+        return
+    why = descriptor(pipeline).no_reference
+    if why:
+        for field, _ in given:
+            yield field, f"{pipeline} {why}"
+        return
+    if _get(v, "model.ip_adapter") is None and "ip_adapter" in (v.get("model") or {}):
+        for field, _ in given:
+            yield field, ("an identity anchor is read by an IP-Adapter: set model.ip_adapter (tiny, a folder or "
+                          "a hub id such as h94/IP-Adapter)")
+        return
+    for i, s in enumerate(shots):
+        own = s.get("reference")
+        if own is not None and own.get("image") is None and v.get("reference") is None and "image" in own:
+            yield f"shots.{i}.reference.image", "field required: the job has no reference picture for the shot's scale"
+    effective = [_shot_reference(v.get("reference"), s.get("reference")) for s in shots]
+    for run in run_groups([_then(s) for s in shots]):
+        for i in run[1:]:
+            if effective[i] != effective[run[0]]:
+                yield f"shots.{i}.reference", (f"shots joined by fuse are denoised as one run with one identity "
+                                               f"anchor (shot {run[0]}: {_describe_reference(effective[run[0]])}, "
+                                               f"shot {i}: {_describe_reference(effective[i])}); give the same, "
+                                               "or join them with cut or dissolve")
+
+
+def _shot_reference(job: dict | None, own: dict | None) -> tuple | None:
+    """(image, scale) of a shot's anchor, from dicts of passing fields; None: none."""
+    merged = {**(job or {}), **{k: x for k, x in (own or {}).items() if x is not None}}
+    if merged.get("image") is None or not merged.get("scale", 1.0):
+        return None
+    return merged["image"], merged.get("scale", 1.0)
+
+
+def _describe_reference(ref: tuple | None) -> str:
+    return "none" if ref is None else f"{Path(ref[0]).name} at scale {ref[1]}"
 
 
 def _prompt_source(v: dict) -> Rules:

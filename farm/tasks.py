@@ -32,10 +32,12 @@ class WindowTask:
     seed: int
     image: np.ndarray | None = field(default=None, compare=False)  # svd: the conditioning frame (H, W, 3) uint8
     control: np.ndarray | None = field(default=None, compare=False)  # controlnet: (F, H, W, 3) uint8
+    reference: np.ndarray | None = field(default=None, compare=False)  # identity anchor (H, W, 3) uint8
+    reference_scale: float = 0.0  # the IP-Adapter's weight for `reference`
 
     @classmethod
     def from_spec(cls, spec: "JobSpec", window: Window) -> "WindowTask":
-        """The task without its per-window inputs (`image`, `control`): the driver adds them
+        """The task without its per-window inputs (`image`, `control`, `reference`): the driver adds them
         just before dispatch (`dataclasses.replace`), so they are never all in memory."""
         return cls(
             window=window,

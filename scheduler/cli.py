@@ -309,7 +309,7 @@ def _plan_json(spec, film, shown, prompts: list, stored: dict, store_root) -> di
 def _plan_shots(film) -> list[dict]:
     """Each shot of a film: its output frames, join, run and the windows of its run."""
     return [{"index": s.index, "frames": [s.start, s.end], "length": s.end - s.start, "then": s.then,
-             "dissolve": s.dissolve, "run": s.run, "prompt": s.prompt,
+             "dissolve": s.dissolve, "run": s.run, "prompt": s.prompt, "anchor": s.anchor,
              "windows": list(film.runs[s.run].windows),
              "rendered_frames": film.runs[s.run].rendered} for s in film.shots]
 
@@ -320,8 +320,10 @@ def _shots_table(film, name: str):
     runs = len(film.runs)
     table = Table(title=f"{name}: {_count(len(film.shots), 'shot')} in {_count(runs, 'run')} (shots joined by fuse "
                         "are one run; each run is stored on its own)")
-    for col in ("shot", "frames", "then", "run", "windows", "prompt"):
-        table.add_column(col, justify="left" if col in ("then", "prompt") else "right", no_wrap=col != "prompt")
+    anchored = any(s.anchor for s in film.shots)
+    for col in ("shot", "frames", "then", "run", "windows", "prompt") + (("anchor",) if anchored else ()):
+        table.add_column(col, justify="left" if col in ("then", "prompt", "anchor") else "right",
+                         no_wrap=col != "prompt")
     for s in film.shots:
         run = film.runs[s.run]
         trimmed = run.rendered - run.frames
@@ -330,7 +332,7 @@ def _shots_table(film, name: str):
         table.add_row(str(s.index), f"{s.start}–{s.end - 1} ({s.end - s.start})", then, str(s.run),
                       f"{windows.start}–{windows.stop - 1}" if len(windows) > 1 else str(windows.start),
                       s.prompt + (f"\n(renders {run.rendered} frames, keeps {run.frames})" if trimmed and
-                                  s.index == run.shots[-1] else ""))
+                                  s.index == run.shots[-1] else ""), *((s.anchor_label,) if anchored else ()))
     return table
 
 

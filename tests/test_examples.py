@@ -116,10 +116,14 @@ def test_the_film_twin_renders_its_twelve_shots_with_a_storyboard_and_its_cuts(t
     assert probe(twins / "tiny" / "film_sd15.mp4").frames == 180  # 12 × 16 frames − 4 dissolves of 3
     shots = report["shots"]
     assert len(shots) == 12 and [s["then"] for s in shots].count("fuse") == 2
+    portrait = str(twins / "tiny" / "portrait.png")  # the keeper: 0.8 in his two shots, 0.5 elsewhere
+    assert [s["anchor"]["scale"] for s in shots] == [0.5, 0.5, 0.8, 0.8] + [0.5] * 8
+    assert {s["anchor"]["image"] for s in shots} == {portrait}
     assert len(report["latent"]["runs"]) == 10  # two pairs of shots are fused
     assert report["flicker"]["cuts"] == [s["frames"][1] for s in shots if s["then"] == "cut"][:-1]
     html = (twins / "tiny" / "film_sd15.mp4.report.html").read_text()
     assert html.count('<figure class="shot">') == 12 and html.count('class="cut"') == 5
+    assert html.count("<td>portrait.png × 0.8</td>") == 2
 
 
 def test_the_wan_film_twin_starts_each_shot_from_its_own_picture(twins):

@@ -220,12 +220,18 @@ def test_local_inputs_finds_local_files_and_leaves_hub_ids(tmp_path):
     weights.write_bytes(b"y" * 10)
     lora = tmp_path / "style.safetensors"
     lora.write_bytes(b"z" * 5)
+    face, hat = tmp_path / "face.png", tmp_path / "hat.png"
+    face.write_bytes(b"f" * 3)
+    hat.write_bytes(b"h" * 4)
     spec = {"model": {"base": str(model), "motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2",
+                      "ip_adapter": "h94/IP-Adapter",
                       "loras": [{"id": "org/lora", "name": "hub"}, {"path": "style.safetensors", "name": "mine"}]},
+            "reference": {"image": "face.png"}, "shots": [{"frames": 8}, {"frames": 8, "reference": {"image": "hat.png"}}],
             "interpolate": {"weights": "flownet.pkl"}, "extras": [{"file": "a.png"}, {"file": "b.png"}]}
     found = jobs.local_inputs(spec, base=tmp_path)
     assert [(i.field, i.path, i.size) for i in found] == [
-        ("model.base", model, 1000), ("model.loras.1.path", lora, 5), ("interpolate.weights", weights, 10)]
+        ("model.base", model, 1000), ("model.loras.1.path", lora, 5), ("reference.image", face, 3),
+        ("shots.1.reference.image", hat, 4), ("interpolate.weights", weights, 10)]
     # A later field that names files is one more entry; `*` steps into lists.
     fields = jobs.INPUT_FIELDS + (jobs.InputField("extras.*.file", "path"),)
     assert [i.field for i in jobs.local_inputs(spec, base=tmp_path, fields=fields)][-2:] == ["extras.0.file",

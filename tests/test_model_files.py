@@ -20,6 +20,7 @@ from farm.models.lora_formats import read_keys
 from farm.models.tiny import TINY_BASE, TINY_VAE, tiny_model_path
 from farm.models.tiny_files import tiny_file_path
 from farm.models.tiny_lora import tiny_lora_file, tiny_lora_path
+from farm.pipelines._base import read_picture
 from farm.plan import split
 from farm.poses import write_pose_frames
 from farm.renderers import make_renderer
@@ -241,6 +242,44 @@ def test_model_vae_changes_the_frames_and_the_key_as_a_folder_or_a_file(tmp_path
     assert len({_key(own), _key(folder), _key(single)}) == 3
     # A whole pipeline's folder lends its vae/: the tiny base's own VAE, so its frames.
     assert np.array_equal(_render(_spec(tmp_path, {"vae": str(tiny_model_path(TINY_BASE))})), plain)
+
+
+# --- model.ip_adapter ---------------------------------------------------------------------
+
+
+def test_an_ip_adapter_folder_in_either_layout_or_as_bin_renders_as_tiny_and_a_bad_one_is_named(tmp_path):
+    """`model.ip_adapter` as h94/IP-Adapter's layout (models/…), as a flat folder (the
+    weights file at its top), or with its weights as a .bin (torch.load, weights only):
+    the frames of `tiny`. A folder without the weights names the field and the layout."""
+    import torch
+    from safetensors.torch import load_file
+
+    from farm.models.tiny import IP_ADAPTER_WEIGHTS, TINY_IP_ADAPTER
+
+    tiny = tiny_model_path(TINY_IP_ADAPTER)
+    flat = tmp_path / "flat"
+    shutil.copytree(tiny / "models", flat)
+    nested = tmp_path / "h94"
+    shutil.copytree(tiny, nested)
+    tensors = load_file(str(tiny / "models" / IP_ADAPTER_WEIGHTS))
+    torch.save({part: {k.removeprefix(f"{part}."): v for k, v in tensors.items() if k.startswith(f"{part}.")}
+                for part in ("image_proj", "ip_adapter")}, nested / "models" / "ip-adapter_sd15.bin")
+    face = {"image": os.path.join(os.path.dirname(__file__), "..", "examples", "tiny", "portrait.png")}
+    picture = read_picture(face["image"])
+
+    def frames(**model):
+        spec = _spec(tmp_path, {"ip_adapter": "tiny"} | model, reference=face | {"scale": 0.8})
+        return _render(spec, reference=picture, reference_scale=0.8)
+
+    anchored = frames()
+    assert np.array_equal(frames(ip_adapter=str(flat)), anchored)
+    assert np.array_equal(frames(ip_adapter=str(nested), ip_adapter_weights="ip-adapter_sd15.bin"), anchored)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FarmError) as err:
+        make_renderer(_spec(tmp_path, {"ip_adapter": str(empty)}))
+    assert str(err.value).startswith(f"cannot load model.ip_adapter from '{empty}'")
+    assert "h94/IP-Adapter's layout (models/ip-adapter_sd15.safetensors and models/image_encoder/" in str(err.value)
 
 
 # --- the spec -----------------------------------------------------------------------------

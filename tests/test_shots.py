@@ -156,6 +156,66 @@ def test_a_shot_image_is_refused_where_the_pipeline_starts_from_no_picture(tmp_p
                                   "pipelines that do"]
 
 
+def test_every_identity_anchor_error_is_named_in_one_run(tmp_path):
+    tiny = Path(__file__).parent.parent / "examples/tiny"
+    face, cup = str(tiny / "portrait.png"), str(tiny / "coffee.png")
+    shots = [{"frames": 8, "prompt": "a", "then": "fuse"}, {"frames": 8, "prompt": "b", "reference": {"image": cup}},
+             {"frames": 8, "prompt": "c", "reference": {"scale": 0.5}}]
+    with pytest.raises(SpecError) as err:  # no model.ip_adapter, and no job-wide picture
+        parse_spec(film_spec(tmp_path, shots=shots))
+    assert err.value.problems == [
+        f"{field}: an identity anchor is read by an IP-Adapter: set model.ip_adapter (tiny, a folder or a hub id "
+        "such as h94/IP-Adapter)" for field in ("shots.1.reference", "shots.2.reference")]
+    adapter = {"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny", "ip_adapter": "tiny",
+               "ip_adapter_weights": "ip-adapter_sd15.pt"}
+    with pytest.raises(SpecError) as err:
+        parse_spec(film_spec(tmp_path, shots=shots, model=adapter))
+    assert err.value.problems == [
+        "model.ip_adapter_weights: must name a .safetensors (or .bin) file in the adapter's models/ folder, e.g. "
+        "ip-adapter_sd15.safetensors; got 'ip-adapter_sd15.pt'",
+        "shots.2.reference.image: field required: the job has no reference picture for the shot's scale",
+        "shots.1.reference: shots joined by fuse are denoised as one run with one identity anchor (shot 0: none, "
+        "shot 1: coffee.png at scale 1.0); give the same, or join them with cut or dissolve"]
+    # a job-wide picture: the fused shots share it when shot 1 names the same one; shot 2 only sets a scale
+    job = film_spec(tmp_path, shots=[dict(shots[0]), dict(shots[1], reference={"image": face}), shots[2]],
+                    model=dict(adapter, ip_adapter_weights="ip-adapter_sd15.safetensors"),
+                    reference={"image": face, "scale": 1.0})
+    film = compile_film(parse_spec(job))
+    assert [(r.spec.reference.image, r.spec.reference.scale) for r in film.runs] == [(face, 1.0), (face, 0.5)]
+    for pipeline, extra in (("svd", {"svd": {"image": cup}}), ("wan-i2v", {"wan": {"image": cup}})):
+        with pytest.raises(SpecError) as err:
+            parse_spec(base_spec(tmp_path, model={"pipeline": pipeline, "base": "tiny", "ip_adapter": "tiny"},
+                                 prompt=None if pipeline == "svd" else "a", frames=9, reference={"image": face},
+                                 window={"length": 9, "overlap": 1, "reconcile": "crossfade"}, **extra))
+        anchored = [p for p in err.value.problems if p.startswith(("reference:", "model.ip_adapter:"))]
+        assert len(anchored) == 2 and all(f"{pipeline} is anchored by the picture" in p for p in anchored), \
+            err.value.problems
+
+
+def test_the_anchor_enters_the_window_keys_and_scale_0_keys_as_no_anchor(tmp_path):
+    """A window's key names its anchor's picture (by content) and scale: another picture
+    or scale renders again, scale 0 reads what a job without an anchor (same adapter) stored."""
+    from farm.keys import model_identity, task_key
+    from farm.pipelines import descriptor
+
+    tiny = Path(__file__).parent.parent / "examples/tiny"
+    model = {"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny", "ip_adapter": "tiny"}
+
+    def key(**overrides):
+        spec = parse_spec(base_spec(tmp_path, model=model, **overrides))
+        task = descriptor("animatediff").window_inputs(spec, compile_film(spec).task(0), None)
+        return task_key(model_identity(spec, "cpu"), task)
+
+    face = {"image": str(tiny / "portrait.png"), "scale": 0.8}
+    keys = [key(reference=face), key(reference=face | {"scale": 0.5}),
+            key(reference=face | {"image": str(tiny / "coffee.png")}), key()]
+    assert len(set(keys)) == 4
+    assert key(reference=face | {"scale": 0}) == key()
+    copy = tmp_path / "same-face.png"  # the picture by content, not by path
+    copy.write_bytes((tiny / "portrait.png").read_bytes())
+    assert key(reference=face | {"image": str(copy)}) == keys[0]
+
+
 def test_farm_plan_lists_shots_with_their_runs_and_windows(tmp_path):
     job = write_spec(tmp_path, film_spec(tmp_path))
     result = CliRunner().invoke(main, ["plan", str(job), "--json", "--store", str(tmp_path)])
@@ -204,6 +264,28 @@ def test_editing_one_shot_renders_only_its_windows_and_keeps_every_other_frame(t
     if reconcile == "latent":
         assert [r["from_store"] for r in again["latent"]["runs"]] == [True, True, False, True, True]
         assert "changed since the last render" in again["latent"]["runs"][2]["rendered_again"]
+
+
+@pytest.mark.usefixtures("warm_farm")
+@pytest.mark.parametrize("reconcile", ["latent", "crossfade"])
+def test_an_identity_anchor_changes_its_shots_and_scale_0_renders_as_none(tmp_path, reconcile):
+    """Shot 0 has the job's anchor, shot 1 turns it off (scale 0): shot 0 differs from the
+    same film without an IP-Adapter, shot 1 is its bits exactly (the adapter's attention
+    is skipped at scale 0)."""
+    face = str(Path(__file__).parent.parent / "examples/tiny/portrait.png")
+    shots = [{"frames": 20, "prompt": "a woman smiling", "then": "cut"},
+             {"frames": 12, "prompt": "a woman walking", "reference": {"scale": 0}}]
+    plain = film_spec(tmp_path, shots=[shots[0], dict(shots[1], reference=None)], reconcile=reconcile,
+                      name="plain.mp4")
+    anchored = film_spec(tmp_path, shots=shots, reconcile=reconcile, name="anchored.mp4",
+                         model=dict(plain["model"], ip_adapter="tiny"), reference={"image": face, "scale": 0.8})
+    _render(plain)
+    report = _render(anchored)
+    a, b = read_frames(tmp_path / "plain.mp4"), read_frames(tmp_path / "anchored.mp4")
+    assert len(a) == len(b) == 32
+    assert np.abs(a[:20].astype(int) - b[:20]).mean() > 1.0
+    assert np.array_equal(a[20:], b[20:])
+    assert [w.get("reference") for w in report["windows"]] == [{"image": face, "scale": 0.8}] * 2 + [None]
 
 
 @pytest.mark.usefixtures("warm_farm")

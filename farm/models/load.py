@@ -20,7 +20,7 @@ from farm.identity import TINY_LORAS
 from farm.models import single_file
 from farm.models.schedulers import SCHEDULERS
 from farm.models.single_file import is_single_file
-from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, TINY_VAE, tiny_model_path
+from farm.models.tiny import IP_ADAPTER_SUBFOLDER, TINY_BASE, TINY_IP_ADAPTER, TINY_MOTION_ADAPTER, TINY_VAE, tiny_model_path
 
 if TYPE_CHECKING:
     from farm.spec import ModelSpec
@@ -45,10 +45,10 @@ def resolve_ref(ref: str, tiny_name: str) -> str:
     return str(tiny_model_path(tiny_name)) if ref == "tiny" else ref
 
 
-def _load(what: str, ref: str, loader, config: str | None = None):
+def _load(what: str, ref: str, loader, config: str | None = None, layout: str = "a local folder in diffusers layout"):
     """`loader()`, with a failure to read `ref` (the value of spec field `what`) turned into
     a FarmError that names the field and says what would load. `config`: the
-    `model.config` a single file is read with."""
+    `model.config` a single file is read with; `layout`: what a folder of it holds."""
     import pickle
 
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -65,7 +65,7 @@ def _load(what: str, ref: str, loader, config: str | None = None):
                     f"model.config describes ({config or 'sd15'}: {single_file.config_folder(config)}); "
                     "for another architecture give model.config a folder of its configs in diffusers layout.")
         else:
-            hint = ("Give a local folder in diffusers layout, or a hub id reachable from this node "
+            hint = (f"Give {layout}, or a hub id reachable from this node "
                     "(HF_HUB_OFFLINE=1 allows only cached models).")
         raise FarmError(f"cannot load {what} from {ref!r}: {str(err).strip().rstrip('.')}. {hint}") from err
 
@@ -98,6 +98,25 @@ def set_scheduler(pipe, name: str) -> None:
 
     class_name, overrides = SCHEDULERS[name]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
+
+
+def load_ip_adapter(pipe, model: ModelSpec) -> None:
+    """`model.ip_adapter` into the pipeline, when given: `load_ip_adapter` reads the weights
+    file `model.ip_adapter_weights` from the adapter's models/ folder (h94/IP-Adapter's
+    layout; a local folder may also hold it at its top) and the CLIP image encoder beside
+    it (models/image_encoder/), in the pipeline's dtype. Loaded once, with the pipeline,
+    whether or not a window has an anchor: a window without one runs it at scale 0, which
+    diffusers' IP-Adapter attention skips, so its frames are those of no adapter at all."""
+    if model.ip_adapter is None:
+        return
+    ref = resolve_ref(model.ip_adapter, TINY_IP_ADAPTER)
+    folder = Path(ref).expanduser()
+    subfolder = "" if folder.is_dir() and (folder / model.ip_adapter_weights).is_file() else IP_ADAPTER_SUBFOLDER
+    layout = (f"a folder in h94/IP-Adapter's layout ({IP_ADAPTER_SUBFOLDER}/{model.ip_adapter_weights} and "
+              f"{IP_ADAPTER_SUBFOLDER}/image_encoder/; or the weights file at its top, beside image_encoder/)")
+    _load("model.ip_adapter", model.ip_adapter,
+          lambda: pipe.load_ip_adapter(ref, subfolder=subfolder, weight_name=model.ip_adapter_weights,
+                                       image_encoder_folder="image_encoder"), layout=layout)
 
 
 def load_loras(pipe, loras) -> None:
@@ -249,9 +268,10 @@ def load_animatediff(model: ModelSpec, device: str):
 
 
 def finish_animatediff(pipe, model: ModelSpec, device: str):
-    """The steps every AnimateDiff variant shares after loading: scheduler, LoRAs, memory,
-    placement. Returns (pipe, applied memory knobs)."""
+    """The steps every AnimateDiff variant shares after loading: scheduler, IP-Adapter,
+    LoRAs, memory, placement. Returns (pipe, applied memory knobs)."""
     set_scheduler(pipe, model.scheduler_name)
+    load_ip_adapter(pipe, model)
     load_loras(pipe, model.loras)
     pipe.set_progress_bar_config(disable=True)
     applied = apply_memory(pipe, model.memory, device)

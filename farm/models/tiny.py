@@ -17,6 +17,8 @@ then `os.replace`), and are laid out exactly like a hub checkout:
     <cache>/models/tiny-vae-v1/         an AutoencoderKL folder that fits tiny-sd15, with other weights (`model.vae`)
     <cache>/models/tiny-sd15-config-v1/ the configs of tiny-sd15, its ControlNet and motion adapter, without
                                         weights: `model.config: tiny` for single-file checkpoints
+    <cache>/models/tiny-ip-adapter-v1/  an IP-Adapter for tiny-sd15 in h94/IP-Adapter's layout:
+                                        models/ip-adapter_sd15.safetensors and models/image_encoder/
 
 farm/models/tiny_files.py writes the same weights as the single files users download.
 """
@@ -42,6 +44,10 @@ TINY_WAN22 = f"tiny-wan22-{TINY_VERSION}"
 TINY_WAN_I2V = f"tiny-wan-i2v-{TINY_VERSION}"
 TINY_VAE = f"tiny-vae-{TINY_VERSION}"
 TINY_CONFIG = f"tiny-sd15-config-{TINY_VERSION}"
+TINY_IP_ADAPTER = f"tiny-ip-adapter-{TINY_VERSION}"
+#: Where an IP-Adapter folder keeps its weights and image encoder (h94/IP-Adapter's layout).
+IP_ADAPTER_SUBFOLDER = "models"
+IP_ADAPTER_WEIGHTS = "ip-adapter_sd15.safetensors"
 
 _CROSS_ATTENTION_DIM = 32
 _VOCAB_SIZE = 1000
@@ -157,6 +163,49 @@ def _build_config(folder: Path, root: Path | None) -> None:
     for name, subfolder in ((TINY_CONTROLNET, "controlnet"), (TINY_MOTION_ADAPTER, "motion_adapter")):
         (folder / subfolder).mkdir(parents=True)
         shutil.copyfile(tiny_model_path(name, root) / "config.json", folder / subfolder / "config.json")
+
+
+def _build_ip_adapter(folder: Path, root: Path | None) -> None:
+    """An IP-Adapter for the tiny SD1.5 UNet, in the layout of h94/IP-Adapter (what
+    `load_ip_adapter` reads): a CLIP vision tower with projection (224×224 input, patch 14,
+    as the real ViT-H) under models/image_encoder/, and models/ip-adapter_sd15.safetensors
+    holding the image projection (`image_proj.proj`: the CLIP embedding to 4 tokens of the
+    cross-attention width, `image_proj.norm`) and one key/value projection pair per
+    cross-attention layer of the AnimateDiff UNet (`ip_adapter.{1,3,5,…}.to_k_ip/to_v_ip`,
+    numbered in the order diffusers reads them: the UNet's attention processors, the
+    motion modules' skipped). Random weights, so a reference image visibly changes the
+    frames, as a trained adapter's does."""
+    import torch
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    base = tiny_model_path(TINY_BASE, root)
+    unet = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
+                                       MotionAdapter.from_pretrained(tiny_model_path(TINY_MOTION_ADAPTER, root)))
+    widths = unet.config.block_out_channels
+    tokens, cross, clip = 4, _CROSS_ATTENTION_DIM, _CROSS_ATTENTION_DIM
+    torch.manual_seed(0)
+    proj, norm = torch.nn.Linear(clip, tokens * cross), torch.nn.LayerNorm(cross)
+    weights = {"image_proj.proj.weight": proj.weight, "image_proj.proj.bias": proj.bias,
+               "image_proj.norm.weight": norm.weight, "image_proj.norm.bias": norm.bias}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor") or "motion_modules" in name:
+            continue
+        block = name.split(".")[0]
+        width = (widths[-1] if block == "mid_block" else
+                 list(reversed(widths))[int(name.split(".")[1])] if block == "up_blocks" else widths[int(name.split(".")[1])])
+        for which in ("to_k_ip", "to_v_ip"):
+            weights[f"ip_adapter.{key_id}.{which}.weight"] = torch.nn.Linear(cross, width, bias=False).weight
+        key_id += 2
+    models = folder / IP_ADAPTER_SUBFOLDER
+    models.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in weights.items()}, models / IP_ADAPTER_WEIGHTS)
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=clip, projection_dim=clip, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=224, patch_size=14, layer_norm_eps=1e-05)).save_pretrained(models / "image_encoder")
 
 
 def save_sd_pipeline(folder: Path, unet, vae, text_encoder, dtype=None) -> None:
@@ -403,7 +452,7 @@ _BUILDERS = {
     TINY_VAE: _build_vae,
 }
 #: Builds made from other tiny models (in the same cache root).
-_DERIVED = {TINY_CONFIG: _build_config}
+_DERIVED = {TINY_CONFIG: _build_config, TINY_IP_ADAPTER: _build_ip_adapter}
 
 
 def tiny_model_path(name: str, root: Path | None = None) -> Path:

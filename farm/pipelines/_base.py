@@ -79,6 +79,9 @@ class Pipeline:
     #: the kinds it refuses, each with the reason. No kinds: `model.cache` is refused.
     cache_kinds: ClassVar[tuple[str, ...]] = ()
     cache_refuses: ClassVar[dict[str, str]] = {}
+    #: None: it takes an identity anchor (`reference:`, a picture read by the IP-Adapter
+    #: `model.ip_adapter` names). Else why not, for the error that refuses both.
+    no_reference: ClassVar[str | None] = "has no IP-Adapter to read an identity anchor"
     #: Fields under `model:` this pipeline does not take, each with the reason.
     refuses: ClassVar[dict[str, str]] = {}
     #: Spec fields that may name a single-file checkpoint (farm.models.single_file), e.g.
@@ -134,6 +137,14 @@ class LoadedRenderer:
 
     def load(self, spec: "JobSpec", device: str):
         raise NotImplementedError
+
+
+def read_picture(path: str) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB: a shot's start picture, an identity anchor."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def blank_frames(task: "WindowTask") -> np.ndarray:

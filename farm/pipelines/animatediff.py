@@ -2,7 +2,8 @@
 
     1. initial latents: the per-frame noise of the window's global frames (farm.noise)
     2. a CPU generator for any stochastic scheduler step, seeded by the window's first frame
-    3. text conditioning: one prompt, or one embedding per frame (prompt schedules)
+    3. text conditioning: one prompt, or one embedding per frame (prompt schedules); with
+       `model.ip_adapter`, the identity anchor's image embedding and scale
     4. denoise and decode (decode chunk and VAE precision as the fallback ladder asks)
 
 With `window.reconcile: latent` the windows are denoised together (farm/latent.py), and
@@ -13,6 +14,7 @@ scheduler step and VAE decode, one window or one frame at a time.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,8 +23,8 @@ from farm.identity import config_identity, lora_identity, ref_identity, spec_val
 from farm.models.schedulers import SCHEDULERS
 from farm.models.remote import is_staged_file
 from farm.models.single_file import is_single_file
-from farm.models.tiny import TINY_BASE, TINY_MOTION_ADAPTER, TINY_VAE
-from farm.pipelines._base import LoadedRenderer, Pipeline
+from farm.models.tiny import TINY_BASE, TINY_IP_ADAPTER, TINY_MOTION_ADAPTER, TINY_VAE
+from farm.pipelines._base import LoadedRenderer, Pipeline, read_picture
 from farm.tasks import Overrides, WindowTask
 
 if TYPE_CHECKING:
@@ -34,11 +36,12 @@ class AnimateDiff(Pipeline):
     renderer = "farm.pipelines.animatediff:AnimateDiffRenderer"
     tiny_base = TINY_BASE
     single_file_fields = ("model.base", "model.motion_adapter", "model.vae")
+    no_reference = None  # an IP-Adapter (model.ip_adapter) reads the identity anchor
 
     def key_fields(self, spec: "JobSpec") -> dict:
-        """The motion adapter, scheduler and LoRAs; `model.vae` when given; and the configs
-        single files are read with, when there are any (absent otherwise, so the keys of a
-        job with neither are those it always had)."""
+        """The motion adapter, scheduler and LoRAs; `model.vae` and `model.ip_adapter` when
+        given; and the configs single files are read with, when there are any (absent
+        otherwise, so the keys of a job with none of them are those it always had)."""
         model = spec.model
         scheduler_class, settings = SCHEDULERS[model.scheduler_name]
         fields = {
@@ -48,15 +51,39 @@ class AnimateDiff(Pipeline):
         }
         if model.vae is not None:
             fields["vae"] = ref_identity(model.vae, TINY_VAE)
+        if model.ip_adapter is not None:
+            fields["ip_adapter"] = {"source": ref_identity(model.ip_adapter, TINY_IP_ADAPTER),
+                                    "weights": model.ip_adapter_weights}
         if any(is_single_file(spec_value(spec, field)) or is_staged_file(spec_value(spec, field))
                for field in self.single_file_fields):
             fields["config"] = config_identity(model.config)
         return fields
 
+    def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
+        """The identity anchor, when the job (or the window's shot) has one of scale > 0:
+        scale 0 is no anchor, and renders (and is keyed) as none."""
+        ref = spec.reference
+        if ref is None or ref.scale == 0:
+            return task
+        return replace(task, reference=read_picture(ref.image), reference_scale=ref.scale)
+
+    def describe_inputs(self, spec: "JobSpec", task: WindowTask) -> dict:
+        ref = spec.reference
+        if ref is None or ref.scale == 0:
+            return {}
+        return {"reference": {"image": ref.image, "scale": ref.scale}}
+
 
 class AnimateDiffRenderer(LoadedRenderer):
     """Holds one loaded AnimateDiffPipeline and renders windows with it."""
 
+    #: Image embeddings of the identity anchors it has seen (by picture digest), at most this many.
+    ANCHORS = 16
+
+    def __init__(self, spec: "JobSpec", device: str):
+        super().__init__(spec, device)
+        self._anchors: dict = {}
+        self._anchor_scale: float | None = None
 
     def load(self, spec: "JobSpec", device: str):
         from farm.models.load import load_animatediff
@@ -86,12 +113,15 @@ class AnimateDiffRenderer(LoadedRenderer):
         latents = window_noise(task.seed, w.start, w.end, shape).to(self.device, pipe.unet.dtype)
         # 2. A generator for any stochastic scheduler step, seeded by the window's first frame.
         generator = torch.Generator(device="cpu").manual_seed(frame_seed(task.seed, w.start))
-        # 3. Text conditioning: one prompt for the window, or one embedding per frame.
+        # 3. Text conditioning: one prompt for the window, or one embedding per frame; the anchor.
         if len(set(task.conditioning)) == 1 and task.conditioning[0][2] >= 1.0:
             prompt_args = {"prompt": task.conditioning[0][1], "negative_prompt": task.negative_prompt or None}
             hook = None
         else:
             prompt_args, hook = self._per_frame_prompts(task)
+        anchor = self._anchor(task)
+        if anchor is not None:
+            prompt_args["ip_adapter_image_embeds"] = self._use_anchor(*anchor)
         # 4. Denoise, then decode: by the pipeline, or by us with the VAE in fp32 (the NaN fallback).
         chunk = overrides.decode_chunk_size or w.length
         try:
@@ -151,6 +181,53 @@ class AnimateDiffRenderer(LoadedRenderer):
         hidden = torch.cat([negative.expand(frames, -1, -1), per_frame]) if cfg else per_frame
         return per_frame, hidden
 
+    def _anchor(self, task: WindowTask) -> tuple[list, float] | None:
+        """The IP-Adapter's input for a window's calls (`ip_adapter_image_embeds`: the
+        anchor's image embedding, after the unconditional one under guidance) and its
+        scale; None when no adapter is loaded. A window without an anchor gets zeros at
+        scale 0, which the adapter's attention skips: its frames are those of a pipeline
+        without the adapter."""
+        import torch
+
+        if self.spec.model.ip_adapter is None:
+            return None
+        positive, negative = self._image_embeds(task.reference)
+        scale = task.reference_scale if task.reference is not None else 0.0
+        return [torch.cat([negative, positive]) if task.guidance > 1.0 else positive], scale
+
+    def _use_anchor(self, embeds: list, scale: float) -> list:
+        """Set the adapter's scale for the next UNet call (windows of different shots may
+        alternate on one actor); returns `embeds`."""
+        if scale != self._anchor_scale:
+            self.pipe.set_ip_adapter_scale(scale)
+            self._anchor_scale = scale
+        return embeds
+
+    def _image_embeds(self, picture: np.ndarray | None):
+        """(positive, unconditional) image embeddings of an anchor picture, each (1, 1, …),
+        computed once per picture (the pipeline's `encode_image`: CLIP's preprocessing, the
+        image encoder; its hidden states for the adapters whose projection reads them).
+        None, no anchor: zeros of the same shapes."""
+        import torch
+        from diffusers.models.embeddings import ImageProjection
+        from PIL import Image
+
+        from farm.store import frames_digest
+
+        key = None if picture is None else frames_digest(picture)
+        if key not in self._anchors:
+            pipe = self.pipe
+            hidden = not isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)
+            image = Image.fromarray(picture if picture is not None else np.zeros((224, 224, 3), np.uint8))
+            with torch.inference_mode():
+                positive, negative = pipe.encode_image(image, self.device, 1, hidden)
+            if picture is None:
+                positive = torch.zeros_like(positive)
+            if len(self._anchors) >= self.ANCHORS:
+                self._anchors.pop(next(iter(self._anchors)))
+            self._anchors[key] = (positive[None], negative[None])
+        return self._anchors[key]
+
     # Co-denoising (farm/latent.py) -------------------------------------------------------
     def latent_timesteps(self, steps: int) -> list:
         """4. Prepare timesteps (the pipeline's scheduler, as `__call__` sets it)."""
@@ -173,8 +250,9 @@ class AnimateDiffRenderer(LoadedRenderer):
         return self.pipe.unet.dtype
 
     def latent_conditioning(self, task: WindowTask) -> dict:
-        """3. Encode input prompt, for one window: the text input of its UNet calls (and
-        what a variant adds, e.g. its control frames)."""
+        """3. Encode input prompt, for one window: the text input of its UNet calls, the
+        identity anchor's image embedding (None without `model.ip_adapter`), and what a
+        variant adds, e.g. its control frames."""
         import torch
 
         pipe, frames = self.pipe, task.window.length
@@ -187,17 +265,20 @@ class AnimateDiffRenderer(LoadedRenderer):
             hidden = hidden.repeat_interleave(repeats=frames, dim=0)
         else:
             _, hidden = self._per_frame_embeddings(task)
-        return {"hidden": hidden, "guidance": task.guidance, "task": task}
+        return {"hidden": hidden, "guidance": task.guidance, "task": task, "anchor": self._anchor(task)}
 
     def latent_predict(self, cond: dict, latents, step: int, t):
         """8. One denoising step's noise prediction for one window, guidance applied."""
         import torch
 
         pipe, cfg = self.pipe, cond["guidance"] > 1.0
+        anchor = {}
+        if cond["anchor"] is not None:  # the UNet repeats the image embedding over the frames
+            anchor = {"added_cond_kwargs": {"image_embeds": self._use_anchor(*cond["anchor"])}}
         with torch.inference_mode():
             model_input = torch.cat([latents] * 2) if cfg else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
-            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=cond["hidden"],
+            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=cond["hidden"], **anchor,
                                    **self.latent_residuals(cond, model_input, step, t)).sample
             if cfg:
                 uncond, text = noise_pred.chunk(2)

@@ -37,10 +37,11 @@ class AnimateDiffControlNet(AnimateDiff):
         }
 
     def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
-        """The window's slice of `control.video`, resized to the job's size."""
+        """The window's slice of `control.video`, resized to the job's size (and the
+        identity anchor, as AnimateDiff's)."""
         from farm.control import read_control_frames
 
-        w = task.window
+        w, task = task.window, super().window_inputs(spec, task, before)
         return replace(task, control=read_control_frames(spec.control.video, spec.control.start + w.start,
                                                                spec.control.start + w.end, spec.width, spec.height))
 

@@ -26,7 +26,7 @@ import numpy as np
 from farm.color import match_statistics
 from farm.errors import FarmError
 from farm.models.tiny import TINY_SVD
-from farm.pipelines._base import LoadedRenderer, Pipeline
+from farm.pipelines._base import LoadedRenderer, Pipeline, read_picture
 from farm.tasks import Overrides, WindowResult, WindowTask
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ class Svd(Pipeline):
     spec_block, spec_block_needs = "svd", "at least `image:`"
     local_inputs = (("svd.image", "path"),)
     no_text = "is conditioned on svd.image, not on text"
+    no_reference = ("is anchored by the picture each chain starts from (svd.image, or a shot's image); "
+                    "it has no IP-Adapter")
     refuses = {
         "vae": "svd decodes with its own temporal VAE (AutoencoderKLTemporalDecoder); model.vae replaces the "
                "AutoencoderKL of the AnimateDiff pipelines",
@@ -65,7 +67,7 @@ class Svd(Pipeline):
         }
 
     def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
-        return replace(task, image=_read_image(spec.svd.image) if task.window.start == 0 else before)
+        return replace(task, image=read_picture(spec.svd.image) if task.window.start == 0 else before)
 
     def describe_inputs(self, spec: "JobSpec", task: WindowTask) -> dict:
         if task.window.start == 0:  # a chain's first window (the job's, or a shot's)
@@ -80,13 +82,6 @@ class Svd(Pipeline):
         """SVD's temporal VAE makes a window decoded in smaller chunks (the OOM fallback)
         differ slightly from the one its key promises: such a window is used, not kept."""
         return not any(step.startswith("oom") for step in result.fallbacks)
-
-
-def _read_image(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def load_svd(spec: "JobSpec", device: str):

@@ -38,6 +38,8 @@ class Wan(Pipeline):
     temporal_compression = 4
     causal_decode = True
     min_frames = 5  # a run of shots: two latent frames
+    no_reference = ("has no IP-Adapter; to keep a subject across shots use wan-i2v, where the picture each "
+                    "shot starts from (its image) is the anchor")
     spec_block, spec_block_needs, spec_block_required = "wan", "", False
     block_refuses = {"image": "wan is text to video; use model.pipeline: wan-i2v to start from a picture"}
     refuses = {

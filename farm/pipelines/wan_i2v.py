@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from farm.models.tiny import TINY_WAN_I2V
-from farm.pipelines.svd import _read_image
+from farm.pipelines._base import read_picture
 from farm.pipelines.wan import Wan, WanRenderer, _fp32, latent_frames, load_wan
 from farm.tasks import Overrides, WindowTask
 
@@ -39,10 +39,12 @@ class WanI2V(Wan):
     block_refuses = {}
     local_inputs = (("wan.image", "path"),)
     shot_image = "wan"  # each shot may start from its own picture, its anchor
+    no_reference = ("is anchored by the picture each shot starts from (a shot's image, else wan.image); it has "
+                    "no IP-Adapter")
 
     def window_inputs(self, spec: "JobSpec", task: WindowTask, before: np.ndarray | None) -> WindowTask:
         """Every window reads the picture (keyed by its content)."""
-        return replace(task, image=_read_image(spec.wan.image))
+        return replace(task, image=read_picture(spec.wan.image))
 
     def describe_inputs(self, spec: "JobSpec", task: WindowTask) -> dict:
         return {"conditioned_on": {"image": spec.wan.image, "first_frame": task.window.start == 0}}
