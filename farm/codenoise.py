@@ -77,6 +77,13 @@ class LatentJob:
     width: int
     checkpoints: tuple[int, ...]  # farm.codenoise.checkpoint_steps
     causal_decode: bool = False  # the pipeline's descriptor: frames decode in order, state carried
+    # A local re-render (farm/rerender.py): the job is a span of a run's windows, its frame 0
+    # the run's frame `offset` (noise is drawn by the run's frame numbers), and the frames
+    # `fixed` are set to their stored latents after every step: `fixed_latents` holds, per
+    # range, its latents after steps 1 … steps, (steps, C, F, H, W) float32.
+    offset: int = 0
+    fixed: tuple[tuple[int, int], ...] = ()
+    fixed_latents: tuple[np.ndarray, ...] = ()
 
 
 def partition(windows: Sequence[Window], actors: int) -> tuple[Shard, ...]:
@@ -118,9 +125,12 @@ def fuse_weights(windows: Sequence[Window], scheme: str) -> tuple[np.ndarray, ..
     return tuple(w.astype(np.float32) for w in frame_weights(windows, scheme))
 
 
-def checkpoint_steps(steps: int, every: int) -> tuple[int, ...]:
+def checkpoint_steps(steps: int, every: int, keep_steps: bool = False) -> tuple[int, ...]:
     """The step counts after which the latents are saved: every `every` steps, and the end
-    (so a finished job's latents can be decoded again without denoising)."""
+    (so a finished job's latents can be decoded again without denoising); every step with
+    `keep_steps` (window.keep_steps: a later edit re-renders locally, farm/rerender.py)."""
+    if keep_steps:
+        return tuple(range(1, steps + 1))
     return tuple(sorted({s for s in range(every, steps, every)} | {steps}))
 
 

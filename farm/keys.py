@@ -8,8 +8,9 @@
     window     its frame range, the prompt(s) of each of its frames (farm.prompts), the
                negative prompt, seed, size, steps, guidance, and its inputs by content:
                the SVD conditioning frame (the spec's image, or the last frame of the
-               window before), the window's control frames, and its identity anchor
-               (the reference picture and its scale; absent when there is none)
+               window before), the window's control frames, its identity anchor
+               (the reference picture and its scale; absent when there is none), and
+               its shot's own LoRA weights (absent when they are the job's)
 
 Not in the key: the blend, encoding and interpolation (they act after the store), the
 fault-injection settings (they never change a successful window's frames), and library
@@ -48,6 +49,8 @@ def task_key(model_id: dict, task) -> str:
               if getattr(task, name) is not None}
     if task.reference is not None:
         inputs["reference"] = {"image": frames_digest(task.reference), "scale": task.reference_scale}
+    if task.lora_weights is not None:
+        inputs["lora_weights"] = list(task.lora_weights)
     return window_key({
         "inputs": inputs,
         "model": model_id,
@@ -66,6 +69,14 @@ def latent_job_key(window_keys: list[str], scheme: str) -> str:
     change anywhere reaches everywhere through the fused overlaps), so it is made of all
     the windows' keys, in order, and the fuse weights' scheme."""
     return window_key({"reconcile": "latent", "blend": scheme, "windows": list(window_keys)})
+
+
+def local_job_key(key: str, last_key: str, region) -> str:
+    """The key a local re-render (farm/rerender.py) of the co-denoised job `key` from the
+    render stored under `last_key` is stored under: not `key`, whose latents are those of
+    a whole render (what `--full` and a fresh render give), but that and where it came from."""
+    return window_key({"local": key, "from": last_key, "windows": [region.windows.start, region.windows.stop],
+                       "free": list(region.free)})
 
 
 #: Blocks of a spec that act on the frames after the pipeline, or on the job, or are read
@@ -94,15 +105,13 @@ def stored_windows(spec: JobSpec, plan, store) -> dict:
     know where its job will run: both are looked up. A chained pipeline's later windows
     depend on the frames before them: only the first of each run is looked up."""
     from farm.shots import compile_film, run_label
-    from farm.tasks import WindowTask
 
     pipeline, film = descriptor(spec.model.pipeline), compile_film(spec)
     kinds = ("cpu", "cuda")
     if spec.window.reconcile == "latent":
         runs = []
         for run in film.runs:
-            tasks = [pipeline.window_inputs(run.spec, WindowTask.from_spec(run.spec, w), None)
-                     for w in run.plan.windows]
+            tasks = [pipeline.window_inputs(run.spec, run.task(w), None) for w in run.plan.windows]
             keys = {kind: [task_key(model_identity(spec, kind), t) for t in tasks] for kind in kinds}
             latent_frames = run.plan.latent_windows[-1].end
             steps = {kind: store.checkpoints(latent_job_key(keys[kind], spec.window.blend)).latest(latent_frames)
@@ -111,8 +120,11 @@ def stored_windows(spec: JobSpec, plan, store) -> dict:
             last = None if steps[kind] else store.last_latent_job(run_label(spec.output, run))
             near = max(kinds, key=lambda k: sum(a == b for a, b in zip(last["window_keys"], keys[k]))) if last else kind
             again = why_rendered_again(last, keys[near], spec.window.blend, run.plan.windows)
+            region = _local(spec, run, store, keys) if not steps[kind] else None
             runs.append({"shots": list(run.shots), "latent_step": steps[kind],
-                         "latent_device": kind if steps[kind] else None, "rendered_again": again})
+                         "latent_device": kind if steps[kind] else None,
+                         "rendered_again": region.describe() if region else again,
+                         "local": region.to_dict() if region else None})
         if not film.has_shots:
             return {"windows": {}} | runs[0]
         return {"windows": {}, "latent_step": min(r["latent_step"] for r in runs),
@@ -127,6 +139,19 @@ def stored_windows(spec: JobSpec, plan, store) -> dict:
             if task.window.index not in found and store.has(task_key(model_id, task)):
                 found[task.window.index] = kind
     return {"windows": found}
+
+
+def _local(spec: JobSpec, run, store, keys: dict[str, list[str]]):
+    """The region a local re-render of `run` would denoise again (farm/rerender.py), from
+    the last render that kept every step; None: it renders whole."""
+    from farm.rerender import local_region
+    from farm.shots import run_label
+
+    kept = store.kept_steps_job(run_label(spec.output, run)) if spec.window.keep_steps else None
+    if kept is None or kept["blend"] != spec.window.blend or kept["steps"] != spec.steps:
+        return None
+    near = max(keys, key=lambda k: sum(a == b for a, b in zip(kept["window_keys"], keys[k])))
+    return local_region(kept["window_keys"], keys[near], run.plan.latent_windows, spec.window.rerender_radius)
 
 
 def why_rendered_again(last: dict | None, window_keys: list[str], blend: str, windows) -> str | None:

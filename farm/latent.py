@@ -70,7 +70,8 @@ class ShardRunner:
         if latents is None:
             if start_step:
                 raise ValueError(f"shard {shard.index}: resuming at step {start_step} needs its latents")
-            self.latents = model.latent_noise(job.seed, self.lo, self.hi, job.height, job.width)
+            self.latents = model.latent_noise(job.seed, job.offset + self.lo, job.offset + self.hi, job.height,
+                                              job.width)
         else:
             device = getattr(model, "latent_device", model.device)
             self.latents = torch.from_numpy(np.ascontiguousarray(latents)).to(device, model.latent_dtype())
@@ -133,8 +134,9 @@ class ShardRunner:
         t1 = time.perf_counter()
         i, t = self.step, self.timesteps[self.step]
         fused = fused.to(self.latents.dtype)
+        first = self.job.offset + self.lo  # the run's frame numbers draw the noise
         for k in range(self.hi - self.lo):
-            generator = torch.Generator(device="cpu").manual_seed(step_seed(self.job.seed, self.lo + k, i))
+            generator = torch.Generator(device="cpu").manual_seed(step_seed(self.job.seed, first + k, i))
             at_step(self.model, i)
             self.latents[:, :, k : k + 1] = self.model.latent_step(fused[:, :, k : k + 1], t,
                                                                   self.latents[:, :, k : k + 1], generator)
@@ -142,6 +144,16 @@ class ShardRunner:
         self.preds = {}
         self.step += 1
         self.stats.steps += 1
+        self._hold_fixed()
+
+    def _hold_fixed(self) -> None:
+        """A local re-render: the fixed frames this shard covers take their stored latents
+        after this many steps (farm/rerender.py)."""
+        for (a, b), stored in zip(self.job.fixed, self.job.fixed_latents):
+            lo, hi = max(a, self.lo), min(b, self.hi)
+            if lo < hi:
+                held = torch.from_numpy(np.ascontiguousarray(stored[self.step - 1][:, :, lo - a : hi - a]))
+                self.latents[:, :, lo - self.lo : hi - self.lo] = held.to(self.latents.device, self.latents.dtype)
 
     # -- what leaves the shard ---------------------------------------------------------------
     def owned_latents(self) -> np.ndarray:

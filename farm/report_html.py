@@ -106,6 +106,13 @@ def gantt_svg(report: dict) -> str:
     if latent:
         rows = "".join(f"<tr><td>{_e(sh['index'])}</td><td>{_e(sh['windows'][0])}–{_e(sh['windows'][1])}</td>"
                        f"<td>{_e(sh['frames'][0])}–{_e(sh['frames'][1] - 1)}</td></tr>" for sh in latent["shards"])
+        if latent.get("local"):
+            local = latent["local"]
+            return (f'<p class="note">A local re-render on {_e(_count(local["actors"], "actor"))}: windows '
+                    f'{_e(local["windows"][0])}–{_e(local["windows"][1])} denoised again in '
+                    f'{_e(_fmt(local["denoise_seconds"]))} s; the whole job then decoded on '
+                    f'{_e(_count(latent["actors"], "actor"))}.</p><p class="note">{_e(latent["rendered_again"])}</p>'
+                    f"<table><tr><th>shard</th><th>windows</th><th>frames</th></tr>{rows}</table>")
         if latent.get("from_store"):
             return (f'<p class="note">The job\'s final latents were read from the window store: nothing was '
                     f'denoised; decoded on {_e(_count(latent["actors"], "actor"))}.</p>'
@@ -211,6 +218,12 @@ def flicker_svg(report: dict) -> str:
         lo, hi = (s.get("handover") or [s["frame"], s["frame"]])[:2]
         out.append(f'<rect class="handover" x="{x(lo):.1f}" y="{top}" width="{max(x(hi) - x(lo), 1):.1f}" '
                    f'height="{bottom - top}" fill="#fbe9d0" opacity="0.6"/>')
+    latent = report.get("latent") or {}
+    regions = [r["local"]["video_frames"] for r in [latent, *(latent.get("runs") or [])] if r.get("local")]
+    for lo, hi in regions:  # a local re-render: the frames denoised again
+        out.append(f'<rect class="rerendered" x="{x(lo):.1f}" y="{top}" width="{max(x(hi) - x(lo), 1):.1f}" '
+                   f'height="{bottom - top}" fill="#d7e7fb" opacity="0.7"><title>re-rendered: frames {_e(lo)}–'
+                   f'{_e(hi - 1)}</title></rect>')
     cuts = flicker.get("cuts") or []
     for c in cuts:  # a film's cuts: a new shot, not a seam
         out.append(f'<line class="cut" data-frame="{_e(c)}" x1="{x(c):.1f}" x2="{x(c):.1f}" y1="{top}" '
@@ -241,6 +254,8 @@ def flicker_svg(report: dict) -> str:
              "shaded: the frames its blend hands over")
     if cuts:
         marks += "; solid dark lines: cuts between shots (no seam; left out of the score)"
+    if regions:
+        marks += "; blue band: the frames a local re-render denoised again (every other frame is the last render's)"
     note = (f'<p class="note">Mean absolute change from the previous frame, 0–255 (VBench temporal '
             f"flickering; score {_e(_fmt(score, 4))}). {marks}; ×: the seam's jump ratio "
             "(largest change in the handover ÷ median change inside the windows; 1 is invisible).</p>")

@@ -57,6 +57,7 @@ class Shot:
     then: str  # cut, fuse or dissolve
     dissolve: int  # frames crossfaded with the next shot (then: dissolve)
     anchor: dict | None = None  # its identity anchor, {"image", "scale"} (None: none, or scale 0)
+    loras: dict | None = None  # its own weights for the job's LoRAs, {name: weight}
 
     @property
     def anchor_label(self) -> str:
@@ -78,6 +79,13 @@ class Run:
     first_window: int  # global index of its first window
     dissolve_in: int  # frames crossfaded with the run before
     dissolve_out: int  # … and with the run after
+    lora_weights: tuple[float, ...] | None = None  # its shots' own LoRA weights (None: the job's)
+
+    def task(self, w: Window) -> "WindowTask":
+        """Its window `w` as its actors render it."""
+        from farm.tasks import WindowTask
+
+        return WindowTask.from_spec(self.spec, w, self.lora_weights)
 
     @property
     def rendered(self) -> int:
@@ -143,10 +151,7 @@ class Film:
     def task(self, index: int) -> "WindowTask":
         """Global window `index` as its run renders it: local frames, global index (the
         dispatcher, the ledger and the reconciler know windows by index)."""
-        from farm.tasks import WindowTask
-
-        run = self.run_of(index)
-        return WindowTask.from_spec(run.spec, replace(self.local(index), index=index))
+        return self.run_of(index).task(replace(self.local(index), index=index))
 
     def tasks(self) -> list["WindowTask"]:
         return [self.task(i) for i in range(len(self.windows))]
@@ -197,13 +202,14 @@ def compile_film(spec: "JobSpec") -> Film:
         dissolve_out = spec.shots[members[-1]].dissolve if members[-1] + 1 < len(spec.shots) else 0
         run_spec = run_job(spec, members, frames, out)
         plan = plan_windows(run_spec)
-        runs.append(Run(g, tuple(members), run_spec, plan, frames, render, out, window, dissolve_in, dissolve_out))
+        runs.append(Run(g, tuple(members), run_spec, plan, frames, render, out, window, dissolve_in, dissolve_out,
+                        spec.shot_lora_weights(members[0])))
         at = out
         for i, n in zip(members, lengths):
             shot = spec.shots[i]
             ref = spec.shot_reference(i)
             anchor = {"image": ref.image, "scale": ref.scale} if ref is not None and ref.scale else None
-            shots.append(Shot(i, g, at, at + n, shot.first_prompt, shot.join, shot.dissolve, anchor))
+            shots.append(Shot(i, g, at, at + n, shot.first_prompt, shot.join, shot.dissolve, anchor, shot.loras))
             at += n
         render += run_spec.frames
         out += frames - dissolve_out
@@ -287,9 +293,10 @@ class Splice:
 
 
 def shot_table(film: Film, records: dict[int, dict], latent_runs: list[dict]) -> list[dict]:
-    """The report's `shots`: each shot's output frames, prompt, identity anchor, join, run, the windows that
-    render it, whether they were rendered or read from the store, and their seconds (the
-    windows' render time; a co-denoised run's wall time, shared by its shots)."""
+    """The report's `shots`: each shot's output frames, prompt, identity anchor, own LoRA
+    weights, join, run, the windows that render it, whether they were rendered or read
+    from the store, and their seconds (the windows' render time; a co-denoised run's wall
+    time, shared by its shots)."""
     run_seconds = {r["run"].index: r.get("seconds") for r in latent_runs}
     rows = []
     for shot in film.shots:
@@ -303,20 +310,22 @@ def shot_table(film: Film, records: dict[int, dict], latent_runs: list[dict]) ->
         seconds = run_seconds.get(run.index) if latent_runs else round(
             sum(r.get("seconds") or 0.0 for r in done if not r.get("cached")), 4)
         rows.append({"index": shot.index, "frames": [shot.start, shot.end], "length": shot.end - shot.start,
-                     "prompt": shot.prompt, "anchor": shot.anchor, "then": shot.then, "dissolve": shot.dissolve, "run": run.index,
+                     "prompt": shot.prompt, "anchor": shot.anchor, "loras": shot.loras, "then": shot.then, "dissolve": shot.dissolve, "run": run.index,
                      "windows": windows, "state": state, "seconds": seconds})
     return rows
 
 
 def merge_latent_reports(film: Film, runs: list[dict]) -> dict:
     """The report's `latent` for co-denoised runs, each {run, key, from_store,
-    rendered_again, seconds, report (CoDenoiser.report())}. One run without shots: its
+    rendered_again, local (a local re-render's region, farm/rerender.py, or None), seconds,
+    report (CoDenoiser.report())}. One run without shots: its
     report with its key, as for any job; a film: the runs' shards (windows and frames
     numbered across the film), recoveries and times together, and each run's own under
     `runs`."""
     if not film.has_shots:
         r = runs[0]
-        return r["report"] | {"key": r["key"], "from_store": r["from_store"], "rendered_again": r["rendered_again"]}
+        return r["report"] | {"key": r["key"], "from_store": r["from_store"], "rendered_again": r["rendered_again"],
+                              "local": r.get("local")}
     shards, stats, recoveries, reshapes = [], [], [], []
     for r in runs:
         run, rep = r["run"], r["report"]
@@ -344,7 +353,7 @@ def merge_latent_reports(film: Film, runs: list[dict]) -> dict:
         "from_store": all(r["from_store"] for r in runs),
         "rendered_again": "; ".join(again) or None,
         "runs": [{"run": r["run"].index, "shots": list(r["run"].shots), "key": r["key"], "from_store": r["from_store"],
-                  "rendered_again": r["rendered_again"], "seconds": r.get("seconds"),
+                  "rendered_again": r["rendered_again"], "local": r.get("local"), "seconds": r.get("seconds"),
                   "denoise_seconds": r["report"]["denoise_seconds"]} for r in runs],
     }
 

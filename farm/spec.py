@@ -165,6 +165,13 @@ def _weights_file(v: str) -> str:
     return v
 
 
+def _radius(v: Any) -> int | str:
+    """`window.rerender_radius`: a count of windows, or `all`."""
+    if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_WINDOW):
+        return v
+    raise ValueError(f"must be a number of windows, 0–{MAX_WINDOW}, or all (the whole run); got {v!r}")
+
+
 def _multiple_of_8(v: int) -> int:
     if v % 8:
         raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8); got {v}")
@@ -427,11 +434,19 @@ class WindowSpec(_Strict):
     # the decoded overlaps blended in pixels. The default is the pipeline's (latent where it can).
     reconcile: Literal["latent", "crossfade"] = "latent"
     checkpoint_every: int = Field(5, ge=1, le=MAX_STEPS)  # latent: save the latents every this many steps
+    # latent: keep every step's latents of each run in the store, so that an edit re-renders
+    # only the windows near it (a local re-render; farm/rerender.py)
+    keep_steps: bool = False
+    # a local re-render: the windows within this many windows of the changed ones; `all`: the whole run
+    rerender_radius: Annotated[Any, AfterValidator(_radius)] = 1
 
     @classmethod
     def _rules(cls, v: dict) -> Rules:
         if "length" in v and "overlap" in v and v["overlap"] >= v["length"]:
             yield "overlap", f"must be < window.length ({v['length']}); got {v['overlap']}"
+        if v.get("keep_steps") and v.get("reconcile") == "crossfade":
+            yield "keep_steps", ("is for window.reconcile: latent; a crossfade job keeps every window in the store "
+                                 "and renders again only the windows an edit reaches")
 
 
 class EncodeSpec(_Strict):
@@ -546,6 +561,8 @@ class ShotSpec(_Strict):
     image: Annotated[str, AfterValidator(_image_opens)] | None = None  # the shot starts from this picture
     control_start: Frame | None = None  # animatediff-controlnet: the control video's frame this shot starts at
     reference: ShotReference | None = None  # its own identity anchor (image, scale) instead of the job's
+    # its own weights for the job's LoRAs, by name (the LoRAs stay loaded; e.g. a character LoRA off)
+    loras: dict[str, Annotated[float, Field(ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)]] | None = None
     then: Annotated[Any, AfterValidator(_join)] = "cut"
 
     @property
@@ -641,6 +658,13 @@ class JobSpec(_Root):
             return self.reference
         job = self.reference.model_dump() if self.reference is not None else {}
         return ReferenceSpec(**(job | own.model_dump(exclude_none=True)))
+
+    def shot_lora_weights(self, index: int) -> tuple[float, ...] | None:
+        """Shot `index`'s weights for the job's LoRAs, in `model.loras` order, where its own
+        `loras` change them (None: the job's)."""
+        own = self.shots[index].loras or {}
+        weights = tuple(own.get(lora.name, lora.weight) for lora in self.model.loras)
+        return weights if weights != tuple(lora.weight for lora in self.model.loras) else None
 
     def shot_frames(self, index: int) -> int:
         """Frames of shot `index`: its `frames`, or its `seconds` at the job's fps."""
@@ -763,6 +787,7 @@ def _shots_fit(v: dict) -> Rules:
                 yield f"shots.{i}.then", f"dissolve {k} must be shorter than shot {i} ({n} frames{into})"
             if after is not None and k >= after:
                 yield f"shots.{i}.then", f"dissolve {k} must be shorter than shot {i + 1} ({after} frames)"
+        yield from _shot_loras(i, shot, v)
         if then == "fuse" and i < last and isinstance(shots[i + 1], dict):
             yield from _fused(i, shot, shots[i + 1], v, d)
     if d is not None:
@@ -800,6 +825,21 @@ def _shot_inputs(i: int, shot: dict, pipeline: str, d) -> Rules:
         yield f"shots.{i}.control_start", f"is for the pipelines with a control video; {pipeline} has none"
 
 
+def _lora_weights(shot: dict, v: dict) -> dict:
+    """{LoRA name: weight} for a shot: the job's, with the shot's own over them."""
+    job = {lora.get("name"): lora.get("weight") for lora in _get(v, "model.loras") or [] if lora}
+    return job | {k: w for k, w in (shot.get("loras") or {}).items() if k in job}
+
+
+def _shot_loras(i: int, shot: dict, v: dict) -> Rules:
+    names = [lora.get("name") for lora in _get(v, "model.loras") or [] if lora]
+    for name in shot.get("loras") or {}:
+        if name not in names:
+            known = f"its LoRAs: {', '.join(names)}" if names else "it has none"
+            yield f"shots.{i}.loras.{name}", (f"no LoRA named {name!r} in model.loras ({known}); a shot sets the "
+                                              "weights of the job's LoRAs, which are loaded once for the job")
+
+
 def _fused(i: int, shot: dict, nxt: dict, v: dict, d) -> Rules:
     """Shots i and i + 1 are fused: denoised as one run."""
     if nxt.get("control_start") is not None:
@@ -809,6 +849,10 @@ def _fused(i: int, shot: dict, nxt: dict, v: dict, d) -> Rules:
         yield f"shots.{i + 1}.image", (f"shot {i} is fused to this one (then: fuse), so this shot continues its "
                                        "video and cannot start from a new picture (fusing would drop it); join "
                                        "them with cut or dissolve")
+    if _lora_weights(shot, v) != _lora_weights(nxt, v):
+        yield f"shots.{i + 1}.loras", (f"shots joined by fuse are denoised as one run with one set of LoRA weights "
+                                       f"(shot {i}: {_lora_weights(shot, v)}, shot {i + 1}: {_lora_weights(nxt, v)}); "
+                                       "give the same, or join them with cut or dissolve")
     for name in ("seed", "guidance", "negative_prompt"):
         a, b = shot.get(name), nxt.get(name)
         a, b = (v.get(name) if a is None else a), (v.get(name) if b is None else b)

@@ -142,9 +142,22 @@ class WindowStore:
         data = json.dumps({"output": output, "key": key, "window_keys": window_keys, "blend": blend})
         replace_atomically(self._latent_job_path(output), lambda tmp: Path(tmp).write_text(data))
 
-    def _latent_job_path(self, output: str) -> Path:
+    def kept_steps_job(self, output: str) -> dict | None:
+        """What `remember_kept_steps` kept of the last co-denoised job that wrote `output`
+        whole with every step's latents (window.keep_steps): what a local re-render starts from."""
+        try:
+            return json.loads(self._latent_job_path(output, ".steps").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember_kept_steps(self, output: str, key: str, window_keys: list[str], blend: str, steps: int) -> None:
+        """Keep, per output, the job whose every step's latents are stored under `key`, once it is whole."""
+        data = json.dumps({"output": output, "key": key, "window_keys": window_keys, "blend": blend, "steps": steps})
+        replace_atomically(self._latent_job_path(output, ".steps"), lambda tmp: Path(tmp).write_text(data))
+
+    def _latent_job_path(self, output: str, kind: str = "") -> Path:
         # beside latent/ (whose folders are jobs' checkpoints, which `gc` ages), a few bytes each
-        return self.root / "latent-outputs" / f"{hashlib.sha256(output.encode()).hexdigest()[:32]}.json"
+        return self.root / "latent-outputs" / f"{hashlib.sha256(output.encode()).hexdigest()[:32]}{kind}.json"
 
     # -- layout ----------------------------------------------------------------------------
     def _frames_path(self, key: str) -> Path:
@@ -314,9 +327,15 @@ class LatentCheckpoints:
     whole when its parts cover every frame. A shard's part is the same bits whatever the
     number of actors, so parts cut by one run's actors fit another run's. Each part is an
     `.npy` file (no pickles) written atomically; the driver writes them all (the actors hand
-    their latents over), so they need no disk shared with the nodes."""
+    their latents over), so they need no disk shared with the nodes.
+
+    `keep_all` (window.keep_steps): no checkpoint is dropped once whole, so every step's
+    latents stay (what a local re-render reads, farm/rerender.py)."""
+
+    keep_all = False
 
     def __init__(self, root: Path, key: str):
+        self.key = key
         self.folder = Path(root) / "latent" / key
 
     def put(self, step: int, lo: int, hi: int, latents: np.ndarray) -> None:
@@ -346,12 +365,13 @@ class LatentCheckpoints:
     # -- the same for both kinds -------------------------------------------------------------
     def latest(self, frames: int) -> int:
         """The largest step with a whole checkpoint (0: none, start from the noise)."""
+        return next((step for step in sorted(self.steps(), reverse=True) if self.whole(step, frames)), 0)
+
+    def whole(self, step: int, frames: int) -> bool:
+        """Whether the checkpoint after `step` steps covers frames [0, frames)."""
         from farm.codenoise import missing
 
-        for step in sorted(self.steps(), reverse=True):
-            if not missing([(lo, hi) for lo, hi, _ in self.parts(step)], frames):
-                return step
-        return 0
+        return not missing([(lo, hi) for lo, hi, _ in self.parts(step)], frames)
 
     def load(self, step: int, lo: int, hi: int) -> np.ndarray:
         """Frames [lo, hi) of the checkpoint after `step` steps, gathered from its parts."""
@@ -366,18 +386,44 @@ class LatentCheckpoints:
         return np.concatenate(pieces, axis=2)
 
     def keep_only(self, step: int) -> None:
-        """Drop every checkpoint but the one after `step` steps: what an attempt starts
-        from (later ones are parts a failed attempt left; 0 drops all)."""
+        """Drop the checkpoints after `step` steps, what an attempt starts from: they are
+        parts a failed attempt left (0 drops all). Earlier ones are whole, and gone unless
+        they are kept (`keep_all`)."""
         for other in self.steps():
-            if other != step:
+            if other > step:
                 self.drop(other)
 
     def drop_before(self, step: int) -> None:
-        """Drop the checkpoints before `step` steps, once that one is whole. Later ones
-        stay: shards that run ahead of the others have already written parts of them."""
+        """Drop the checkpoints before `step` steps, once that one is whole (unless every
+        step is kept). Later ones stay: shards that run ahead of the others have already
+        written parts of them."""
         for other in self.steps():
-            if other < step:
+            if other < step and not self.keep_all:
                 self.drop(other)
+
+
+class SpanCheckpoints(LatentCheckpoints):
+    """The frames [lo, hi) of a run's checkpoints, numbered from lo: what the span of a
+    local re-render (farm/rerender.py) writes and resumes from. Every step is kept."""
+
+    keep_all = True
+
+    def __init__(self, inner: LatentCheckpoints, lo: int, hi: int):
+        self.inner, self.lo, self.hi = inner, lo, hi
+
+    def put(self, step: int, lo: int, hi: int, latents: np.ndarray) -> None:
+        self.inner.put(step, lo + self.lo, hi + self.lo, latents)
+
+    def steps(self) -> list[int]:
+        return self.inner.steps()
+
+    def parts(self, step: int) -> list:
+        return [(max(a, self.lo) - self.lo, min(b, self.hi) - self.lo,
+                 lambda a=a, b=b, read=read: read()[:, :, max(a, self.lo) - a : min(b, self.hi) - a])
+                for a, b, read in self.inner.parts(step) if max(a, self.lo) < min(b, self.hi)]
+
+    def drop(self, step: int) -> None:
+        self.inner.drop(step)
 
 
 class MemoryCheckpoints(LatentCheckpoints):
@@ -425,4 +471,10 @@ class NoStore:
         return None
 
     def remember_latent_job(self, output: str, key: str, window_keys: list[str], blend: str) -> None:
+        pass
+
+    def kept_steps_job(self, output: str) -> None:
+        return None
+
+    def remember_kept_steps(self, output: str, key: str, window_keys: list[str], blend: str, steps: int) -> None:
         pass

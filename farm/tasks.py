@@ -34,11 +34,13 @@ class WindowTask:
     control: np.ndarray | None = field(default=None, compare=False)  # controlnet: (F, H, W, 3) uint8
     reference: np.ndarray | None = field(default=None, compare=False)  # identity anchor (H, W, 3) uint8
     reference_scale: float = 0.0  # the IP-Adapter's weight for `reference`
+    lora_weights: tuple[float, ...] | None = None  # a shot's own weights for the job's LoRAs (None: the job's)
 
     @classmethod
-    def from_spec(cls, spec: "JobSpec", window: Window) -> "WindowTask":
+    def from_spec(cls, spec: "JobSpec", window: Window, lora_weights: tuple[float, ...] | None = None) -> "WindowTask":
         """The task without its per-window inputs (`image`, `control`, `reference`): the driver adds them
-        just before dispatch (`dataclasses.replace`), so they are never all in memory."""
+        just before dispatch (`dataclasses.replace`), so they are never all in memory.
+        `lora_weights`: its shot's own LoRA weights (farm.shots.Run)."""
         return cls(
             window=window,
             conditioning=frame_conditioning(spec.schedule, spec.prompt_transition, window.start, window.end),
@@ -48,6 +50,7 @@ class WindowTask:
             steps=spec.steps,
             guidance=spec.guidance,
             seed=spec.seed,
+            lora_weights=lora_weights,
         )
 
 

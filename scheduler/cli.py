@@ -59,6 +59,11 @@ def _render_options(f):
     )(f)
     f = click.option("--no-store", is_flag=True, help="Render every window afresh and keep none.")(f)
     f = click.option(
+        "--full", is_flag=True,
+        help="Render every co-denoised run whole, not only the windows near an edit (window.rerender_radius: all); "
+             "the same frames as a fresh render.",
+    )(f)
+    f = click.option(
         "--rife-weights", type=click.Path(exists=True, dir_okay=False),
         help="Your own RIFE v3.6 HD flownet.pkl; default: the copy `farm models pull rife` fetched.",
     )(f)
@@ -90,7 +95,7 @@ def main() -> None:
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @_render_options
 def render(job, output, address, workers, threads, quiet, as_json, rife_weights, store, no_store,
-           actor_resources, check_seams, gpus_per_worker, farm, priority, job_id):
+           actor_resources, check_seams, gpus_per_worker, farm, priority, job_id, full):
     """Render JOB (a YAML job spec) to an mp4 and a report next to it.
 
     Windows already in the store are reused, so running a job again after a crash, or after
@@ -101,6 +106,7 @@ def render(job, output, address, workers, threads, quiet, as_json, rife_weights,
         spec = load_spec(job, output=output)
     except SpecError as err:
         _fail(err)
+    spec = _whole(spec) if full else spec
     _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
          actor_resources, check_seams, gpus_per_worker, farm=farm, priority=priority, job_id=job_id)
 
@@ -108,7 +114,7 @@ def render(job, output, address, workers, threads, quiet, as_json, rife_weights,
 @main.command()
 @_render_options
 def demo(output, address, workers, threads, quiet, as_json, rife_weights, store, no_store, actor_resources,
-         check_seams, gpus_per_worker, farm, priority, job_id):
+         check_seams, gpus_per_worker, farm, priority, job_id, full):
     """Render the built-in demo job (tiny model, CPU-friendly, no network)."""
     import yaml
 
@@ -119,8 +125,14 @@ def demo(output, address, workers, threads, quiet, as_json, rife_weights, store,
         spec = parse_spec(data, source="built-in demo", output=output)
     except SpecError as err:
         _fail(err)
+    spec = _whole(spec) if full else spec
     _run(spec, address, workers, threads, quiet, as_json, rife_weights, False if no_store else store,
          actor_resources, check_seams, gpus_per_worker, farm=farm, priority=priority, job_id=job_id)
+
+
+def _whole(spec):
+    """`--full`: every co-denoised run rendered whole, as if fresh (farm/rerender.py)."""
+    return spec.model_copy(update={"window": spec.window.model_copy(update={"rerender_radius": "all"})})
 
 
 def _execute(work, quiet: bool, as_json: bool) -> dict | None:
@@ -202,6 +214,11 @@ def _windows_summary(report) -> list[str]:
     lost = f", {_count(len(lat['recoveries']), 'recovery')} from lost actors" if lat["recoveries"] else ""
     moved = ", then ".join(f"{r['actors_after']} from step {r['at_step']}" for r in lat.get("reshapes", []))
     moved = f" (the farm moved actors: {moved})" if moved else ""
+    if lat.get("local"):
+        first, last = lat["local"]["windows"]
+        return [f"co-denoised windows {first}–{last} of {len(report.windows)} again on "
+                f"{_count(lat['local']['actors'], 'actor')} (a local re-render; the rest from the store) {tail}",
+                lat["rendered_again"]]
     return [f"co-denoised {_count(len(report.windows), 'window')} on {_count(lat['actors'], 'actor')}"
             f"{asked}{resumed}{lost}{moved} {tail}"] + ([lat["rendered_again"]] if lat.get("rendered_again") else [])
 
@@ -357,7 +374,8 @@ def _store_plan(spec, p, stored: dict, chained: bool) -> str:
         changed = [r for r in stored["runs"] if r["rendered_again"]]
         line = (f"store: {done} of {_count(len(stored['runs']), 'run')} stored whole (only decoded), "
                 f"{len(stored['runs']) - done} to denoise")
-        return line + "".join(f"\n  shots {r['shots'][0]}–{r['shots'][-1]}: {r['rendered_again'].split('; ')[1]}"
+        return line + "".join(f"\n  shots {r['shots'][0]}–{r['shots'][-1]}: "
+                              + (r["rendered_again"] if r.get("local") else r["rendered_again"].split("; ")[1])
                               for r in changed)
     if spec.window.reconcile == "latent":
         step = stored["latent_step"]
@@ -365,6 +383,8 @@ def _store_plan(spec, p, stored: dict, chained: bool) -> str:
             return f"store: the whole co-denoised job ({stored['latent_device']}); nothing to denoise"
         if step:
             return f"store: a checkpoint after step {step} of {spec.steps} ({stored['latent_device']}); it goes on from there"
+        if stored.get("local"):
+            return f"store: every step of the last render; {stored['rendered_again']}"
         return "store: nothing of this co-denoised job" + (
             f"; {stored['rendered_again'].removeprefix('co-denoised: ')}" if stored.get("rendered_again") else
             "; every window is rendered (a change anywhere changes every window)")

@@ -45,7 +45,8 @@ from farm.codenoise import Shard, partition
 from farm.errors import LatentError
 from farm.segments import Source
 from farm.codenoise import LatentJob
-from farm.store import LatentCheckpoints
+from farm.rerender import Region, outside, span_job, span_tasks
+from farm.store import LatentCheckpoints, SpanCheckpoints
 from farm.tasks import WindowTask
 from farm.util import first_line
 from scheduler.progress import NullProgress
@@ -92,6 +93,12 @@ class CoDenoiser:
         for chunk in self._run(refs=False):
             yield from chunk
 
+    def denoise(self) -> None:
+        """Every step, checkpointed, and no frame decoded: the span of a local re-render
+        (farm/rerender.py), whose run then decodes from its last step."""
+        for _ in self._run(refs=False, decode=False):
+            pass
+
     def chunk_refs(self) -> Iterator[tuple[Source, ray.ObjectRef]]:
         """The decoded chunks in order, each as (its frames, the ref of its array): the
         frames stay in the object store for the segment tasks (scheduler/segments.py). For
@@ -100,7 +107,7 @@ class CoDenoiser:
             raise ValueError("a causal decoder's chunks reach the driver in turn: use frames()")
         yield from self._run(refs=True)
 
-    def _run(self, refs: bool) -> Iterator:
+    def _run(self, refs: bool, decode: bool = True) -> Iterator:
         next_frame = 0
         while True:
             try:
@@ -112,11 +119,11 @@ class CoDenoiser:
                 self.progress.stage(f"denoising on {len(self.shards)} actors" + (f" from step {start}" if start else ""))
                 self._begin(start)
                 self._denoise(start)
-                if refs:
+                if decode and refs:
                     for source, ref in self._decode_side_by_side(next_frame, refs=True):
                         next_frame = source.end
                         yield source, ref
-                else:
+                elif decode:
                     for frames in self._decode(next_frame):
                         next_frame += len(frames)
                         yield frames
@@ -336,6 +343,23 @@ class CoDenoiser:
             "wait_share": round(1 - sum(busy) / (wall * len(busy)), 4) if wall and busy else None,
             "shard_stats": self.stats,
         }
+
+
+def rerender_locally(codenoiser_args: dict, job: LatentJob, tasks: Sequence[WindowTask], region: Region,
+                     checkpoints: LatentCheckpoints, last: LatentCheckpoints) -> CoDenoiser:
+    """A local re-render (farm/rerender.py): `region`'s windows denoised again on the
+    actors, the frames next to them held to the last render's latents (`last`) at every
+    step, every step of theirs written to the run's `checkpoints`; then the run's other
+    frames' latents of every step copied from `last`, so that every step of the run is
+    whole (its last one decodes, and a later edit re-renders locally in turn). Returns the
+    span's CoDenoiser (it says where its shards ran and what it cost)."""
+    span = CoDenoiser(job=span_job(job, region, last.load), tasks=span_tasks(tasks, region),
+                      checkpoints=SpanCheckpoints(checkpoints, *region.frames), **codenoiser_args)
+    span.denoise()
+    for step in range(1, job.steps + 1):
+        for lo, hi in outside(region, job.windows[-1].end):
+            checkpoints.put(step, lo, hi, last.load(step, lo, hi))
+    return span
 
 
 class _Reshape(Exception):

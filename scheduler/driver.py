@@ -54,13 +54,14 @@ from farm.errors import ClusterError, FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips, Storyboard
 from farm.interpolate import retiming
 from farm.farmqueue import DEFAULT_PRIORITY
-from farm.keys import latent_job_key, model_identity, pipeline_key, task_key, why_rendered_again
+from farm.keys import latent_job_key, local_job_key, model_identity, pipeline_key, task_key, why_rendered_again
 from farm.metrics import FlickerMeter, flicker_report
 from farm.models.sources import check_sources
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
 from farm.prompts import window_prompts
 from farm.report import Report, cache_summary, report_path, versions
+from farm.rerender import local_region
 from farm.segments import Encoding, Interpolation, choose_path, plan_latent_segments, plan_segments
 from farm.shots import compile_film, merge_latent_reports, run_label, shot_span, shot_table
 from farm.rife import backends, weights
@@ -80,7 +81,7 @@ from scheduler.cluster import (
     stop_actors,
     wants_gpus,
 )
-from scheduler.codenoise import CoDenoiser
+from scheduler.codenoise import CoDenoiser, rerender_locally
 from scheduler.dispatch import WindowDispatcher
 from scheduler.jobs import submitted_by
 from scheduler.lease import Lease
@@ -375,32 +376,47 @@ class RenderJob:
 
     def co_denoise_run(self, run, actors: tuple[list, list[dict]]) -> tuple[list, list[dict]]:
         """One run's windows (in the run's own frames) on `actors`; returns the actors that
-        are left (a recovery may leave some out)."""
+        are left (a recovery may leave some out). After an edit, a run whose last render
+        kept every step's latents renders again only the windows near the edit (a local
+        re-render, farm/rerender.py), then decodes the whole run from its last step."""
         spec = run.spec
         windows = run.plan.latent_windows  # in latent frames: the same as the windows but for a video VAE
         job = LatentJob(windows, fuse_weights(windows, spec.window.blend), spec.steps, spec.seed, spec.height,
-                        spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every),
+                        spec.width, checkpoint_steps(spec.steps, spec.window.checkpoint_every, spec.window.keep_steps),
                         causal_decode=self.pipeline.causal_decode)
-        tasks = [WindowTask.from_spec(spec, w) for w in run.plan.windows]
+        tasks = [run.task(w) for w in run.plan.windows]
         prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
         window_keys = [self.keys.get(prepare(t)) for t in tasks]
         key = latent_job_key(window_keys, spec.window.blend)
         checkpoints = self.store.checkpoints(key)
-        stored, again = self._look_up_latent(run, checkpoints.latest(windows[-1].end), key, window_keys)
+        saved = checkpoints.latest(windows[-1].end)
+        region, last = self._local_region(run, window_keys) if not saved else (None, None)
+        if region is not None:  # stored apart from a whole render of the same windows
+            key = local_job_key(key, last.key, region)
+            checkpoints = self.store.checkpoints(key)
+            saved = checkpoints.latest(windows[-1].end)
+        checkpoints.keep_all = spec.window.keep_steps
+        stored, again = self._look_up_latent(run, saved, key, window_keys, region)
         if len(self.film.runs) > 1:
             self.progress.notice(f"run {run.index + 1}/{len(self.film.runs)} (shots {shot_span(run.shots)}): "
                                  + ("decoding its stored latents" if stored else f"{len(tasks)} windows"))
         t0 = self.clock.elapsed()
-        codenoiser = CoDenoiser(
-            *actors, job, tasks, prepare, checkpoints, self.spec.retries, progress=self.progress, resizer=self.lease,
-            pipeline=(self.lease.spec_ref, self.lease.key) if self.lease is not None else ())
+        rendered = set() if stored else set(region.windows) if region else set(range(len(tasks)))
+        for w in range(len(tasks)):
+            (self.ledger.start if w in rendered else self.ledger.cached)(run.first_window + w)
+        args = dict(actors=actors[0], infos=actors[1], prepare=prepare, retries=self.spec.retries,
+                    progress=self.progress, resizer=self.lease,
+                    pipeline=(self.lease.spec_ref, self.lease.key) if self.lease is not None else ())
+        local = None
+        if region is not None and not stored:  # its span denoised, every step of the run is whole: it only decodes
+            span = rerender_locally(args, job, tasks, region, checkpoints, last)
+            args |= dict(actors=span.actors, infos=span.infos)
+            a, b = region.free
+            local = region.to_dict() | {"actors": len(span.shards), "denoise_seconds": round(span.denoise_seconds, 4),
+                                        "video_frames": [run.out_start + a, run.out_start + b]}
+        codenoiser = CoDenoiser(job=job, tasks=tasks, checkpoints=checkpoints, **args)
         self.latent_runs.append({"run": run, "codenoiser": codenoiser, "key": key, "from_store": stored,
-                                 "rendered_again": again})
-        for index in run.windows:
-            if stored:
-                self.ledger.cached(index)
-            else:
-                self.ledger.start(index)
+                                 "rendered_again": again, "local": local})
         if self.segmented:  # the decoded chunks stay in the object store
             for source, ref in codenoiser.chunk_refs():
                 self.stream.chunk(source, ref)
@@ -410,21 +426,42 @@ class RenderJob:
         self.latent_runs[-1]["seconds"] = round(self.clock.elapsed() - t0, 4)
         for task in tasks:
             index = run.first_window + task.window.index
-            if not stored:
+            if task.window.index in rendered:
                 self.ledger.done(index)
-            record = _latent_record(task, codenoiser, key, stored, run.out_start)
+            record = _latent_record(task, codenoiser, key, task.window.index not in rendered, run.out_start)
             self.records[index] = record | self.pipeline.describe_inputs(spec, task) | {"index": index}
+        frames = windows[-1].end
+        if spec.window.keep_steps and all(checkpoints.whole(s, frames) for s in range(1, spec.steps + 1)):
+            # what a later edit re-renders from (farm/rerender.py)
+            self.store.remember_kept_steps(run_label(self.spec.output, run), key, window_keys, spec.window.blend,
+                                           spec.steps)
         return codenoiser.actors, codenoiser.infos
 
-    def _look_up_latent(self, run, saved: int, key: str, window_keys: list[str]) -> tuple[bool, str | None]:
+    def _local_region(self, run, window_keys: list[str]):
+        """Where an edit lets a run render again locally (farm/rerender.py): the region of
+        windows near the changed ones, and the checkpoints of the last render, which kept
+        every step's latents (`window.keep_steps`). (None, None): the run renders whole."""
+        spec = run.spec
+        last = self.store.kept_steps_job(run_label(self.spec.output, run)) if spec.window.keep_steps else None
+        if last is None or last["blend"] != spec.window.blend or last["steps"] != spec.steps:
+            return None, None
+        region = local_region(last["window_keys"], window_keys, run.plan.latent_windows, spec.window.rerender_radius)
+        checkpoints = self.store.checkpoints(last["key"])
+        frames = run.plan.latent_windows[-1].end
+        if region is None or any(not checkpoints.whole(step, frames) for step in range(1, spec.steps + 1)):
+            return None, None  # (its steps were removed: farm store gc)
+        return region, checkpoints
+
+    def _look_up_latent(self, run, saved: int, key: str, window_keys: list[str], region) -> tuple[bool, str | None]:
         """What the store holds of a co-denoised run (its last whole checkpoint is after
-        `saved` steps): all of it (the same run again: only decoding is left), or nothing,
-        when an edit since the last render of this output is why (said, and reported).
-        Returns (all of it?, why it renders again)."""
+        `saved` steps): all of it (the same run again: only decoding is left), the steps of
+        its last render outside `region` (a local re-render), or nothing, when an edit since
+        the last render of this output is why (said, and reported). Returns (all of it?,
+        why it renders again)."""
         spec = run.spec
         label = run_label(self.spec.output, run)
         stored = saved == spec.steps
-        again = None if saved else why_rendered_again(
+        again = None if saved else region.describe() if region else why_rendered_again(
             self.store.last_latent_job(label), window_keys, spec.window.blend, run.plan.windows)
         if again:
             self.progress.notice(again if not run.shots else f"shots {shot_span(run.shots)}: {again}")

@@ -54,7 +54,7 @@ def write_spec(tmp_path, data: dict, name: str = "job.yaml"):
 LONGEST_FIRST = (
     "test_recovery", "test_farm_manager", "test_codenoise", "test_jobs", "test_ray_render", "test_wan",
     "test_resume", "test_autoscaler", "test_node_models_ray", "test_cli_local_head", "test_pool", "test_examples",
-    "test_shots_actors", "test_shots",
+    "test_shots_actors", "test_shots", "test_rerender",
     "test_segments", "test_local_cluster", "test_webui", "test_fallbacks", "test_outputs", "test_model_files",
     "test_pipelines", "test_rife", "test_node_models",
 )

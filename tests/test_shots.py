@@ -141,6 +141,8 @@ def test_every_shot_error_is_named_in_one_run(tmp_path):
      "shots.0: give `prompt` (one text) or `prompts` (a {frame: text} schedule)"),
     ([{"frames": 8, "seconds": 1, "prompt": "a"}], "shots.0: give exactly one of `frames` or `seconds` (at the job's fps)"),
     ([{"frames": 8, "prompt": "a", "image": "x.png"}], "shots.0.image: no file at"),
+    ([{"frames": 8, "prompt": "a", "loras": {"hero": 0.5}}],
+     "shots.0.loras.hero: no LoRA named 'hero' in model.loras (it has none); a shot sets the weights of the job's"),
 ])
 def test_a_bad_shot_is_refused_naming_its_field(tmp_path, shots, problem):
     with pytest.raises(SpecError) as err:
@@ -216,6 +218,27 @@ def test_the_anchor_enters_the_window_keys_and_scale_0_keys_as_no_anchor(tmp_pat
     assert key(reference=face | {"image": str(copy)}) == keys[0]
 
 
+def test_a_shot_s_lora_weights_enter_its_windows_keys_and_fused_shots_share_them(tmp_path):
+    from farm.keys import model_identity, task_key
+
+    model = {"pipeline": "animatediff", "base": "tiny", "motion_adapter": "tiny",
+             "loras": [{"id": "tiny-sd-lora", "name": "style", "weight": 0.8}, {"id": "tiny-motion-lora", "name": "zoom"}]}
+    shots = [{"frames": 8, "prompt": "a", "then": "cut"}, {"frames": 8, "prompt": "a", "loras": {"style": 0.0}},
+             {"frames": 8, "prompt": "a", "loras": {"style": 0.8}}]
+    spec = parse_spec(film_spec(tmp_path, shots=shots, model=model))
+    film = compile_film(spec)
+    assert [r.lora_weights for r in film.runs] == [None, (0.0, 1.0), None]  # the job's weights again: the job's
+    keys = [task_key(model_identity(spec, "cpu"), film.task(r.first_window)) for r in film.runs]
+    assert keys[0] == keys[2] != keys[1]  # the same frames and prompt; only the weights differ
+    fused = [dict(shots[0], then="fuse"), shots[1]]
+    with pytest.raises(SpecError) as err:
+        parse_spec(film_spec(tmp_path, shots=fused, model=model))
+    assert err.value.problems == [
+        "shots.1.loras: shots joined by fuse are denoised as one run with one set of LoRA weights (shot 0: "
+        "{'style': 0.8, 'zoom': 1.0}, shot 1: {'style': 0.0, 'zoom': 1.0}); give the same, or join them with cut or "
+        "dissolve"]
+
+
 def test_farm_plan_lists_shots_with_their_runs_and_windows(tmp_path):
     job = write_spec(tmp_path, film_spec(tmp_path))
     result = CliRunner().invoke(main, ["plan", str(job), "--json", "--store", str(tmp_path)])
@@ -268,17 +291,19 @@ def test_editing_one_shot_renders_only_its_windows_and_keeps_every_other_frame(t
 
 @pytest.mark.usefixtures("warm_farm")
 @pytest.mark.parametrize("reconcile", ["latent", "crossfade"])
-def test_an_identity_anchor_changes_its_shots_and_scale_0_renders_as_none(tmp_path, reconcile):
-    """Shot 0 has the job's anchor, shot 1 turns it off (scale 0): shot 0 differs from the
-    same film without an IP-Adapter, shot 1 is its bits exactly (the adapter's attention
-    is skipped at scale 0)."""
+def test_an_identity_anchor_and_a_lora_change_their_shots_and_at_0_render_as_none(tmp_path, reconcile):
+    """Shot 0 has the job's anchor and LoRA, shot 1 turns both off (scale 0, weight 0):
+    shot 0 differs from the same film without an IP-Adapter or LoRA, shot 1 is its bits
+    exactly (the adapter's attention is skipped at scale 0; a LoRA at weight 0 adds
+    nothing), although its actors hold both loaded."""
     face = str(Path(__file__).parent.parent / "examples/tiny/portrait.png")
     shots = [{"frames": 20, "prompt": "a woman smiling", "then": "cut"},
-             {"frames": 12, "prompt": "a woman walking", "reference": {"scale": 0}}]
-    plain = film_spec(tmp_path, shots=[shots[0], dict(shots[1], reference=None)], reconcile=reconcile,
+             {"frames": 12, "prompt": "a woman walking", "reference": {"scale": 0}, "loras": {"style": 0.0}}]
+    plain = film_spec(tmp_path, shots=[shots[0], dict(shots[1], reference=None, loras=None)], reconcile=reconcile,
                       name="plain.mp4")
-    anchored = film_spec(tmp_path, shots=shots, reconcile=reconcile, name="anchored.mp4",
-                         model=dict(plain["model"], ip_adapter="tiny"), reference={"image": face, "scale": 0.8})
+    model = dict(plain["model"], ip_adapter="tiny", loras=[{"id": "tiny-sd-lora", "name": "style", "weight": 1.0}])
+    anchored = film_spec(tmp_path, shots=shots, reconcile=reconcile, name="anchored.mp4", model=model,
+                         reference={"image": face, "scale": 0.8})
     _render(plain)
     report = _render(anchored)
     a, b = read_frames(tmp_path / "plain.mp4"), read_frames(tmp_path / "anchored.mp4")
@@ -286,6 +311,7 @@ def test_an_identity_anchor_changes_its_shots_and_scale_0_renders_as_none(tmp_pa
     assert np.abs(a[:20].astype(int) - b[:20]).mean() > 1.0
     assert np.array_equal(a[20:], b[20:])
     assert [w.get("reference") for w in report["windows"]] == [{"image": face, "scale": 0.8}] * 2 + [None]
+    assert [s["loras"] for s in report["shots"]] == [None, {"style": 0.0}]
 
 
 @pytest.mark.usefixtures("warm_farm")

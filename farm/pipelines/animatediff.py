@@ -84,6 +84,7 @@ class AnimateDiffRenderer(LoadedRenderer):
         super().__init__(spec, device)
         self._anchors: dict = {}
         self._anchor_scale: float | None = None
+        self._lora_weights = tuple(lora.weight for lora in spec.model.loras)  # as loaded
 
     def load(self, spec: "JobSpec", device: str):
         from farm.models.load import load_animatediff
@@ -107,6 +108,7 @@ class AnimateDiffRenderer(LoadedRenderer):
         pipe, w = self.pipe, task.window
         if overrides.cpu_offload:
             offload_once(self.pipe, self.device, self.memory)
+        self._use_loras(task)
         # 1. Initial latents: the per-frame noise of the window's global frames.
         scale = pipe.vae_scale_factor
         shape = (pipe.unet.config.in_channels, task.height // scale, task.width // scale)
@@ -180,6 +182,15 @@ class AnimateDiffRenderer(LoadedRenderer):
         frames = per_frame.shape[0]
         hidden = torch.cat([negative.expand(frames, -1, -1), per_frame]) if cfg else per_frame
         return per_frame, hidden
+
+    def _use_loras(self, task: WindowTask) -> None:
+        """The window's shot's own LoRA weights (`task.lora_weights`), else the job's, set
+        with `set_adapters` when they change (the LoRAs stay loaded)."""
+        loras = self.spec.model.loras
+        weights = task.lora_weights or tuple(lora.weight for lora in loras)
+        if loras and weights != self._lora_weights:
+            self.pipe.set_adapters([lora.name for lora in loras], adapter_weights=list(weights))
+            self._lora_weights = weights
 
     def _anchor(self, task: WindowTask) -> tuple[list, float] | None:
         """The IP-Adapter's input for a window's calls (`ip_adapter_image_embeds`: the
@@ -257,6 +268,7 @@ class AnimateDiffRenderer(LoadedRenderer):
 
         pipe, frames = self.pipe, task.window.length
         cfg = task.guidance > 1.0
+        self._use_loras(task)  # a LoRA may reach the text encoder too
         if len(set(task.conditioning)) == 1 and task.conditioning[0][2] >= 1.0:
             with torch.inference_mode():
                 positive, negative = pipe.encode_prompt(task.conditioning[0][1], self.device, 1, cfg,
@@ -272,6 +284,7 @@ class AnimateDiffRenderer(LoadedRenderer):
         import torch
 
         pipe, cfg = self.pipe, cond["guidance"] > 1.0
+        self._use_loras(cond["task"])
         anchor = {}
         if cond["anchor"] is not None:  # the UNet repeats the image embedding over the frames
             anchor = {"added_cond_kwargs": {"image_embeds": self._use_anchor(*cond["anchor"])}}

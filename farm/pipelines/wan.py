@@ -54,7 +54,10 @@ class Wan(Pipeline):
     cache_kinds = ("first_block", "mag", "taylorseer", "pab")
     cache_refuses = {"faster": "FasterCache approximates the unconditional branch from one batch holding both "
                                "guidance branches, and wan calls its transformer once per branch"}
-    latent_refuses = {"model.memory.vae_tiling": "a co-denoised wan video is decoded one latent frame at a time, "
+    latent_refuses = {"window.keep_steps": "a local re-render is not for wan: its video VAE decodes each latent "
+                                           "frame from the ones before it, so every frame after an edit would "
+                                           "change as it decoded again",
+                      "model.memory.vae_tiling": "a co-denoised wan video is decoded one latent frame at a time, "
                                                  "in order across the actors, without tiles; use it with crossfade"}
 
     def key_fields(self, spec: "JobSpec") -> dict:
