@@ -430,7 +430,8 @@ class MemoryCheckpoints(LatentCheckpoints):
     """Checkpoints in the driver's memory, when the store is off: they survive an actor,
     not the driver."""
 
-    def __init__(self):
+    def __init__(self, key: str = ""):
+        self.key = key
         self._mem: dict[int, dict[tuple[int, int], np.ndarray]] = {}
 
     def put(self, step: int, lo: int, hi: int, latents: np.ndarray) -> None:
@@ -465,7 +466,7 @@ class NoStore:
         return None
 
     def checkpoints(self, key: str) -> MemoryCheckpoints:
-        return MemoryCheckpoints()
+        return MemoryCheckpoints(key)
 
     def last_latent_job(self, output: str) -> dict | None:
         return None

@@ -58,11 +58,8 @@ def _render_options(f):
              "Default: <FARM_CACHE>/store.",
     )(f)
     f = click.option("--no-store", is_flag=True, help="Render every window afresh and keep none.")(f)
-    f = click.option(
-        "--full", is_flag=True,
-        help="Render every co-denoised run whole, not only the windows near an edit (window.rerender_radius: all); "
-             "the same frames as a fresh render.",
-    )(f)
+    f = click.option("--full", is_flag=True, help="Render every co-denoised run whole, not only the windows near an "
+                                                  "edit (window.rerender_radius: all): a fresh render's frames.")(f)
     f = click.option(
         "--rife-weights", type=click.Path(exists=True, dir_okay=False),
         help="Your own RIFE v3.6 HD flownet.pkl; default: the copy `farm models pull rife` fetched.",

@@ -387,16 +387,9 @@ class RenderJob:
         tasks = [run.task(w) for w in run.plan.windows]
         prepare = lambda task: self.pipeline.window_inputs(spec, task, None)  # noqa: E731
         window_keys = [self.keys.get(prepare(t)) for t in tasks]
-        key = latent_job_key(window_keys, spec.window.blend)
-        checkpoints = self.store.checkpoints(key)
-        saved = checkpoints.latest(windows[-1].end)
-        region, last = self._local_region(run, window_keys) if not saved else (None, None)
-        if region is not None:  # stored apart from a whole render of the same windows
-            key = local_job_key(key, last.key, region)
-            checkpoints = self.store.checkpoints(key)
-            saved = checkpoints.latest(windows[-1].end)
-        checkpoints.keep_all = spec.window.keep_steps
-        stored, again = self._look_up_latent(run, saved, key, window_keys, region)
+        checkpoints, region, last = self._latent_checkpoints(run, window_keys)
+        key = checkpoints.key
+        stored, again = self._look_up_latent(run, checkpoints.latest(windows[-1].end), key, window_keys, region)
         if len(self.film.runs) > 1:
             self.progress.notice(f"run {run.index + 1}/{len(self.film.runs)} (shots {shot_span(run.shots)}): "
                                  + ("decoding its stored latents" if stored else f"{len(tasks)} windows"))
@@ -411,9 +404,7 @@ class RenderJob:
         if region is not None and not stored:  # its span denoised, every step of the run is whole: it only decodes
             span = rerender_locally(args, job, tasks, region, checkpoints, last)
             args |= dict(actors=span.actors, infos=span.infos)
-            a, b = region.free
-            local = region.to_dict() | {"actors": len(span.shards), "denoise_seconds": round(span.denoise_seconds, 4),
-                                        "video_frames": [run.out_start + a, run.out_start + b]}
+            local = _local_record(region, span, run.out_start)
         codenoiser = CoDenoiser(job=job, tasks=tasks, checkpoints=checkpoints, **args)
         self.latent_runs.append({"run": run, "codenoiser": codenoiser, "key": key, "from_store": stored,
                                  "rendered_again": again, "local": local})
@@ -436,6 +427,21 @@ class RenderJob:
             self.store.remember_kept_steps(run_label(self.spec.output, run), key, window_keys, spec.window.blend,
                                            spec.steps)
         return codenoiser.actors, codenoiser.infos
+
+    def _latent_checkpoints(self, run, window_keys: list[str]):
+        """Where a co-denoised run's latents are stored: under its key (made of its windows'
+        keys), or, when it is re-rendered locally (nothing under that key yet, and the last
+        render kept every step), under a key of its own, apart from a whole render of the
+        same windows. Returns (its checkpoints, the region re-rendered, the last render's
+        checkpoints); the last two None unless local."""
+        spec = run.spec
+        checkpoints = self.store.checkpoints(latent_job_key(window_keys, spec.window.blend))
+        region, last = (None, None) if checkpoints.latest(run.plan.latent_windows[-1].end) else \
+            self._local_region(run, window_keys)
+        if region is not None:
+            checkpoints = self.store.checkpoints(local_job_key(checkpoints.key, last.key, region))
+        checkpoints.keep_all = spec.window.keep_steps
+        return checkpoints, region, last
 
     def _local_region(self, run, window_keys: list[str]):
         """Where an edit lets a run render again locally (farm/rerender.py): the region of
@@ -961,6 +967,14 @@ def _window_record(result: WindowResult, status, task: WindowTask, key: str, epo
         "started_at": None if cached else _rel(result.started, epoch0),
         "finished_at": round(finished_at, 4),
     }
+
+
+def _local_record(region, span: CoDenoiser, shift: int) -> dict:
+    """A local re-render's record (the report's `latent.local`): its region, where its span
+    ran and what it cost, and the frames it denoised anew in the video's numbering."""
+    a, b = region.free
+    return region.to_dict() | {"actors": len(span.shards), "denoise_seconds": round(span.denoise_seconds, 4),
+                               "video_frames": [shift + a, shift + b]}
 
 
 def _latent_record(task: WindowTask, codenoiser: CoDenoiser, key: str, stored: bool, shift: int = 0) -> dict:
