@@ -120,7 +120,7 @@ def stored_windows(spec: JobSpec, plan, store) -> dict:
             last = None if steps[kind] else store.last_latent_job(run_label(spec.output, run))
             near = max(kinds, key=lambda k: sum(a == b for a, b in zip(last["window_keys"], keys[k]))) if last else kind
             again = why_rendered_again(last, keys[near], spec.window.blend, run.plan.windows)
-            region = _local(spec, run, store, keys) if not steps[kind] else None
+            region = _local(spec, run, store, keys)[0] if not steps[kind] else None
             runs.append({"shots": list(run.shots), "latent_step": steps[kind],
                          "latent_device": kind if steps[kind] else None,
                          "rendered_again": region.describe() if region else again,
@@ -142,16 +142,30 @@ def stored_windows(spec: JobSpec, plan, store) -> dict:
 
 
 def _local(spec: JobSpec, run, store, keys: dict[str, list[str]]):
-    """The region a local re-render of `run` would denoise again (farm/rerender.py), from
-    the last render that kept every step; None: it renders whole."""
+    """`local_rerender` for `farm plan`, which has the windows' keys for each device class:
+    those nearest the last render's."""
+    kept = store.kept_steps_job(_label(spec, run))
+    near = max(keys, key=lambda k: sum(a == b for a, b in zip(kept["window_keys"], keys[k]))) if kept else "cpu"
+    return local_rerender(spec, run, store, keys[near])
+
+
+def local_rerender(spec: JobSpec, run, store, window_keys: list[str]):
+    """Where an edit lets `run` (of the job `spec`) render again locally (farm/rerender.py):
+    (the region of windows near the changed ones, the last render's entry, which kept every
+    step: `window.keep_steps`); (None, None) when the run renders whole."""
     from farm.rerender import local_region
+
+    kept = store.kept_steps_job(_label(spec, run)) if spec.window.keep_steps else None
+    if kept is None or kept["blend"] != spec.window.blend or kept["steps"] != spec.steps:
+        return None, None
+    region = local_region(kept["window_keys"], window_keys, run.plan.latent_windows, spec.window.rerender_radius)
+    return (region, kept) if region is not None else (None, None)
+
+
+def _label(spec: JobSpec, run) -> str:
     from farm.shots import run_label
 
-    kept = store.kept_steps_job(run_label(spec.output, run)) if spec.window.keep_steps else None
-    if kept is None or kept["blend"] != spec.window.blend or kept["steps"] != spec.steps:
-        return None
-    near = max(keys, key=lambda k: sum(a == b for a, b in zip(kept["window_keys"], keys[k])))
-    return local_region(kept["window_keys"], keys[near], run.plan.latent_windows, spec.window.rerender_radius)
+    return run_label(spec.output, run)
 
 
 def why_rendered_again(last: dict | None, window_keys: list[str], blend: str, windows) -> str | None:

@@ -54,14 +54,14 @@ from farm.errors import ClusterError, FarmError, SeamCheckFailed, WindowFatal
 from farm.filmstrip import Filmstrips, Storyboard
 from farm.interpolate import retiming
 from farm.farmqueue import DEFAULT_PRIORITY
-from farm.keys import latent_job_key, local_job_key, model_identity, pipeline_key, task_key, why_rendered_again
+from farm.keys import (latent_job_key, local_job_key, local_rerender, model_identity, pipeline_key, task_key,
+                       why_rendered_again)
 from farm.metrics import FlickerMeter, flicker_report
 from farm.models.sources import check_sources
 from farm.outputs import check_destination, is_uri, staged_output
 from farm.pipelines import descriptor
 from farm.prompts import window_prompts
 from farm.report import Report, cache_summary, report_path, versions
-from farm.rerender import local_region
 from farm.segments import Encoding, Interpolation, choose_path, plan_latent_segments, plan_segments
 from farm.shots import compile_film, merge_latent_reports, run_label, shot_span, shot_table
 from farm.rife import backends, weights
@@ -447,14 +447,11 @@ class RenderJob:
         """Where an edit lets a run render again locally (farm/rerender.py): the region of
         windows near the changed ones, and the checkpoints of the last render, which kept
         every step's latents (`window.keep_steps`). (None, None): the run renders whole."""
-        spec = run.spec
-        last = self.store.kept_steps_job(run_label(self.spec.output, run)) if spec.window.keep_steps else None
-        if last is None or last["blend"] != spec.window.blend or last["steps"] != spec.steps:
+        region, last = local_rerender(self.spec, run, self.store, window_keys)
+        if region is None:
             return None, None
-        region = local_region(last["window_keys"], window_keys, run.plan.latent_windows, spec.window.rerender_radius)
-        checkpoints = self.store.checkpoints(last["key"])
-        frames = run.plan.latent_windows[-1].end
-        if region is None or any(not checkpoints.whole(step, frames) for step in range(1, spec.steps + 1)):
+        checkpoints, frames = self.store.checkpoints(last["key"]), run.plan.latent_windows[-1].end
+        if any(not checkpoints.whole(step, frames) for step in range(1, self.spec.steps + 1)):
             return None, None  # (its steps were removed: farm store gc)
         return region, checkpoints
 
