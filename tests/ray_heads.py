@@ -238,8 +238,12 @@ def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None 
         proc = _NotOurChild(script)
     else:
         with open(log_path, "wb") as log:
+            # as from a terminal: SIGINT and SIGHUP at their defaults. A child inherits a
+            # signal ignored, and bash cannot trap one ignored on entry; something in a
+            # pytest-xdist worker (after some modules) leaves SIGINT ignored.
             proc = subprocess.Popen(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=temp_dir)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=temp_dir,
+                                    preexec_fn=_default_signals)
     head = Head(proc, temp_dir, "", token_path, ports, log_path, lock)
     try:
         wait_for(lambda: token_path.is_file() and token_path.stat().st_size, 30, 0.1, "the token file")
@@ -256,6 +260,11 @@ def start_head(*, cpus: int = 2, gpus: int = 0, autoscaling_config: dict | None 
         head.stop()
         raise RuntimeError(f"the test head did not come up; ray start said:\n{tail}") from None
     return head
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _process_running(cmd: list[str]) -> psutil.Process | None:

@@ -206,6 +206,8 @@ def test_a_single_window_is_diffusers_own_loop(animatediff, tmp_path):
 
 
 # -- through the farm ----------------------------------------------------------------------
+# slow (about 50 s: it waits out LATENT_PLACEMENT_S for the 2 actors never placed): `-m slow`, run by CI after the default run
+@pytest.mark.slow
 def test_the_farm_renders_a_latent_job_on_4_actors_of_6_asked_with_the_frames_of_1_shard(
         shared_ray, animatediff, tmp_path, monkeypatch):
     import scheduler.driver

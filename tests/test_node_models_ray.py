@@ -63,6 +63,8 @@ def _spec(tmp_path, name, base, adapter):
     return parse_spec(data)
 
 
+# slow (about 50 s: actors on every node of a multi-node cluster): `-m slow`, run by CI after the default run
+@pytest.mark.slow
 def test_each_node_fetches_once_and_its_actors_share_the_copy(cluster, s3, tmp_path, monkeypatch):
     staged = {}
     for field, name in (("model.base", TINY_BASE), ("model.motion_adapter", TINY_MOTION_ADAPTER)):

@@ -232,6 +232,8 @@ class _KillNodeAtStep(NullProgress):
         self.notices.append((self.killed, text))
 
 
+# slow (about a minute on 2 cores: four actors, then three restarted beside the lost one): `-m slow`, run by CI after the default run
+@pytest.mark.slow
 def test_a_node_lost_for_good_moves_its_windows_to_the_survivors_with_the_same_frames(
         cluster, latent_reference, tmp_path):
     from scheduler.codenoise import ACTOR_RETURN_WAIT_S
