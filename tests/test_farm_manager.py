@@ -292,7 +292,7 @@ def test_farm_priority_moves_a_queued_job_ahead(farm_ray, tmp_path):
 # -- failures --------------------------------------------------------------------------------------
 
 def test_a_killed_driver_has_its_actors_reclaimed_within_the_lease(farm_ray, tmp_path):
-    LEASE_S = 5.0
+    lease_s = 5.0
     model = {"pipeline": "animatediff", "faults": {"simulate_seconds": 0.5}}
     job = write_spec(tmp_path, base_spec(tmp_path, model=model, frames=16 + 12 * 39, seed=9,
                                          output=str(tmp_path / "killed.mp4")))
@@ -300,7 +300,7 @@ def test_a_killed_driver_has_its_actors_reclaimed_within_the_lease(farm_ray, tmp
     address = ray.get_runtime_context().gcs_address
     # 5 s: twenty heartbeats; at 3 s a driver starved of CPU beside the other test worker on
     # 2 cores was once declared lost before it was killed
-    with manager(lease_timeout_s=LEASE_S) as handle:
+    with manager(lease_timeout_s=lease_s) as handle:
         child = subprocess.Popen([FARM, "render", str(job), "--address", address,
                                   "--job-id", "doomed", "--no-store", "-q"], cwd=ROOT, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -322,7 +322,7 @@ def test_a_killed_driver_has_its_actors_reclaimed_within_the_lease(farm_ray, tmp
             child.kill()
         snap = snapshot(handle)
     assert job_in(snap, "doomed")["state"] == "LOST"
-    assert back_after <= LEASE_S + 1.0, back_after  # the lease, plus a tick and this poll
+    assert back_after <= lease_s + 1.0, back_after  # the lease, plus a tick and this poll
     assert [a["models"] for a in snap["actors"]] == [[snap["jobs"][0]["model"]]] * 2  # back warm
 
 
